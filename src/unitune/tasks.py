@@ -1,0 +1,162 @@
+"""The bundled demo tasks: a deterministic generator and the answer checker.
+
+Every prompt asks for a final line of the form ``Answer: <value>``; ``check_answer`` reads the value
+from that line. The dataset mirrors ``HuggingFaceH4/ultrafeedback_binarized`` (same splits and
+columns) plus an ``answer`` column, so everything that reads UltraFeedback reads it too.
+
+Regenerate the committed parquet files with ``python scripts/make_demo_data.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+FORMAT_HINT = "End with a line of the form 'Answer: <value>'."
+SPLIT_SIZES = {"train_sft": 2000, "test_sft": 200, "train_prefs": 2000, "test_prefs": 200,
+               "train_gen": 2000, "test_gen": 200}
+WORDS = ["apple", "river", "stone", "garden", "cloud", "pencil", "window", "tiger", "lemon", "bridge",
+         "candle", "forest", "rocket", "silver", "planet", "orange", "castle", "button", "summer", "violin"]
+UNITS = [("meters", "centimeters", 100), ("hours", "minutes", 60), ("kilograms", "grams", 1000),
+         ("minutes", "seconds", 60), ("liters", "milliliters", 1000), ("days", "hours", 24),
+         ("feet", "inches", 12), ("weeks", "days", 7)]
+FILLERS = ["Sure! Let me think about this for a moment.", "That is a great question.",
+           "Here is what I came up with after some thought."]
+
+
+def _arith(r: random.Random):
+    a, b = r.randint(10, 99), r.randint(10, 99)
+    op = r.choice(["+", "-", "*"])
+    if op == "*":
+        a, b = r.randint(2, 12), r.randint(2, 12)
+    value = {"+": a + b, "-": a - b, "*": a * b}[op]
+    return f"What is {a} {op} {b}?", f"{a} {op} {b} = {value}.", str(value)
+
+
+def _compare(r: random.Random):
+    a, b = r.sample(range(1, 1000), 2)
+    if r.random() < 0.5:
+        a, b = a / 100, b / 100
+        a, b = f"{a:g}", f"{b:g}"
+    else:
+        a, b = str(a), str(b)
+    word = r.choice(["larger", "smaller"])
+    pick = max if word == "larger" else min
+    value = pick([a, b], key=float)
+    other = b if value == a else a
+    return f"Which number is {word}: {a} or {b}?", f"{value} is {word} than {other}.", value
+
+
+def _count(r: random.Random):
+    items = r.sample(WORDS, r.randint(3, 9))
+    return (f"How many items are in this list: {', '.join(items)}?",
+            f"The list has {len(items)} items.", str(len(items)))
+
+
+def _convert(r: random.Random):
+    big, small, factor = r.choice(UNITS)
+    n = r.randint(2, 12)
+    return (f"How many {small} are in {n} {big}?", f"{n} {big} is {n} x {factor} = {n * factor} {small}.",
+            str(n * factor))
+
+
+def _format(r: random.Random):
+    word = r.choice(WORDS)
+    kind = r.choice(["upper", "first", "last"])
+    if kind == "upper":
+        return (f"Write the word '{word}' in capital letters.", f"In capital letters, '{word}' is {word.upper()}.",
+                word.upper())
+    pos, letter = ("first", word[0]) if kind == "first" else ("last", word[-1])
+    return (f"What is the {pos} letter of the word '{word}'? Give it in lowercase.",
+            f"The {pos} letter of '{word}' is {letter}.", letter)
+
+
+TASKS = [_arith, _compare, _count, _convert, _format]
+
+
+def _wrong_value(r: random.Random, value: str) -> str:
+    try:
+        number = float(value)
+    except ValueError:
+        return value.lower() if value.isupper() and len(value) > 1 else chr((ord(value[-1]) - 97 + 3) % 26 + 97)
+    delta = r.choice([-3, -2, -1, 1, 2, 5, 10])
+    wrong = number + delta if "." not in value else round(number + delta / 10, 2)
+    return f"{wrong:g}"
+
+
+def make_row(r: random.Random) -> dict:
+    question, reasoning, value = r.choice(TASKS)(r)
+    prompt = f"{question} {FORMAT_HINT}"
+    chosen_text = f"{reasoning}\nAnswer: {value}"
+    kind = r.random()
+    if kind < 0.4:  # right format, wrong value
+        wrong = _wrong_value(r, value)
+        head, _, tail = reasoning.rpartition(value)  # swap the last mention of the value only
+        rejected_text = f"{head}{wrong}{tail}\nAnswer: {wrong}"
+    elif kind < 0.75:  # right value, ignores the requested format and rambles
+        rejected_text = f"{r.choice(FILLERS)} I believe the result is {value}, but I am not completely sure."
+    else:  # wrong and unformatted
+        rejected_text = f"{r.choice(FILLERS)} The answer is probably {_wrong_value(r, value)}."
+    user = {"content": prompt, "role": "user"}
+    chosen = [user, {"content": chosen_text, "role": "assistant"}]
+    rejected = [user, {"content": rejected_text, "role": "assistant"}]
+    return {
+        "prompt": prompt,
+        "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+        "chosen": chosen,
+        "rejected": rejected,
+        "messages": chosen,
+        "score_chosen": float(r.choice([8, 9, 10])),
+        "score_rejected": float(r.choice([1, 2, 3, 4, 5])),
+        "answer": value,
+    }
+
+
+def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
+    """Deterministic splits; a prompt appears in at most one split so test rows are held out."""
+    r = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {}
+    for name, size in SPLIT_SIZES.items():
+        rows: list[dict] = []
+        while len(rows) < size:
+            row = make_row(r)
+            if row["prompt"] not in seen:
+                seen.add(row["prompt"])
+                rows.append(row)
+        splits[name] = rows
+    return splits
+
+
+_ANSWER_RE = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
+
+
+def extract_answer(text: str) -> str | None:
+    """The value on the last ``Answer:`` line, without wrapping quotes, markup or a final period."""
+    matches = _ANSWER_RE.findall(text)
+    if not matches:
+        return None
+    return matches[-1].strip().strip("*`'\"[]()").rstrip(".").strip()
+
+
+def _same(expected: str, got: str) -> bool:
+    try:
+        return abs(float(expected) - float(got)) < 1e-9
+    except ValueError:
+        pass
+    if len(expected) > 1 and expected.isupper():  # the task asked for capitals
+        return got == expected
+    return got.lower() == expected.lower()
+
+
+def check_answer(row: dict, text: str) -> bool:
+    """True when ``text`` states ``row['answer']`` on an ``Answer: <value>`` line."""
+    got = extract_answer(text)
+    return got is not None and _same(str(row["answer"]).strip(), got)
+
+
+def follows_format(text: str) -> bool:
+    """True when the reply ends with exactly one ``Answer: <value>`` line."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return bool(lines) and len(_ANSWER_RE.findall(text)) == 1 and lines[-1].lower().startswith("answer:")
