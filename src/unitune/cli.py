@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import types
 import typing
@@ -79,9 +80,9 @@ def load_yaml(path: str) -> dict:
 
 def parse_config(cls, argv: list[str], prog: str):
     """CLI flags over YAML (--config) over the dataclass defaults."""
-    parser = _Parser(prog=prog, description=cls.__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog=prog, description=cls.__doc__, allow_abbrev=False)
     parser.add_argument("--config", help="YAML file of flags; flags on the command line override it")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     add_config_flags(parser, cls)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -89,25 +90,37 @@ def parse_config(cls, argv: list[str], prog: str):
         options = [o for a in parser._actions for o in a.option_strings]
         raise UserError(f"unknown flag '{flag}'{closest(flag.split('=')[0], options)}; see `{prog} --help`")
     values = vars(args)
-    config_path, debug = values.pop("config"), values.pop("debug")
+    config_path = values.pop("config")
+    values.pop("debug")
     merged = (load_yaml(config_path) if config_path else {}) | values
-    return from_mapping(cls, merged, config_path or "flags"), debug
+    return from_mapping(cls, merged, config_path or "flags")
 
 
 def _train(argv: list[str], prog: str) -> int:
-    cfg, _ = parse_config(TrainConfig, argv, prog)
+    cfg = parse_config(TrainConfig, argv, prog)
     from .train import run_training
 
     run_training(cfg)
     return 0
 
 
-COMMANDS = {"train": _train}
+def _demo(argv: list[str], prog: str) -> int:
+    parser = _Parser(prog=prog, description="Train on the embedded model and bundled data (the main job).")
+    parser.add_argument("--runs_dir", default="runs", help="where the demo runs go")
+    args = parser.parse_args(argv)
+    from .demo import run_demo
+
+    run_demo(args.runs_dir)
+    return 0
+
+
+COMMANDS = {"train": _train, "demo": _demo}
 
 
 def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         names = ", ".join(COMMANDS)
         if argv and argv[0] not in ("-h", "--help"):
@@ -123,6 +136,8 @@ def run_command(command, argv: list[str], prog: str, debug: bool) -> int:
     """Run one command; user errors print as one line (traceback only with --debug)."""
     # Library deprecation chatter about arguments we set on purpose; not actionable for users.
     warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
+    # bitsandbytes tries to fetch an optional CPU kernel from the Hub at import and logs when it cannot.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         return command(argv, prog)
     except UserError as err:

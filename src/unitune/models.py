@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .hub import hub_reachable
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -91,7 +92,8 @@ def short_name(model_name: str | None) -> str:
 
 
 def _hub_error(model_id: str, err: Exception) -> UserError:
-    return UserError(f"could not load model '{model_id}' from the Hugging Face Hub ({type(err).__name__}); "
+    return UserError(f"could not load model '{model_id}' from the Hugging Face Hub ({type(err).__name__}: "
+                     f"{str(err).splitlines()[0][:120]}); "
                      "if you are offline, pass a local model folder or a .gguf file, or omit --model_name "
                      f"to use the embedded {EMBEDDED_ALIAS}")
 
@@ -99,6 +101,8 @@ def _hub_error(model_id: str, err: Exception) -> UserError:
 def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
+    if not Path(source).exists() and not hub_reachable():
+        raise _hub_error(source, ConnectionError("no connection"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:

@@ -1,0 +1,35 @@
+"""The real embedded model for a few steps of each method (marked slow; `make test` runs them)."""
+
+import json
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import read_json
+from unitune.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def seed_snippet_generates(run_dir) -> str:
+    base_name = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    messages = [{"role": "user", "content": "What is 21 + 14? End with a line of the form 'Answer: <value>'."}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_sft_real_model_loss_falls(tmp_path):
+    out = tmp_path / "sft"
+    assert main(["train", "--method", "sft", "--output_dir", str(out), "--max_steps", "8",
+                 "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "64"]) == 0
+    losses = [e["loss"] for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < losses[0] * 0.8, losses
+    reply = seed_snippet_generates(out)
+    assert reply.strip(), "the trained model generated nothing"
