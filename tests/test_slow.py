@@ -33,3 +33,17 @@ def test_sft_real_model_loss_falls(tmp_path):
     assert sum(losses[-3:]) / 3 < losses[0] * 0.8, losses
     reply = seed_snippet_generates(out)
     assert reply.strip(), "the trained model generated nothing"
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("dpo", []), ("orpo", []), ("kto", []),
+    ("grpo", ["--max_completion_length", "24", "--num_generations", "4"]),
+])
+def test_method_real_model(method, extra, tmp_path):
+    out = tmp_path / method
+    assert main(["train", "--method", method, "--output_dir", str(out), "--max_steps", "3",
+                 "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "16", *extra]) == 0
+    state = read_json(out / "trainer_state.json")
+    assert state["global_step"] == 3 and all(e["loss"] == e["loss"] for e in state["log_history"] if "loss" in e)
+    assert seed_snippet_generates(out).strip()

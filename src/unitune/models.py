@@ -112,6 +112,11 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
+def world_size() -> int:
+    """Processes in this launch (torchrun and accelerate set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 @dataclass(frozen=True)
 class Hardware:
     """Where and how the model is trained, and why (printed once at start)."""

@@ -10,7 +10,7 @@ from .config import TrainConfig
 from .data import load_split, require_format, resolve_dataset, split_names, validate_rows
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
-from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model
+from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model, world_size
 from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
 
@@ -30,11 +30,11 @@ def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, 
     return spec.module.prepare(ds, fmt, cfg, tokenizer)
 
 
-def planned_steps(cfg: TrainConfig, rows: int, world_size: int = 1) -> int:
+def planned_steps(cfg: TrainConfig, rows: int) -> int:
     """Optimizer steps the Trainer will take (its own formula: micro-batches per epoch, then accumulation)."""
     if cfg.max_steps:
         return cfg.max_steps
-    micro = math.ceil(rows / (cfg.per_device_train_batch_size * world_size))
+    micro = math.ceil(rows / (cfg.per_device_train_batch_size * world_size()))
     per_epoch = max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)
     return math.ceil(cfg.num_train_epochs * per_epoch)
 
@@ -90,6 +90,14 @@ def print_plan(cfg: TrainConfig, train_ds, split: str, out: Path) -> None:
         print(f"unitune: plan: {tokens} tokens per epoch")
 
 
+def tokens_seen(state) -> int | None:
+    """Non-pad tokens trained on: the Trainer's count, else the method's own "num_tokens" log (GRPO)."""
+    if state.num_input_tokens_seen:
+        return int(state.num_input_tokens_seen)
+    logged = [float(e["num_tokens"]) for e in state.log_history if "num_tokens" in e]
+    return int(max(logged)) if logged else None
+
+
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     hw = choose_hardware(cfg.use_qlora)
@@ -131,7 +139,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 "world_size": trainer.args.world_size},
             "machine": machine(), "versions": library_versions(),
             "wall_time_seconds": round(wall, 2), "global_step": trainer.state.global_step,
-            "train_tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+            "train_tokens_seen": tokens_seen(trainer.state),
         })
         print(f"unitune: run written to {out} ({trainer.state.global_step} steps, {wall:.0f}s)")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from trl import SFTConfig, SFTTrainer
 
 from ..data import encode_conversation, require_chat_template, to_conversations
+from ..models import lora_config
 
 
 def prepare(ds, fmt, cfg, tokenizer):
@@ -25,10 +26,4 @@ def prepare(ds, fmt, cfg, tokenizer):
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     config = SFTConfig(**args, max_length=cfg.max_length, completion_only_loss=not cfg.train_on_prompt)
     return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=args_lora(cfg))
-
-
-def args_lora(cfg):
-    from ..models import lora_config
-
-    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+                      processing_class=tokenizer, peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

@@ -1,0 +1,65 @@
+"""GRPO: TRL GRPOTrainer with unitune's reward functions (rewards.py).
+
+Reward mean/std per step go to trainer_state.json through TRL's logs ("reward", "reward_std",
+"rewards/<name>/mean"); a few sampled completions with their rewards go to completions.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from ..data import to_prompts
+from ..errors import UserError
+from ..models import lora_config, world_size
+from ..rewards import RewardLog, build_rewards
+
+COMPLETIONS_FILE = "completions.jsonl"
+
+
+def prepare(ds, fmt, cfg, tokenizer):
+    return to_prompts(ds, fmt)
+
+
+def num_generations(cfg, world_size: int) -> int:
+    """--num_generations, default 4 on CPU and 8 on GPU; it must divide the generation batch."""
+    n = cfg.num_generations or (8 if torch.cuda.is_available() else 4)
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size
+    if n < 2 or batch % n:
+        works = [d for d in range(2, batch + 1) if batch % d == 0]
+        raise UserError(f"--num_generations {n} does not divide the generation batch of {batch} prompts "
+                        f"(per_device_train_batch_size x gradient_accumulation_steps x processes); use one of "
+                        f"{', '.join(map(str, works)) or 'none: raise the batch size to at least 2'}")
+    return n
+
+
+class _SaveCompletions(TrainerCallback):
+    def __init__(self, log: RewardLog):
+        self.log = log
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            with open(Path(args.output_dir) / COMPLETIONS_FILE, "w", encoding="utf-8") as handle:
+                for row in self.log.rows():
+                    handle.write(json.dumps(row) + "\n")
+
+
+def build(cfg, model, tokenizer, train_ds, eval_ds, args):
+    log = RewardLog()
+    funcs, why = ([], "") if cfg.reward_model and not cfg.reward_funcs else build_rewards(
+        cfg.reward_funcs, train_ds.column_names, log)
+    if cfg.reward_model:
+        funcs.append(cfg.reward_model)  # TRL loads it as a sequence-classification model
+        why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
+    print(f"unitune: GRPO rewards: {why}", flush=True)
+    args = args | {"include_num_input_tokens_seen": "no"}  # TRL logs GRPO's own token count ("num_tokens")
+    config = GRPOConfig(**args, beta=cfg.beta, num_generations=num_generations(cfg, world_size()),
+                        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                        reward_weights=cfg.reward_weights)
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=tokenizer, callbacks=[_SaveCompletions(log)],
+                       peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

@@ -1,0 +1,189 @@
+"""DPO, ORPO, KTO and GRPO: two steps each on the tiny model, data formats, rewards."""
+
+import json
+
+import pytest
+from datasets import Dataset
+
+from conftest import read_json
+from test_sft import SEED_FILES, lora_b_norm
+from unitune.cli import main, parse_config
+from unitune.config import TrainConfig
+from unitune.data import DEMO_DIR
+from unitune.errors import UserError
+from unitune.methods import METHODS
+from unitune.models import choose_hardware
+from unitune.train import prepare_split, training_args
+
+USER = {"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}
+GOOD = {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}
+BAD = {"role": "assistant", "content": "I think it is five."}
+FORMATS = {  # every accepted preference format, as a one-row file
+    "explicit_conversational": {"prompt": USER["content"], "chosen": [USER, GOOD], "rejected": [USER, BAD]},
+    "explicit_prompt_messages": {"prompt": [USER], "chosen": [GOOD], "rejected": [BAD]},
+    "implicit": {"chosen": [USER, GOOD], "rejected": [USER, BAD]},
+    "plain_text": {"prompt": USER["content"], "chosen": GOOD["content"], "rejected": BAD["content"]},
+}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_preference_method_two_steps(method, tiny_args, tmp_path):
+    assert main(tiny_args(method)) == 0
+    out = tmp_path / f"{method}_run"
+    for name in SEED_FILES:
+        assert (out / name).exists(), name
+    assert lora_b_norm(out) > 0
+    run = read_json(out / "unitune_run.json")
+    assert run["method"] == method and run["train_split"] == "train_prefs"
+    assert read_json(out / "trainer_state.json")["global_step"] == 2
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_preference_formats(method, fmt, tiny_args, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [FORMATS[fmt]] * 4)
+    assert main(tiny_args(method, "--dataset", data, "--max_steps", "1")) == 0
+    assert read_json(tmp_path / f"{method}_run" / "unitune_run.json")["train_split"] == "train"
+
+
+def test_kto_unpaired_input_used_as_is(tiny_args, tmp_path):
+    rows = [{"prompt": "Hi", "completion": "Hello!", "label": True}, {"prompt": "Hi", "completion": "Go.", "label": False},
+            {"prompt": "Yo", "completion": "Hey!", "label": True}]
+    assert main(tiny_args("kto", "--dataset", write_jsonl(tmp_path / "u.jsonl", rows), "--max_steps", "1")) == 0
+    assert read_json(tmp_path / "kto_run" / "unitune_run.json")["train_rows"] == 3
+
+
+def test_kto_imbalanced_weights():
+    from unitune.methods.kto import class_weights
+
+    assert class_weights([True, False])[:2] == (1.0, 1.0)
+    desirable, undesirable, why = class_weights([True] * 1 + [False] * 4)
+    assert (desirable, undesirable) == (4.0, 1.0) and "balances" in why
+
+
+def test_kto_labels_must_be_booleans(tiny_args, tmp_path, capsys):
+    rows = [{"prompt": "Hi", "completion": "Hello!", "label": 1}]
+    assert main(tiny_args("kto", "--dataset", write_jsonl(tmp_path / "u.jsonl", rows))) == 2
+    assert "column 'label' is int (1), KTO needs booleans" in capsys.readouterr().err
+
+
+def test_dpo_holds_no_reference_copy(tiny_model_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = parse_config(TrainConfig, ["--method", "dpo", "--model_name", str(tiny_model_dir)], "t")
+    ds = prepare_split(str(DEMO_DIR), "train_prefs", 4, "max_train_samples", METHODS["dpo"], cfg, tokenizer)
+    trainer = METHODS["dpo"].module.build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+                                          ds, None, training_args(cfg, choose_hardware("auto"), tmp_path, False))
+    assert trainer.ref_model is None  # the reference is the base with the adapter disabled
+    assert hasattr(trainer.model, "disable_adapter")
+
+
+def test_identical_pairs_dropped_or_refused(tiny_args, tmp_path, capsys):
+    same = {"prompt": "Hi", "chosen": "Same.", "rejected": "Same."}
+    data = write_jsonl(tmp_path / "d.jsonl", [same, FORMATS["plain_text"]])
+    assert main(tiny_args("dpo", "--dataset", data, "--max_steps", "1")) == 0
+    assert "dropping 1 pair(s) whose chosen reply equals the rejected one" in capsys.readouterr().err
+    data = write_jsonl(tmp_path / "e.jsonl", [same])
+    assert main(tiny_args("dpo", "--dataset", data, "--output_dir", str(tmp_path / "x"))) == 2
+    assert "every pair has chosen equal to rejected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"prompt": "", "chosen": "a", "rejected": "b"}], "row 0 has an empty prompt"),
+    ([{"prompt": "p", "chosen": 3, "rejected": "b"}], "row 0: column 'chosen' is int, expected text or a list"),
+    ([{"question": "p", "answer": "b"}], "found columns [question, answer], need one of (preference: "
+                                         "prompt+chosen+rejected; preference_implicit: chosen+rejected)"),
+])
+def test_preference_bad_input(rows, message, tiny_args, tmp_path, capsys):
+    assert main(tiny_args("dpo", "--dataset", write_jsonl(tmp_path / "d.jsonl", rows))) == 2
+    assert message in capsys.readouterr().err
+
+
+REWARD_FILE = '''
+calls = []
+
+def brevity(prompts, completions, answer, **kwargs):
+    calls.append(len(completions))
+    return [100.0 / (1 + len(c[0]["content"])) for c in completions]
+
+def broken(prompts, completions, **kwargs):
+    raise ValueError("boom")
+
+def wrong_count(prompts, completions, **kwargs):
+    return [0.0]
+'''
+
+
+def test_grpo_with_user_reward_file(tiny_args, tmp_path):
+    reward = tmp_path / "my_rewards.py"
+    reward.write_text(REWARD_FILE)
+    args = tiny_args("grpo", "--reward_funcs", f"{reward}:brevity", "accuracy", "--reward_weights", "1", "2",
+                     "--max_completion_length", "8", "--num_generations", "2")
+    assert main(args) == 0
+    out = tmp_path / "grpo_run"
+    logs = read_json(out / "trainer_state.json")["log_history"]
+    steps = [e for e in logs if "reward" in e]
+    assert len(steps) == 2 and all(e["rewards/brevity/mean"] > 0 and "reward_std" in e for e in steps)
+    assert all("rewards/accuracy/mean" in e for e in steps)
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert samples and set(samples[0]["rewards"]) == {"brevity", "accuracy"}
+    assert samples[0]["rewards"]["brevity"] == pytest.approx(100 / (1 + len(samples[0]["completion"])))
+    assert lora_b_norm(out) > 0  # non-constant rewards give advantages, so the adapter moved
+
+
+def test_grpo_default_rewards_logged(tiny_args, tmp_path, capsys):
+    assert main(tiny_args("grpo", "--max_steps", "1", "--max_completion_length", "4", "--num_generations", "2")) == 0
+    assert "GRPO rewards: accuracy, format (the data have an 'answer' column)" in capsys.readouterr().out
+    logs = read_json(tmp_path / "grpo_run" / "trainer_state.json")["log_history"]
+    assert "rewards/accuracy/mean" in logs[0] and "rewards/format/mean" in logs[0]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("nope.py:f", "reward file not found: nope.py"),
+    ("{file}:missing", "no function 'missing' in"),
+    ("{file}:broken", "reward function 'broken' raised ValueError: boom on row 0"),
+    ("{file}:wrong_count", "reward function 'wrong_count' returned 1 values for 2 completions"),
+    ("unknownname", "unknown reward 'unknownname'"),
+])
+def test_grpo_reward_errors(spec, message, tiny_args, tmp_path, capsys):
+    reward = tmp_path / "my_rewards.py"
+    reward.write_text(REWARD_FILE)
+    args = tiny_args("grpo", "--reward_funcs", spec.format(file=reward), "--max_completion_length", "4",
+                     "--num_generations", "2", "--max_steps", "1")
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_grpo_module_reward(tiny_args, tmp_path, capsys):
+    args = tiny_args("grpo", "--reward_funcs", "unitune.rewards:length", "--max_completion_length", "4",
+                     "--num_generations", "2", "--max_steps", "1")
+    assert main(args) == 0
+    assert "GRPO rewards: unitune.rewards:length (from --reward_funcs)" in capsys.readouterr().out
+
+
+def test_grpo_num_generations_must_divide(tiny_args, capsys):
+    assert main(tiny_args("grpo", "--num_generations", "3")) == 2
+    assert "--num_generations 3 does not divide the generation batch of 2 prompts" in capsys.readouterr().err
+
+
+def test_grpo_needs_a_reward(tiny_args, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi"}] * 4)
+    assert main(tiny_args("grpo", "--dataset", data)) == 2
+    assert "no reward for GRPO" in capsys.readouterr().err
+
+
+def test_rewards_builtins():
+    from unitune.rewards import accuracy, format, length, reference
+
+    completions = [[{"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}], [{"role": "assistant", "content": "4"}]]
+    assert accuracy(None, completions, answer=["4", "4"]) == [1.0, 0.0]
+    assert format(None, completions) == [1.0, 0.0]
+    assert length(None, ["word " * 10, "word " * 80]) == [0.0, -1.0]
+    chosen = [[USER, GOOD]] * 2
+    scores = reference(None, completions, chosen=chosen)
+    assert scores[0] == 1.0 and 0 < scores[1] < 1
