@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import types
@@ -14,8 +15,9 @@ import typing
 import warnings
 from dataclasses import MISSING, fields
 
-from .config import TrainConfig, closest, from_mapping
+from .config import CheckConfig, EvalConfig, TrainConfig, closest, from_mapping
 from .errors import UserError
+from .methods import METHODS
 
 
 def _bool(text: str) -> bool:
@@ -107,14 +109,47 @@ def _train(argv: list[str], prog: str) -> int:
 def _demo(argv: list[str], prog: str) -> int:
     parser = _Parser(prog=prog, description="Train on the embedded model and bundled data (the main job).")
     parser.add_argument("--runs_dir", default="runs", help="where the demo runs go")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these methods (default: all)")
     args = parser.parse_args(argv)
     from .demo import run_demo
 
-    run_demo(args.runs_dir)
+    run_demo(args.runs_dir, args.methods)
     return 0
 
 
-COMMANDS = {"train": _train, "demo": _demo}
+def _eval(argv: list[str], prog: str) -> int:
+    cfg = parse_config(EvalConfig, argv, prog)
+    from .evaluate import run_eval
+
+    run_eval(cfg)
+    if cfg.report:
+        from .report import write_report
+
+        write_report(cfg.runs_dir, cfg.output)
+    return 0
+
+
+def _report(argv: list[str], prog: str) -> int:
+    parser = _Parser(prog=prog, description="Write report.html and report.md from evaluation_results.json.")
+    parser.add_argument("--runs_dir", default="runs", help="folder holding the runs and evaluation_results.json")
+    parser.add_argument("--results", default=None, help="results file (default: <runs_dir>/evaluation_results.json)")
+    args = parser.parse_args(argv)
+    from .report import write_report
+
+    write_report(args.runs_dir, args.results)
+    return 0
+
+
+def _check(argv: list[str], prog: str) -> int:
+    cfg = parse_config(CheckConfig, argv, prog)
+    from .check import render, run_check
+
+    report, ok = run_check(cfg)
+    print(json.dumps(report, indent=2) if cfg.json else render(report, cfg.method))
+    return 0 if ok else 1
+
+
+COMMANDS = {"train": _train, "eval": _eval, "check": _check, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None, prog: str = "unitune") -> int:

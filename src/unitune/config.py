@@ -123,3 +123,54 @@ def from_mapping(cls, values: dict, source: str = "config"):
             choices = f.metadata.get("choices")
             raise UserError(f"--{f.name} is required" + (f"; choose from: {', '.join(choices)}" if choices else ""))
     return cls(**values)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate every run under --runs_dir, plus the base model, and write evaluation_results.json + a report."""
+
+    runs_dir: str = opt("runs", "folder holding the runs (any sub-folder with adapter_config.json or unitune_run.json)")
+    methods: list[str] | None = opt(None, "evaluate only runs of these methods (default: all)")
+    max_samples: int = opt(100, "score the first N rows of each test split")
+    max_generation_samples: int = opt(3, "greedy generation samples to keep per run")
+    skip_perplexity: bool = opt(False, "skip test_loss / perplexity on the SFT test split")
+    base_model: str | None = opt(None, "base model for runs that do not record one (fallback only)")
+    output: str | None = opt(None, "results file (default: <runs_dir>/evaluation_results.json)")
+    dataset: str | None = opt(None, "evaluate on this dataset instead of each run's recorded one")
+    sft_split: str = opt("test_sft", "split for test_loss / perplexity")
+    prefs_split: str = opt("test_prefs", "split for preference accuracy")
+    gen_split: str = opt("test_gen", "split for task accuracy, mean reward and generation samples")
+    batch_size: int = opt(32, "batch size for scoring and generation")
+    max_new_tokens: int = opt(48, "longest greedy generation, in tokens")
+    skip_base: bool = opt(False, "do not evaluate the base model")
+    report: bool = opt(True, "write report.html and report.md after evaluating")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_samples", "batch_size", "max_new_tokens")
+        if self.max_generation_samples < 0:
+            raise UserError("--max_generation_samples must be 0 or more")
+        for method in self.methods or []:
+            if method not in METHODS:
+                raise UserError(f"unknown method '{method}' in --methods{closest(method, METHODS)}; "
+                                f"choose from: {', '.join(METHODS)}")
+        if self.output is None:
+            self.output = str(Path(self.runs_dir) / "evaluation_results.json")
+
+
+@dataclass
+class CheckConfig:
+    """Check a dataset before training: formats, the methods each split feeds, token lengths, problems."""
+
+    dataset: str | None = opt(None, "Hub id, local folder or data file (default: the bundled demo data)")
+    split: str | None = opt(None, "check only this split (default: every split)")
+    method: str | None = opt(None, "exit non-zero unless every checked split can feed this method")
+    model_name: str | None = opt(None, "model whose tokenizer and chat template measure the lengths "
+                                       "(default: the embedded model)")
+    max_length: int = opt(1024, "count rows longer than this many tokens")
+    json: bool = opt(False, "print the report as JSON")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length")
+        if self.method is not None and self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'{closest(self.method, METHODS)}; "
+                            f"choose --method from: {', '.join(METHODS)}")

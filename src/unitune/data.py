@@ -253,6 +253,11 @@ def to_prompts(ds: Dataset, fmt: str) -> Dataset:
 # ---------------------------------------------------------------- tokenisation with assistant masks
 
 
+def needs_chat_template(ds: Dataset, fmt: str) -> bool:
+    """Rows hold role/content messages (rendered with the chat template), not plain strings."""
+    return any(isinstance(ds[0][col], list) for col in FORMATS[fmt][0] if col != "label")
+
+
 def require_chat_template(tokenizer, model: str) -> None:
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {model} has no chat template, which conversational data need; "

@@ -15,19 +15,22 @@ RUN_FILE = "unitune_run.json"
 LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON through a temp file and a rename: a crash never leaves half a file over a good one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temp file and a rename: a crash never leaves half a file over a good one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def is_finished_run(folder: Path) -> bool:

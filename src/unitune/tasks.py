@@ -21,8 +21,6 @@ WORDS = ["apple", "river", "stone", "garden", "cloud", "pencil", "window", "tige
 UNITS = [("meters", "centimeters", 100), ("hours", "minutes", 60), ("kilograms", "grams", 1000),
          ("minutes", "seconds", 60), ("liters", "milliliters", 1000), ("days", "hours", 24),
          ("feet", "inches", 12), ("weeks", "days", 7)]
-FILLERS = ["Sure! Let me think about this for a moment.", "That is a great question.",
-           "Here is what I came up with after some thought."]
 
 
 def _arith(r: random.Random):
@@ -89,15 +87,20 @@ def make_row(r: random.Random) -> dict:
     question, reasoning, value = r.choice(TASKS)(r)
     prompt = f"{question} {FORMAT_HINT}"
     chosen_text = f"{reasoning}\nAnswer: {value}"
+    # Rejected replies break the requested format (mostly) or state a wrong value. The format-breaking
+    # kinds are ones the base model finds about as likely as the chosen reply (measured: it ranks the
+    # chosen reply first on only ~45-65% of them), so preference training has something to learn.
     kind = r.random()
-    if kind < 0.4:  # right format, wrong value
+    if kind < 0.35:  # the reasoning without the answer line
+        rejected_text = reasoning
+    elif kind < 0.65:  # a plain sentence, no answer line
+        rejected_text = f"The answer is {value}."
+    elif kind < 0.85:  # the answer line first, not last
+        rejected_text = f"Answer: {value}\n{reasoning}"
+    else:  # right format, wrong value
         wrong = _wrong_value(r, value)
         head, _, tail = reasoning.rpartition(value)  # swap the last mention of the value only
         rejected_text = f"{head}{wrong}{tail}\nAnswer: {wrong}"
-    elif kind < 0.75:  # right value, ignores the requested format and rambles
-        rejected_text = f"{r.choice(FILLERS)} I believe the result is {value}, but I am not completely sure."
-    else:  # wrong and unformatted
-        rejected_text = f"{r.choice(FILLERS)} The answer is probably {_wrong_value(r, value)}."
     user = {"content": prompt, "role": "user"}
     chosen = [user, {"content": chosen_text, "role": "assistant"}]
     rejected = [user, {"content": rejected_text, "role": "assistant"}]
@@ -157,6 +160,6 @@ def check_answer(row: dict, text: str) -> bool:
 
 
 def follows_format(text: str) -> bool:
-    """True when the reply ends with exactly one ``Answer: <value>`` line."""
+    """True when the reply ends with exactly one ``Answer: <value>`` line (an answer line first is wrong)."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return bool(lines) and len(_ANSWER_RE.findall(text)) == 1 and lines[-1].lower().startswith("answer:")

@@ -7,16 +7,17 @@ import time
 from pathlib import Path
 
 from .config import TrainConfig
-from .data import load_split, require_format, resolve_dataset, split_names, validate_rows
+from .check import Lengths, measure
+from .data import (load_split, needs_chat_template, require_chat_template, require_format, resolve_dataset,
+                   split_names, validate_rows)
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
 from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model, world_size
 from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
 
-def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec,
-                  cfg: TrainConfig, tokenizer):
-    """Load one split, keep the first ``limit`` rows, check it suits the method, convert it."""
+def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec):
+    """Load one split, keep the first ``limit`` rows, check it suits the method: (rows, format)."""
     ds = load_split(dataset, split)
     if len(ds) == 0:
         raise UserError(f"split '{split}' of {dataset} has no rows; add data or choose another split")
@@ -27,6 +28,13 @@ def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, 
         ds = ds.select(range(min(limit, len(ds))))
     fmt = require_format(ds, spec.name, spec.formats)
     validate_rows(ds, fmt)
+    return ds, fmt
+
+
+def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec,
+                  cfg: TrainConfig, tokenizer):
+    """load_checked, then the method's conversion into what its TRL trainer takes."""
+    ds, fmt = load_checked(dataset, split, limit, limit_flag, spec)
     return spec.module.prepare(ds, fmt, cfg, tokenizer)
 
 
@@ -39,15 +47,14 @@ def planned_steps(cfg: TrainConfig, rows: int) -> int:
     return math.ceil(cfg.num_train_epochs * per_epoch)
 
 
-def truncation_note(ds, max_length: int) -> str | None:
-    if "input_ids" not in ds.column_names:
-        return None
-    lengths = [len(ids) for ids in ds["input_ids"]]
-    cut = [n - max_length for n in lengths if n > max_length]
-    if not cut:
-        return None
-    return (f"{len(cut)} of {len(lengths)} rows exceed --max_length {max_length} and will be truncated "
-            f"(by up to {max(cut)} tokens); raise --max_length to keep them whole")
+def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
+    """Tokens and truncation of the training rows, measured as `unitune check` measures them."""
+    summary = measure(ds, fmt, Lengths(tokenizer), max_length)
+    if fmt != "text" and summary["prompt_over_max_length"] == len(ds):
+        shortest = summary["prompt_tokens"]["min"]
+        raise UserError(f"every row's prompt alone is at least --max_length {max_length} tokens (shortest: "
+                        f"{shortest}), so nothing would be trained; raise --max_length above {shortest}")
+    return summary
 
 
 def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> dict:
@@ -80,14 +87,16 @@ def resume_target(cfg: TrainConfig, out: Path) -> str | bool | None:
     return None
 
 
-def print_plan(cfg: TrainConfig, train_ds, split: str, out: Path) -> None:
-    steps = planned_steps(cfg, len(train_ds))
-    print(f"unitune: plan: {cfg.method} on {len(train_ds)} rows of '{split}', {steps} optimizer steps "
-          f"(batch {cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps}), "
-          f"lr {cfg.learning_rate:g}, output {out}")
-    if "input_ids" in train_ds.column_names:
-        tokens = sum(min(len(ids), cfg.max_length) for ids in train_ds["input_ids"])
-        print(f"unitune: plan: {tokens} tokens per epoch")
+def print_plan(cfg: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:
+    steps = planned_steps(cfg, rows)
+    print(f"unitune: plan: {cfg.method} on {rows} rows of '{split}', {steps} optimizer steps "
+          f"(batch {cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps} x "
+          f"{world_size()} process(es)), lr {cfg.learning_rate:g}, output {out}")
+    print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
+    cut = lengths["truncated"]
+    if cut["rows"]:
+        warn(f"{cut['rows']} rows exceed --max_length {cfg.max_length} and will be truncated (by up to "
+             f"{cut['max_cut']} tokens); raise --max_length to keep them whole")
 
 
 def tokens_seen(state) -> int | None:
@@ -108,14 +117,14 @@ def run_training(cfg: TrainConfig) -> Path:
                                                                        cfg.resume or bool(cfg.resume_from_checkpoint))
     source = resolve_model(cfg.model_name)
     tokenizer = load_tokenizer(source)
-    train_ds = prepare_split(dataset, split, cfg.max_train_samples, "max_train_samples", spec, cfg, tokenizer)
+    raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec)
+    if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
+        require_chat_template(tokenizer, cfg.model_name or "the embedded model")
+    print_plan(cfg, len(raw), split, out, length_plan(raw, fmt, tokenizer, cfg.max_length))
+    train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
     eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
                              tokenizer)
                if cfg.eval_split else None)
-    note = truncation_note(train_ds, cfg.max_length)
-    print_plan(cfg, train_ds, split, out)
-    if note:
-        warn(note)
     if cfg.dry_run:
         print("unitune: dry run: nothing trained")
         return out

@@ -1,0 +1,255 @@
+"""The unified evaluator: every run under runs_dir plus the base model -> evaluation_results.json.
+
+    unitune eval --runs_dir runs          # == python code/unified_evaluation.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import EvalConfig
+from .data import detect_format, load_split, pair_row, prompt_messages, resolve_dataset, split_names
+from .errors import UserError, warn
+from .generation import generate_replies
+from .methods import METHODS
+from .models import load_tokenizer, resolve_model
+from .runs import RUN_FILE, read_run, write_json_atomic
+from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
+from .tasks import check_answer
+
+TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
+                 "training_time_seconds", "training_time_hours")
+
+
+@dataclass
+class Entry:
+    """One thing to evaluate: a run folder, or the base model (path None)."""
+
+    name: str
+    method: str | None
+    base_model: str | None
+    path: Path | None = None
+    record: dict = field(default_factory=dict)
+
+
+def discover(cfg: EvalConfig) -> list[Entry]:
+    root = Path(cfg.runs_dir)
+    if not root.is_dir():
+        raise UserError(f"runs folder not found: {root}; train first (`unitune train --method sft`) or pass "
+                        "--runs_dir")
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not ((folder / "adapter_config.json").exists() or (folder / RUN_FILE).exists()):
+            continue
+        try:
+            record = read_run(folder) or {}
+        except (OSError, ValueError):
+            record = {}
+        prefix = folder.name.split("_")[0].lower()
+        method = record.get("method") or (prefix if prefix in METHODS else None)
+        if cfg.methods and method not in cfg.methods:
+            continue
+        entries.append(Entry(folder.name, method, record.get("base_model") or _adapter_base(folder) or cfg.base_model,
+                             folder, record))
+    if not entries:
+        raise UserError(f"no runs in {root} (a run is a folder with adapter_config.json or {RUN_FILE}); train "
+                        "one with `unitune train --method sft`, or point --runs_dir at your runs")
+    return entries
+
+
+def _adapter_base(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def training_metrics(folder: Path | None) -> dict:
+    """The seed's training keys from trainer_state.json (all null for the base model)."""
+    metrics = dict.fromkeys(TRAINING_KEYS)
+    if folder is None:
+        return metrics
+    state = json.loads((folder / "trainer_state.json").read_text())
+    history = state.get("log_history", [])
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    runtime = next((e["train_runtime"] for e in reversed(history) if "train_runtime" in e), None)
+    metrics.update(initial_train_loss=losses[0] if losses else None, final_train_loss=losses[-1] if losses else None,
+                   best_eval_loss=min(evals) if evals else None, final_eval_loss=evals[-1] if evals else None,
+                   total_steps=state.get("global_step"), training_time_seconds=runtime,
+                   training_time_hours=runtime / 3600 if runtime is not None else None)
+    return metrics
+
+
+class EvalData:
+    """The first max_samples rows of the test splits of one dataset, loaded once and shared by entries."""
+
+    def __init__(self, dataset: str, cfg: EvalConfig):
+        self.dataset = dataset
+        available = split_names(dataset)
+        self.splits = {kind: split for kind, split in
+                       (("sft", cfg.sft_split), ("prefs", cfg.prefs_split), ("gen", cfg.gen_split))
+                       if split in available}
+        rows = {kind: load_split(dataset, split) for kind, split in self.splits.items()}
+        rows = {kind: ds.select(range(min(cfg.max_samples, len(ds)))) for kind, ds in rows.items()}
+        self.sft = self._sft_items(rows.get("sft"))
+        self.pairs = self._pairs(rows.get("prefs"))
+        gen = rows.get("gen")
+        self.gen_rows = list(gen) if gen is not None else []
+        self.gen_format = detect_format(gen.column_names) if gen is not None else None
+
+    @staticmethod
+    def _sft_items(ds):
+        if ds is None:
+            return []
+        fmt = detect_format(ds.column_names, METHODS["sft"].formats)
+        items = []
+        for row in ds:
+            if fmt == "conversational":
+                prompt = prompt_messages(row, fmt)
+                items.append((prompt, list(row["messages"])[len(prompt):][-1:]))
+            elif fmt in ("preference", "preference_implicit"):
+                pair = pair_row(row, fmt)
+                items.append((_messages(pair["prompt"], "user"), _messages(pair["chosen"], "assistant")))
+            elif fmt == "prompt_completion":
+                items.append((_messages(row["prompt"], "user"), _messages(row["completion"], "assistant")))
+        return items
+
+    @staticmethod
+    def _pairs(ds):
+        if ds is None:
+            return []
+        fmt = detect_format(ds.column_names, METHODS["dpo"].formats)
+        if fmt is None:
+            return []
+        pairs = [pair_row(row, fmt) for row in ds]
+        return [(_messages(p["prompt"], "user"), _messages(p["chosen"], "assistant"),
+                 _messages(p["rejected"], "assistant")) for p in pairs]
+
+
+def _messages(value, role: str) -> list[dict]:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def load_entry_model(entry: Entry, device: str):
+    """The base model, or base + adapter merged (faster scoring; identical outputs up to rounding)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=torch.float32)
+    if entry.path is not None:
+        if not (entry.path / "adapter_config.json").exists():
+            raise UserError("no adapter_config.json (the run did not finish saving)")
+        model = PeftModel.from_pretrained(model, str(entry.path)).merge_and_unload()
+    return model.to(device).eval()
+
+
+def grpo_rewards(entries: list[Entry]) -> list[str] | None:
+    """The reward functions of the first GRPO run ([] = its defaults), or None without a GRPO run."""
+    for entry in entries:
+        if entry.method == "grpo":
+            return (entry.record.get("settings") or {}).get("reward_funcs") or []
+    return None
+
+
+def common_base(entries: list[Entry], fallback: str | None) -> str | None:
+    """The base model most runs share (local folders that exist first), for the "base" entry."""
+    counts = Counter(e.base_model for e in entries if e.base_model)
+    ranked = sorted(counts, key=lambda b: (not Path(b).exists(), -counts[b]))
+    return ranked[0] if ranked else fallback
+
+
+def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, reward_names, device: str) -> dict:
+    started = time.time()
+    model = load_entry_model(entry, device)
+    tokenizer = load_tokenizer(str(entry.path) if entry.path else resolve_model(entry.base_model))
+    result: dict = {"method": entry.method or ("base" if entry.path is None else None),
+                    **training_metrics(entry.path)}
+    if not cfg.skip_perplexity and data.sft:
+        test_loss = token_weighted(reply_nll(model, tokenizer, data.sft, cfg.batch_size, f"{entry.name}: test loss"))
+        result.update(test_loss=test_loss, perplexity=math.exp(test_loss))
+    else:
+        result.update(test_loss=None, perplexity=None)
+    if data.pairs:
+        scored = score_replies(model, tokenizer, [(p, [c, r]) for p, c, r in data.pairs], cfg.batch_size,
+                               f"{entry.name}: pairs")
+        chosen, rejected = mean_loss([s[0] for s in scored]), mean_loss([s[1] for s in scored])
+        result.update(preference_metrics(chosen, rejected))
+    else:
+        result.update(preference_metrics([], []))
+    result.update(generation_metrics(model, tokenizer, data, cfg, entry, reward_names))
+    result.update(model_name=entry.record.get("model_name", entry.base_model) if entry.path else entry.base_model,
+                  model_path=str(entry.path) if entry.path else resolve_model(entry.base_model),
+                  dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2))
+    return result
+
+
+def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry, reward_names) -> dict:
+    """task_accuracy (rows with an answer), mean_reward (GRPO runs and base) and generation samples."""
+    rows = data.gen_rows
+    if rows:
+        prompts = [prompt_messages(row, data.gen_format) for row in rows]
+    else:
+        prompts = [p for p, _ in data.sft][: cfg.max_generation_samples]
+    scored = rows and "answer" in rows[0]
+    wanted = prompts if scored or reward_names is not None else prompts[: cfg.max_generation_samples]
+    replies = generate_replies(model, tokenizer, wanted, cfg.max_new_tokens, cfg.batch_size,
+                               desc=f"{entry.name}: generating")
+    out: dict = {"task_accuracy": None}
+    if scored:
+        out["task_accuracy"] = sum(check_answer(r, text) for r, text in zip(rows, replies)) / len(rows)
+    if reward_names is not None and entry.method in ("grpo", None) and rows:
+        out["mean_reward"] = mean_reward(reward_names, wanted, replies, rows)
+    out["generation_samples"] = [{"prompt": p[-1]["content"] if p else "", "response": r}
+                                 for p, r in zip(wanted, replies)][: cfg.max_generation_samples]
+    return out
+
+
+def mean_reward(names: list[str], prompts, replies: list[str], rows: list[dict]) -> float:
+    """Mean of the summed rewards (the run's reward functions, equal weights unless recorded)."""
+    from .rewards import default_rewards, load_reward
+
+    names = names or default_rewards(list(rows[0]))[0]
+    completions = [[{"role": "assistant", "content": r}] for r in replies]
+    columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+    totals = [0.0] * len(replies)
+    for name in names:
+        for i, value in enumerate(load_reward(name)(prompts=prompts, completions=completions, **columns)):
+            totals[i] += float(value)
+    return sum(totals) / len(totals)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    entries = discover(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reward_names = grpo_rewards(entries)
+    if not cfg.skip_base:
+        entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
+    data_cache: dict[str, EvalData] = {}
+    results: dict = {}
+    for number, entry in enumerate(entries, 1):
+        print(f"unitune eval [{number}/{len(entries)}]: {entry.name}", flush=True)
+        try:
+            dataset = resolve_dataset(cfg.dataset or entry.record.get("dataset"))
+            if dataset not in data_cache:
+                data_cache[dataset] = EvalData(dataset, cfg)
+            torch.manual_seed(0)
+            results[entry.name] = evaluate_entry(entry, data_cache[dataset], cfg,
+                                                 reward_names if entry.method in ("grpo", None) else None, device)
+        except Exception as err:  # a broken run must not stop the others
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            warn(f"{entry.name}: {message}")
+            results[entry.name] = {"error": f"{type(err).__name__}: {message}",
+                                   "model_path": str(entry.path) if entry.path else None}
+    write_json_atomic(Path(cfg.output), results)
+    print(f"unitune eval: results written to {cfg.output}", flush=True)
+    if all("error" in r for r in results.values()):
+        raise UserError(f"no run could be evaluated (see the errors in {cfg.output}); check the run folders")
+    return results

@@ -1,0 +1,127 @@
+"""Reply loss: mean token NLL of a reply given its prompt, scored in padded, length-sorted batches.
+
+The reply's tokens are exactly those SFT puts loss on (data.encode_conversation with the last
+assistant turn): the reply text plus its end-of-turn token, after the prompt rendered with the
+model's chat template. Only those positions go through the LM head: full-vocabulary logits are
+never built for prompt or padding tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import encode_conversation
+
+
+def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
+    return [encode_conversation(tokenizer, prompt + reply, last_only=True) for prompt, reply in items]
+
+
+def pack(tokenizer, prompt: list[dict], replies: list[list[dict]]) -> dict:
+    """One row: the prompt's tokens once, then each reply's tokens; each reply sees only the prompt.
+
+    Returns ids, position ids, the segment of every token (-1 prompt, k reply k), and for every loss
+    token the position whose hidden state predicts it (a reply's first token is predicted from the
+    prompt's last token, not from the previous reply)."""
+    encoded = encode_pairs(tokenizer, [(prompt, reply) for reply in replies])
+    starts = [enc["assistant_masks"].index(1) if 1 in enc["assistant_masks"] else len(enc["input_ids"])
+              for enc in encoded]
+    prefix = encoded[0]["input_ids"][: starts[0]]
+    if any(enc["input_ids"][:start] != prefix for enc, start in zip(encoded, starts)):
+        raise ValueError("prompt tokens differ between replies")
+    ids, positions, segments, predictors, targets = list(prefix), list(range(len(prefix))), [-1] * len(prefix), [], []
+    for k, (enc, start) in enumerate(zip(encoded, starts)):
+        offset = len(ids)
+        tail = enc["input_ids"][start:]
+        for j, (token, loss) in enumerate(zip(tail, enc["assistant_masks"][start:])):
+            if loss:
+                predictors.append(offset + j - 1 if j else len(prefix) - 1)
+                targets.append(offset + j)
+        ids += tail
+        positions += range(start, start + len(tail))
+        segments += [k] * len(tail)
+    return {"ids": ids, "positions": positions, "segments": segments, "predictors": predictors,
+            "targets": targets, "replies": len(replies)}
+
+
+def _attention(rows: list[dict], width: int) -> torch.Tensor:
+    """(batch, 1, width, width) boolean mask: causal, prompt visible to all, replies blind to each other."""
+    mask = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for b, row in enumerate(rows):
+        n = len(row["ids"])
+        seg = torch.tensor(row["segments"])
+        same = (seg[:, None] == seg[None, :]) | (seg[None, :] == -1)
+        mask[b, 0, :n, :n] = same & causal[:n, :n]
+        mask[b, 0, n:, :] = causal[n:, :]  # padding rows attend causally (ignored, avoids empty rows)
+    return mask
+
+
+@torch.inference_mode()
+def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict]]]], batch_size: int = 16,
+                  desc: str = "Scoring") -> list[list[tuple[float, int]]]:
+    """For each (prompt, [reply, ...]): the (summed NLL, token count) of every reply, in input order.
+
+    Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
+    length-sorted and right-padded into batches."""
+    packed = [pack(tokenizer, prompt, replies) for prompt, replies in items]
+    order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
+    results: list[list[tuple[float, int]]] = [[] for _ in packed]
+    device = next(model.parameters()).device
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        rows = [packed[i] for i in order[start: start + batch_size]]
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
+            positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
+        hidden = decoder(input_ids=ids.to(device), position_ids=positions.to(device),
+                         attention_mask=_attention(rows, width).to(device)).last_hidden_state
+        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
+        predictors = torch.tensor([p for row in rows for p in row["predictors"]], device=device)
+        targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
+        # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
+        logits = head(hidden[batch_index, predictors]).float()
+        nll = F.cross_entropy(logits, ids.to(device)[batch_index, targets], reduction="none").double().cpu()
+        at = 0
+        for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):
+            segment_of = [row["segments"][t] for t in row["targets"]]
+            chunk = nll[at: at + len(row["targets"])]
+            at += len(row["targets"])
+            results[i] = [(float(chunk[[s == k for s in segment_of]].sum()), segment_of.count(k))
+                          for k in range(row["replies"])]
+    return results
+
+
+def reply_nll(model, tokenizer, items: list[tuple[list[dict], list[dict]]], batch_size: int = 16,
+              desc: str = "Scoring") -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each (prompt messages, reply messages) item, in input order."""
+    return [scored[0] for scored in score_replies(model, tokenizer, [(p, [r]) for p, r in items], batch_size, desc)]
+
+
+def mean_loss(scored: list[tuple[float, int]]) -> list[float]:
+    """Per-item mean token NLL."""
+    return [total / count if count else float("nan") for total, count in scored]
+
+
+def token_weighted(scored: list[tuple[float, int]]) -> float:
+    tokens = sum(count for _, count in scored)
+    return sum(total for total, _ in scored) / tokens if tokens else float("nan")
+
+
+def preference_metrics(chosen: list[float], rejected: list[float]) -> dict:
+    """Pairs where the chosen reply has the lower mean loss; ties count as wrong."""
+    total = len(chosen)
+    correct = sum(c < r for c, r in zip(chosen, rejected))
+    avg_chosen = sum(chosen) / total if total else None
+    avg_rejected = sum(rejected) / total if total else None
+    return {
+        "preference_correct": correct, "preference_total": total,
+        "preference_accuracy": correct / total if total else None,
+        "avg_chosen_loss": avg_chosen, "avg_rejected_loss": avg_rejected,
+        "loss_margin": avg_rejected - avg_chosen if total else None,
+    }

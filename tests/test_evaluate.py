@@ -1,0 +1,169 @@
+"""The unified evaluator and the report, on tiny-model runs."""
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import read_json
+from unitune.cli import main, parse_config
+from unitune.config import EvalConfig
+from unitune.data import DEMO_DIR
+from unitune.errors import UserError
+from unitune.evaluate import TRAINING_KEYS, EvalData, discover
+from unitune.scoring import encode_pairs, mean_loss, reply_nll, score_replies
+
+METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": int, "preference_total": int,
+                "preference_accuracy": float, "avg_chosen_loss": float, "avg_rejected_loss": float,
+                "loss_margin": float, "task_accuracy": float, "generation_samples": list, "model_name": str,
+                "model_path": str, "dataset": str, "splits": dict, "eval_time_seconds": float,
+                "initial_train_loss": float, "final_train_loss": float, "total_steps": int,
+                "training_time_seconds": float, "training_time_hours": float}
+EVAL_FLAGS = ["--max_samples", "6", "--max_new_tokens", "4", "--batch_size", "4", "--max_generation_samples", "2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    """Two finished tiny runs (sft, dpo) in one runs folder."""
+    root = tmp_path_factory.mktemp("runs")
+    for method in ("sft", "dpo"):
+        assert main(["train", "--method", method, "--model_name", str(tiny_model_dir), "--output_dir",
+                     str(root / f"{method}_tiny"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                     "--gradient_accumulation_steps", "1", "--max_train_samples", "4"]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(runs):
+    assert main(["eval", "--runs_dir", str(runs), *EVAL_FLAGS]) == 0
+    return read_json(runs / "evaluation_results.json")
+
+
+def test_every_key_with_its_type(evaluated):
+    assert set(evaluated) == {"base", "sft_tiny", "dpo_tiny"}
+    for name in ("sft_tiny", "dpo_tiny"):
+        for key, kind in METRIC_TYPES.items():
+            assert isinstance(evaluated[name][key], kind), (name, key, evaluated[name][key])
+        assert evaluated[name]["best_eval_loss"] is None and evaluated[name]["total_steps"] == 2
+    assert evaluated["sft_tiny"]["method"] == "sft" and evaluated["dpo_tiny"]["method"] == "dpo"
+    assert evaluated["base"]["splits"] == {"sft": "test_sft", "prefs": "test_prefs", "gen": "test_gen"}
+
+
+def test_base_entry_has_null_training_metrics(evaluated):
+    base = evaluated["base"]
+    assert all(base[k] is None for k in TRAINING_KEYS)
+    assert isinstance(base["test_loss"], float) and base["preference_total"] == 6
+
+
+def test_metric_arithmetic(evaluated):
+    for result in evaluated.values():
+        assert result["perplexity"] == pytest.approx(math.exp(result["test_loss"]))
+        assert result["preference_accuracy"] == result["preference_correct"] / result["preference_total"]
+        assert result["loss_margin"] == pytest.approx(result["avg_rejected_loss"] - result["avg_chosen_loss"])
+        assert len(result["generation_samples"]) == 2
+        assert set(result["generation_samples"][0]) == {"prompt", "response"}
+
+
+def test_training_metrics_from_state(evaluated, runs):
+    state = read_json(runs / "sft_tiny" / "trainer_state.json")
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert evaluated["sft_tiny"]["initial_train_loss"] == losses[0]
+    assert evaluated["sft_tiny"]["final_train_loss"] == losses[-1]
+
+
+def test_rerun_is_deterministic(evaluated, runs, tmp_path):
+    out = tmp_path / "again.json"
+    assert main(["eval", "--runs_dir", str(runs), "--output", str(out), "--report", "false", *EVAL_FLAGS]) == 0
+    again = read_json(out)
+    for name, result in evaluated.items():
+        for key in ("test_loss", "preference_correct", "avg_chosen_loss", "generation_samples"):
+            assert again[name][key] == result[key], (name, key)
+
+
+def test_batched_scoring_equals_one_at_a_time(tiny_model_dir, tokenizer):
+    """Padded, length-sorted batches against a plain HF loss on each sample alone."""
+    cfg = EvalConfig(max_samples=12)
+    data = EvalData(str(DEMO_DIR), cfg)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    items = data.sft + [(p, c) for p, c, _ in data.pairs] + [(p, r) for p, _, r in data.pairs]
+    batched = mean_loss(reply_nll(model, tokenizer, items, batch_size=8))
+    # pairs packed as one row per prompt (prompt computed once, replies masked from each other)
+    packed = score_replies(model, tokenizer, [(p, [c, r]) for p, c, r in data.pairs], batch_size=5)
+    n = len(data.pairs)
+    assert mean_loss([s[0] for s in packed]) == pytest.approx(batched[-2 * n:-n], abs=1e-4)
+    assert mean_loss([s[1] for s in packed]) == pytest.approx(batched[-n:], abs=1e-4)
+    for item, enc, got in zip(items, encode_pairs(tokenizer, items), batched):
+        ids = torch.tensor([enc["input_ids"]])
+        labels = ids.clone()
+        labels[0, torch.tensor(enc["assistant_masks"]) == 0] = -100
+        with torch.no_grad():
+            expected = model(input_ids=ids, labels=labels).loss.item()
+        assert abs(got - expected) < 1e-4
+
+
+def test_discovery(tmp_path):
+    (tmp_path / "dpo_x").mkdir()
+    (tmp_path / "dpo_x" / "adapter_config.json").write_text('{"base_model_name_or_path": "b"}')
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "unitune_run.json").write_text('{"method": "kto", "base_model": "c"}')
+    (tmp_path / "notes").mkdir()
+    entries = discover(EvalConfig(runs_dir=str(tmp_path)))
+    assert [(e.name, e.method, e.base_model) for e in entries] == [("dpo_x", "dpo", "b"), ("mine", "kto", "c")]
+    assert [e.name for e in discover(EvalConfig(runs_dir=str(tmp_path), methods=["kto"]))] == ["mine"]
+
+
+@pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
+def test_no_runs_is_a_one_line_error(tmp_path, capsys, make):
+    assert main(["eval", "--runs_dir", str(make(tmp_path))]) == 2
+    err = capsys.readouterr().err
+    assert ("runs folder not found" in err or "no runs in" in err) and "unitune train --method sft" in err
+
+
+def test_broken_run_gets_an_error_entry(runs, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    (root / "dpo_broken").mkdir()
+    (root / "dpo_broken" / "adapter_config.json").write_text("{not json")
+    assert main(["eval", "--runs_dir", str(root), "--skip_base", "--report", "false", *EVAL_FLAGS]) == 0
+    results = read_json(root / "evaluation_results.json")
+    assert "error" in results["dpo_broken"] and "test_loss" in results["sft_tiny"]
+    (root / "sft_tiny" / "adapter_model.safetensors").write_bytes(b"corrupt")
+    assert main(["eval", "--runs_dir", str(root), "--skip_base", "--report", "false", *EVAL_FLAGS]) == 2
+    assert "no run could be evaluated" in capsys.readouterr().err
+
+
+def test_results_write_is_atomic(tmp_path, monkeypatch):
+    from unitune import runs as runs_module
+
+    target = tmp_path / "evaluation_results.json"
+    target.write_text('{"good": 1}')
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("crash mid-write")
+
+    monkeypatch.setattr(runs_module.os, "replace", explode)
+    with pytest.raises(RuntimeError):
+        runs_module.write_json_atomic(target, {"new": 2})
+    assert json.loads(target.read_text()) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["evaluation_results.json"]
+
+
+def test_report_files(evaluated, runs):
+    html = (runs / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4  # loss curves + a bar chart per metric
+    assert "<script" not in html and "http" not in html  # self-contained
+    for name in evaluated:
+        assert name in html
+    md = (runs / "report.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0].startswith("| run | method |") and rows[1].startswith("| base | base |") and "sft_tiny" in md
+
+
+def test_eval_config_rejects_bad_values():
+    with pytest.raises(UserError, match="--max_samples must be greater than 0"):
+        parse_config(EvalConfig, ["--max_samples", "0"], "unitune eval")
+    with pytest.raises(UserError, match="unknown method 'sfx' in --methods"):
+        parse_config(EvalConfig, ["--methods", "sfx"], "unitune eval")
