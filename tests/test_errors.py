@@ -1,6 +1,8 @@
 """Bad input: one line naming the problem and the fix, a non-zero exit, no traceback."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,3 +91,89 @@ def test_finished_run_is_not_overwritten(capsys, tiny_args, tmp_path):
     code, line = run_cli(capsys, tiny_args("sft"))
     assert code == 2 and "already holds a finished run; pass --overwrite_output_dir" in line
     assert (out / "adapter_config.json").read_text() == "{}"
+
+
+# ---- the rest of the bad-input battery (issue: dataset checker, dry run, YAML configs)
+
+
+def test_unknown_yaml_key_suggests(capsys, tiny_args, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rte: 0.1\n")
+    code, line = run_cli(capsys, tiny_args("sft", "--config", str(config)))
+    assert code == 2 and f"unknown key 'learning_rte' in {config} (did you mean 'learning_rate'?)" in line
+
+
+def test_invalid_yaml_says_where(capsys, tiny_args, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("method: sft\nlora_r: [1, 2\n")
+    code, line = run_cli(capsys, tiny_args("sft", "--config", str(config)))
+    assert code == 2 and f"{config} is not valid YAML at line 3" in line
+
+
+@pytest.mark.parametrize("flag,value", [("--learning_rate", "-1"), ("--per_device_train_batch_size", "0"),
+                                        ("--num_train_epochs", "0"), ("--lora_r", "-4"),
+                                        ("--gradient_accumulation_steps", "0")])
+def test_non_positive_numbers(capsys, tiny_args, flag, value):
+    code, line = run_cli(capsys, tiny_args("sft", flag, value))
+    assert code == 2 and f"{flag} must be greater than 0" in line
+
+
+def test_dropout_below_zero(capsys, tiny_args):
+    code, line = run_cli(capsys, tiny_args("sft", "--lora_dropout", "-0.1"))
+    assert code == 2 and "--lora_dropout must be in [0, 1)" in line
+
+
+def test_wrong_flag_type(capsys, tiny_args):
+    code, line = run_cli(capsys, tiny_args("sft", "--lora_r", "many"))
+    assert code == 2 and "argument --lora_r: invalid int value: 'many'" in line
+
+
+def test_empty_data_file(capsys, tiny_args, tmp_path):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
+    assert code == 2 and f"data file is empty: {data}" in line
+
+
+def test_malformed_jsonl_names_the_line(capsys, tiny_args, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "ok"}\n{"text": "ok"}\n{"text": broken}\n')
+    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
+    assert code == 2 and f"{data}: line 3 is not valid JSON" in line and "fix or remove that line" in line
+
+
+def test_more_samples_than_rows_warns_and_uses_all(capsys, tiny_args, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "Hi", "completion": "Hello"}\n' * 3)
+    assert main(tiny_args("sft", "--dataset", str(data), "--max_train_samples", "50", "--max_steps", "1")) == 0
+    captured = capsys.readouterr()
+    assert "--max_train_samples 50 is more than the 3 rows of split 'train'; using all of them" in captured.err
+    assert "plan: sft on 3 rows" in captured.out
+
+
+def test_unwritable_output_dir(capsys, tiny_args, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, line = run_cli(capsys, tiny_args("sft", "--output_dir", str(blocker / "run")))
+    assert code == 2 and f"cannot write to --output_dir {blocker / 'run'}" in line
+
+
+def test_overwrite_keeps_nothing_silently(capsys, tiny_args, tmp_path):
+    """--overwrite_output_dir trains over a finished run; files of the user's stay."""
+    out = tmp_path / "sft_run"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")
+    (out / "my_notes.txt").write_text("keep me")
+    assert main(tiny_args("sft", "--overwrite_output_dir", "--max_steps", "1")) == 0
+    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "unitune_run.json").exists()
+
+
+def test_no_chat_template(capsys, tiny_model_dir, tmp_path, tiny_args):
+    plain = tmp_path / "plain-model"
+    shutil.copytree(tiny_model_dir, plain)
+    (plain / "chat_template.jinja").unlink()
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    code, line = run_cli(capsys, tiny_args("sft") + ["--model_name", str(plain)])
+    assert code == 2 and "has no chat template, which conversational data need" in line

@@ -15,7 +15,7 @@ import typing
 import warnings
 from dataclasses import MISSING, fields
 
-from .config import CheckConfig, EvalConfig, TrainConfig, closest, from_mapping
+from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, closest, from_mapping
 from .errors import UserError
 from .methods import METHODS
 
@@ -59,7 +59,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             kwargs.update(nargs="+", type=typing.get_args(kind)[0])
         else:
             kwargs.update(type=kind, choices=None if f.name == "method" else meta.get("choices"))
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        names = [f"--{f.name}", *meta.get("aliases", ())]
         parser.add_argument(*names, dest=f.name, **kwargs)
 
 
@@ -149,7 +149,15 @@ def _check(argv: list[str], prog: str) -> int:
     return 0 if ok else 1
 
 
-COMMANDS = {"train": _train, "eval": _eval, "check": _check, "report": _report, "demo": _demo}
+def _merge(argv: list[str], prog: str) -> int:
+    cfg = parse_config(MergeConfig, argv, prog)
+    from .merge import merge_run
+
+    merge_run(cfg)
+    return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "check": _check, "report": _report, "merge": _merge, "demo": _demo}
 
 
 def main(argv: list[str] | None = None, prog: str = "unitune") -> int:

@@ -74,7 +74,8 @@ class TrainConfig:
     overwrite_output_dir: bool = opt(False, "train into an output_dir that already holds a finished run")
     resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
     resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
-    dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train")
+    dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train",
+                        aliases=("--dry-run",))
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -174,3 +175,17 @@ class CheckConfig:
         if self.method is not None and self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'{closest(self.method, METHODS)}; "
                             f"choose --method from: {', '.join(METHODS)}")
+
+
+@dataclass
+class MergeConfig:
+    """Merge a run's LoRA adapter into its base model and save a full safetensors model folder."""
+
+    run: str = opt(None, "run folder holding the adapter", required=True)
+    output: str = opt(None, "folder for the merged model", required=True)
+    dtype: str = opt("float32", "dtype of the saved weights", choices=("float32", "bfloat16", "float16"))
+    overwrite: bool = opt(False, "replace a non-empty --output folder (only once the new one is complete)")
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"--dtype must be float32, bfloat16 or float16, got '{self.dtype}'")

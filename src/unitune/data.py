@@ -94,11 +94,13 @@ def load_split(dataset: str, split: str) -> Dataset:
     if split not in available:
         raise UserError(f"split '{split}' not found in {dataset}; available splits: {', '.join(available)} "
                         "(choose one with --split / --eval_split)")
+    # Local data are re-read every time: the datasets cache can serve a stale copy of edited local files.
+    fresh = "force_redownload" if path.exists() else None
     try:
         if path.is_file():
             _check_file(path)
-            return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
-        return load_dataset(dataset, split=split)
+            return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train", download_mode=fresh)
+        return load_dataset(dataset, split=split, download_mode=fresh)
     except (ConnectionError, OSError) as err:
         raise UserError(f"could not load dataset '{dataset}' ({type(err).__name__}); check the name, "
                         "or pass a local folder or file") from None

@@ -38,7 +38,7 @@ def embedded_gguf_path() -> Path:
 
 def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     """Dequantise ``gguf`` to an fp32 safetensors folder in the cache, once; return the folder."""
-    gguf = gguf.resolve()
+    gguf = gguf.absolute()  # keep the name the user gave (a symlink stays a symlink)
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = unitune_home() / "models" / f"{name or gguf.stem}-{key}"
@@ -58,7 +58,12 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process (e.g. the other rank of a torchrun) finished first
+            if not (target / "config.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -74,17 +75,34 @@ def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> 
     )
 
 
-def resume_target(cfg: TrainConfig, out: Path) -> str | bool | None:
+def checkpoint_complete(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a checkpoint without a readable one died mid-save."""
+    try:
+        step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return folder.name == f"checkpoint-{step}" and any(folder.glob("*.safetensors"))
+
+
+def resume_target(cfg: TrainConfig, out: Path) -> str | None:
+    """The checkpoint to continue from: --resume_from_checkpoint, or the newest complete one with --resume."""
     if cfg.resume_from_checkpoint:
-        if not Path(cfg.resume_from_checkpoint).is_dir():
-            raise UserError(f"--resume_from_checkpoint {cfg.resume_from_checkpoint} is not a folder; "
+        folder = Path(cfg.resume_from_checkpoint)
+        if not folder.is_dir() or not checkpoint_complete(folder):
+            raise UserError(f"--resume_from_checkpoint {folder} is not a complete checkpoint folder; "
                             f"pick one of the checkpoint-* folders in {out}")
-        return cfg.resume_from_checkpoint
-    if cfg.resume:
-        if not any(out.glob("checkpoint-*")):
-            raise UserError(f"--resume: no checkpoint-* folder in {out}; drop --resume to start fresh")
-        return True
-    return None
+        return str(folder)
+    if not cfg.resume:
+        return None
+    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit()
+                   else -1, reverse=True)
+    for folder in found:
+        if checkpoint_complete(folder):
+            print(f"unitune: resuming from {folder}", flush=True)
+            return str(folder)
+        warn(f"skipping {folder}: incomplete (no readable trainer_state.json; the process likely died while "
+             "saving it)")
+    raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh")
 
 
 def print_plan(cfg: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:

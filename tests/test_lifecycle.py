@@ -1,0 +1,174 @@
+"""Run lifecycle: resume after a crash, merge and export, GGUF input, several processes."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import read_json
+from unitune.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_train(model_dir, out, *extra):
+    return [sys.executable, "-m", "unitune", "train", "--method", "sft", "--model_name", str(model_dir),
+            "--output_dir", str(out), "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--learning_rate", "1e-3", "--seed", "7", *extra]
+
+
+def env(**extra):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_resume_after_sigkill(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cmd = tiny_train(tiny_model_dir, out, "--max_steps", "30", "--save_steps", "2", "--max_train_samples", "64")
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").exists():
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-2").is_dir(), "the run never reached its first checkpoints"
+    assert not (out / "unitune_run.json").exists(), "the run finished before it was killed; nothing to test"
+    before = sorted(p.name for p in out.glob("checkpoint-*"))
+    # a checkpoint the crash cut short: model written, trainer_state.json not yet
+    (out / "checkpoint-999").mkdir()
+    (out / "checkpoint-999" / "adapter_model.safetensors").write_bytes(b"partial")
+    done = subprocess.run(cmd + ["--resume"], env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping" in done.stderr and "checkpoint-999: incomplete" in done.stderr
+    state = read_json(out / "trainer_state.json")
+    assert state["global_step"] == 30
+    steps = [e["step"] for e in state["log_history"] if "loss" in e]
+    assert steps == list(range(1, 31)), steps  # continuous: no gap, no repeat
+    assert set(before) <= {p.name for p in out.glob("checkpoint-*")}  # no earlier checkpoint lost
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+
+
+def test_resume_without_checkpoint(capsys, tiny_args, tmp_path):
+    (tmp_path / "sft_run").mkdir()
+    assert main(tiny_args("sft", "--resume")) == 2
+    assert "--resume: no complete checkpoint-* folder" in capsys.readouterr().err
+
+
+def test_merge_generates_like_base_plus_adapter(tiny_args, tiny_model_dir, tmp_path):
+    assert main(tiny_args("sft", "--learning_rate", "5e-2")) == 0
+    run, merged_dir = tmp_path / "sft_run", tmp_path / "merged"
+    assert main(["merge", "--run", str(run), "--output", str(merged_dir)]) == 0
+    assert (merged_dir / "model.safetensors").exists() and (merged_dir / "chat_template.jinja").exists()
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run).eval()
+    for text in ["What is 2 + 2?", "Count: apple, pear.", "Write 'cat' in capitals."]:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        a = merged.generate(**inputs, max_new_tokens=12, do_sample=False)
+        b = adapted.generate(**inputs, max_new_tokens=12, do_sample=False)
+        assert torch.equal(a, b)
+    assert main(["merge", "--run", str(run), "--output", str(merged_dir)]) == 2  # not empty: refuse
+
+
+def test_merge_dtype(tiny_args, tmp_path):
+    assert main(tiny_args("sft", "--max_steps", "1")) == 0
+    out = tmp_path / "merged16"
+    assert main(["merge", "--run", str(tmp_path / "sft_run"), "--output", str(out), "--dtype", "bfloat16"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_merge_bad_run(capsys, tmp_path):
+    assert main(["merge", "--run", str(tmp_path), "--output", str(tmp_path / "m")]) == 2
+    assert "holds no adapter" in capsys.readouterr().err
+
+
+def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
+    """Any .gguf path: converted once into a cached safetensors folder that trains."""
+    from unitune.models import embedded_gguf_path
+
+    monkeypatch.setenv("UNITUNE_HOME", str(tmp_path / "home"))
+    gguf = tmp_path / "my-model.gguf"
+    os.symlink(embedded_gguf_path(), gguf)
+    args = ["train", "--method", "sft", "--model_name", str(gguf), "--output_dir", str(tmp_path / "run"),
+            "--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
+            "--max_train_samples", "2"]
+    assert main(args) == 0
+    converted = list((tmp_path / "home" / "models").iterdir())
+    assert len(converted) == 1 and converted[0].name.startswith("my-model-")
+    assert not json.loads((converted[0] / "config.json").read_text()).get("quantization_config")
+    assert read_json(tmp_path / "run" / "unitune_run.json")["base_model"] == str(converted[0])
+    assert "converting my-model.gguf" in capsys.readouterr().out
+    assert main(args + ["--overwrite_output_dir"]) == 0  # second time: the cache, no conversion
+    assert "converting" not in capsys.readouterr().out
+
+
+def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
+    import transformers
+
+    from unitune import models
+
+    monkeypatch.setenv("UNITUNE_HOME", str(tmp_path))
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", die)
+    with pytest.raises(KeyboardInterrupt):
+        models.convert_gguf(models.embedded_gguf_path(), "x")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_two_processes_match_one(method, tiny_model_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one complete run folder, same losses as 1 process."""
+    common = ["--method", method, "--model_name", str(tiny_model_dir), "--max_steps", "3", "--seed", "3",
+              "--learning_rate", "1e-3", "--max_train_samples", "24", "--lora_dropout", "0"]
+    one = subprocess.run([sys.executable, "-m", "unitune", "train", *common, "--output_dir", str(tmp_path / "one"),
+                          "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"],
+                         env=env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "unitune",
+                          "train", *common, "--output_dir", str(tmp_path / "two"),
+                          "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"],
+                         env=env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    record = read_json(tmp_path / "two" / "unitune_run.json")
+    assert record["hardware"]["world_size"] == 2
+    assert not list(tmp_path.glob("two/.*"))  # no leftover temp files from racing ranks
+    losses = {name: [e["loss"] for e in read_json(tmp_path / name / "trainer_state.json")["log_history"]
+                     if "loss" in e] for name in ("one", "two")}
+    assert len(losses["one"]) == len(losses["two"]) == 3
+    # Same global batch (4 rows) and seed. DDP averages per-process mean losses, one process averages over
+    # all tokens, so steps agree to ~1e-2 relative, not bit for bit.
+    assert losses["two"] == pytest.approx(losses["one"], rel=2e-2), losses
+
+
+def test_accelerate_cpu_config_starts_two_processes(tiny_model_dir, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    cmd = [str(accelerate), "launch", "--config_file", str(ROOT / "examples/accelerate/cpu.yaml"),
+           "--main_process_port", "29541", "-m", "unitune", "train", "--method", "sft", "--model_name",
+           str(tiny_model_dir), "--output_dir", str(tmp_path / "acc"), "--max_steps", "2",
+           "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_train_samples", "8"]
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_json(tmp_path / "acc" / "unitune_run.json")["hardware"]["world_size"] == 2
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "cpu"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
+    expected = {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+                "deepspeed_zero3": "DEEPSPEED", "cpu": "MULTI_GPU"}[name]
+    assert str(config.distributed_type).endswith(expected) and config.num_processes >= 2
