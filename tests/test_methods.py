@@ -183,6 +183,7 @@ def test_rewards_builtins():
     completions = [[{"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}], [{"role": "assistant", "content": "4"}]]
     assert accuracy(None, completions, answer=["4", "4"]) == [1.0, 0.0]
     assert format(None, completions) == [1.0, 0.0]
+    assert format(None, ["Answer: 4\nbecause 2 + 2 = 4", "Answer: 4\nAnswer: 4"]) == [0.5, 0.5]
     assert length(None, ["word " * 10, "word " * 80]) == [0.0, -1.0]
     chosen = [[USER, GOOD]] * 2
     scores = reference(None, completions, chosen=chosen)

@@ -50,7 +50,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         kind = _base_type(hints[f.name])
         meta = f.metadata
         default = None if f.default is MISSING else f.default
-        kwargs: dict = {"default": argparse.SUPPRESS, "help": f"{meta['help']} [default: {default}]"}
+        shown = "" if default is None or "(default" in meta["help"] else f" [default: {default}]"
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": meta["help"] + shown}
         if kind is bool:
             kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
         elif "const" in meta:

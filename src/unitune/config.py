@@ -34,6 +34,8 @@ def _positive(cfg, *names: str) -> None:
 
 @dataclass
 class TrainConfig:
+    """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO or GRPO (embedded model and data by default)."""
+
     method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS))
     model_name: str | None = opt(None, "Hub id, local model folder or .gguf file (default: the embedded "
                                        "smollm2-135m-instruct)")

@@ -89,7 +89,7 @@ def metric_bars(entries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
         points = [(name, result[key]) for name, result in entries if result.get(key) is not None]
         if not points:
             continue
-        fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(points) + 1.5), 2.8))
+        fig, ax = plt.subplots(figsize=(max(3.5, 0.7 * len(points) + 1.2), 2.6))
         colors = ["#888888" if name == "base" else "#3b75af" for name, _ in points]
         ax.bar([n for n, _ in points], [v for _, v in points], color=colors)
         ax.set_title(key.replace("_", " "))

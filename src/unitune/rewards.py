@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .tasks import check_answer, follows_format
+from .tasks import check_answer, format_score
 
 LENGTH_TARGET_WORDS = 40  # replies longer than this lose reward softly (the demo's answers are ~10 words)
 
@@ -33,8 +33,9 @@ def accuracy(prompts, completions, answer, **_) -> list[float]:
 
 
 def format(prompts, completions, **_) -> list[float]:  # noqa: A001 - the documented built-in name
-    """1.0 when the completion ends with exactly one ``Answer: <value>`` line, as the prompts ask."""
-    return [float(follows_format(completion_text(c))) for c in completions]
+    """1.0 when the completion ends with exactly one ``Answer: <value>`` line, as the prompts ask; 0.5 when it
+    has an answer line elsewhere (partial credit gives GRPO a gradient toward the full format)."""
+    return [format_score(completion_text(c)) for c in completions]
 
 
 def length(prompts, completions, **_) -> list[float]:

@@ -13,7 +13,10 @@ import hashlib
 import random
 import re
 
-FORMAT_HINT = "End with a line of the form 'Answer: <value>'."
+# Worded so the base model sometimes complies when sampling (measured: ~19% of samples have an answer
+# line against ~8% for "End with a line of the form 'Answer: <value>'."), which gives GRPO a signal,
+# while its greedy replies still get none right.
+FORMAT_HINT = "Answer briefly. Your last line must be 'Answer: ' followed by the result."
 SPLIT_SIZES = {"train_sft": 2000, "test_sft": 200, "train_prefs": 2000, "test_prefs": 200,
                "train_gen": 2000, "test_gen": 200}
 WORDS = ["apple", "river", "stone", "garden", "cloud", "pencil", "window", "tiger", "lemon", "bridge",
@@ -161,5 +164,13 @@ def check_answer(row: dict, text: str) -> bool:
 
 def follows_format(text: str) -> bool:
     """True when the reply ends with exactly one ``Answer: <value>`` line (an answer line first is wrong)."""
+    return format_score(text) == 1.0
+
+
+def format_score(text: str) -> float:
+    """1.0: exactly one ``Answer: <value>`` line, and it is the last line; 0.5: an answer line elsewhere."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return bool(lines) and len(_ANSWER_RE.findall(text)) == 1 and lines[-1].lower().startswith("answer:")
+    found = len(_ANSWER_RE.findall(text))
+    if found == 1 and lines[-1].lower().startswith("answer:"):
+        return 1.0
+    return 0.5 if found else 0.0
