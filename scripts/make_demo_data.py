@@ -1,7 +1,5 @@
 """Regenerate the bundled demo dataset (deterministic): python scripts/make_demo_data.py"""
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 

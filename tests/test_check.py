@@ -2,9 +2,6 @@
 
 import json
 
-import pytest
-
-from conftest import read_json  # noqa: F401
 from unitune.cli import main
 from unitune.tasks import SPLIT_SIZES
 

@@ -3,14 +3,12 @@
 import json
 
 import pytest
-from datasets import Dataset
 
 from conftest import read_json
 from test_sft import SEED_FILES, lora_b_norm
 from unitune.cli import main, parse_config
 from unitune.config import TrainConfig
 from unitune.data import DEMO_DIR
-from unitune.errors import UserError
 from unitune.methods import METHODS
 from unitune.models import choose_hardware
 from unitune.train import prepare_split, training_args

@@ -10,8 +10,8 @@ import json
 import statistics
 
 from .config import CheckConfig
-from .data import FORMATS, detect_format, load_split, pair_row, prompt_messages, resolve_dataset, split_names
-from .errors import UserError
+from .data import (FORMATS, as_messages, as_text, detect_format, load_split, pair_row, prompt_messages,
+                   resolve_dataset, split_names)
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
 
@@ -28,14 +28,6 @@ def stats(values: list[int]) -> dict | None:
             "max": max(values)}
 
 
-def _messages(value, role: str) -> list[dict]:
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
-
-
-def _text(value) -> str:
-    return value if isinstance(value, str) else " ".join(str(m.get("content", "")) for m in value)
-
-
 class Lengths:
     """Token counts of prompts and replies, rendered the way training renders them."""
 
@@ -48,12 +40,12 @@ class Lengths:
 
     def prompt(self, messages: list[dict]) -> int:
         if not self.chat:
-            return self.count(_text(messages))
+            return self.count(as_text(messages))
         return self.count(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
 
     def full(self, prompt: list[dict], reply: list[dict]) -> int:
         if not self.chat:
-            return self.count(_text(prompt) + _text(reply))
+            return self.count(as_text(prompt) + as_text(reply))
         return self.count(self.tokenizer.apply_chat_template(prompt + reply, tokenize=False))
 
 
@@ -61,16 +53,16 @@ def row_views(row: dict, fmt: str) -> tuple[list[dict], list[list[dict]]]:
     """(prompt messages, replies) of one row in any format."""
     if fmt in ("preference", "preference_implicit"):
         pair = pair_row(row, fmt)
-        return _messages(pair["prompt"], "user"), [_messages(pair["chosen"], "assistant"),
-                                                   _messages(pair["rejected"], "assistant")]
+        return as_messages(pair["prompt"], "user"), [as_messages(pair["chosen"], "assistant"),
+                                                   as_messages(pair["rejected"], "assistant")]
     if fmt == "conversational":
         prompt = prompt_messages(row, fmt)
         return prompt, [list(row["messages"])[len(prompt):]]
     if fmt in ("unpaired", "prompt_completion"):
-        return _messages(row["prompt"], "user"), [_messages(row["completion"], "assistant")]
+        return as_messages(row["prompt"], "user"), [as_messages(row["completion"], "assistant")]
     if fmt == "prompt_only":
-        return _messages(row["prompt"], "user"), []
-    return [], [_messages(row["text"], "assistant")]
+        return as_messages(row["prompt"], "user"), []
+    return [], [as_messages(row["text"], "assistant")]
 
 
 def role_problems(row: dict, fmt: str) -> list[str]:
@@ -96,7 +88,7 @@ def measure(ds, fmt: str, lengths: Lengths, max_length: int) -> dict:
         if prompt or fmt != "text":
             prompt_len.append(p)
         for reply in replies:
-            total = lengths.full(prompt, reply) if prompt else lengths.count(_text(reply))
+            total = lengths.full(prompt, reply) if prompt else lengths.count(as_text(reply))
             reply_len.append(total - p)
             total_tokens += min(total, max_length)
             if total > max_length:
@@ -127,8 +119,8 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
         duplicates += key in seen
         seen.add(key)
         if fmt != "text":
-            empty_prompts += not _text(prompt).strip()
-        empty_replies += sum(not _text(reply).strip() for reply in replies)
+            empty_prompts += not as_text(prompt).strip()
+        empty_replies += sum(not as_text(reply).strip() for reply in replies)
         if fmt in ("preference", "preference_implicit") and len(replies) == 2 and replies[0] == replies[1]:
             same_pairs += 1
         for problem in role_problems(row, fmt):

@@ -151,18 +151,20 @@ def validate_rows(ds: Dataset, fmt: str) -> None:
             if kind not in ("text", "messages") or (col == "messages" and kind != "messages"):
                 need = "a list of {role, content} messages" if col == "messages" else "text or a list of messages"
                 raise UserError(f"row {index}: column '{col}' is {kind}, expected {need}; fix the data")
-        if "prompt" in columns and not _as_text(row["prompt"]).strip():
+        if "prompt" in columns and not as_text(row["prompt"]).strip():
             raise UserError(f"row {index} has an empty prompt; fill it in or remove the row")
 
 
-def _as_text(value) -> str:
-    return value if isinstance(value, str) else " ".join(str(m["content"]) for m in value)
+def as_text(value) -> str:
+    """Text or messages as plain text (contents joined)."""
+    return value if isinstance(value, str) else " ".join(str(m.get("content", "")) for m in value)
 
 
 # ---------------------------------------------------------------- conversion
 
 
-def _as_messages(value, role: str) -> list[dict]:
+def as_messages(value, role: str) -> list[dict]:
+    """Text as one message of ``role``; messages as plain {role, content} dicts."""
     return [{"role": role, "content": value}] if isinstance(value, str) else [
         {"role": m["role"], "content": m["content"]} for m in value]
 
@@ -181,11 +183,11 @@ def pair_row(row: dict, fmt: str) -> dict:
     if isinstance(chosen, str) and isinstance(rejected, str):
         if fmt == "preference" and isinstance(row["prompt"], str):
             return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected}
-        chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
-    chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
+        chosen, rejected = as_messages(chosen, "assistant"), as_messages(rejected, "assistant")
+    chosen, rejected = as_messages(chosen, "assistant"), as_messages(rejected, "assistant")
     shared = _split_shared(chosen, rejected)
     if fmt == "preference":
-        prompt = _as_messages(row["prompt"], "user")
+        prompt = as_messages(row["prompt"], "user")
         # UltraFeedback repeats the prompt turn at the start of chosen/rejected: drop it there.
         if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
             shared = len(prompt)
@@ -230,7 +232,7 @@ def to_conversations(ds: Dataset, fmt: str) -> Dataset:
     if fmt == "preference" or fmt == "preference_implicit":
         def join(row):
             pair = pair_row(row, fmt)
-            return {"messages": _as_messages(pair["prompt"], "user") + _as_messages(pair["chosen"], "assistant")}
+            return {"messages": as_messages(pair["prompt"], "user") + as_messages(pair["chosen"], "assistant")}
         return ds.map(join, remove_columns=ds.column_names, desc="Preparing conversations")
     keep = {"conversational": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
     return ds.select_columns(keep)
@@ -239,12 +241,12 @@ def to_conversations(ds: Dataset, fmt: str) -> Dataset:
 def prompt_messages(row: dict, fmt: str) -> list[dict]:
     """The prompt of any row as messages: the conversation up to its last assistant turn."""
     if fmt == "conversational":
-        messages = _as_messages(row["messages"], "user")
+        messages = as_messages(row["messages"], "user")
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
         return messages[:last]
     if fmt == "preference_implicit":
         return pair_row(row, fmt)["prompt"]
-    return _as_messages(row["prompt"], "user")
+    return as_messages(row["prompt"], "user")
 
 
 def to_prompts(ds: Dataset, fmt: str) -> Dataset:

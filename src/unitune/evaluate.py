@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from .config import EvalConfig
-from .data import detect_format, load_split, pair_row, prompt_messages, resolve_dataset, split_names
+from .data import (as_messages, detect_format, load_split, pair_row, prompt_messages, resolve_dataset,
+                   split_names)
 from .errors import UserError, warn
 from .generation import generate_replies
 from .methods import METHODS
@@ -117,9 +118,9 @@ class EvalData:
                 items.append((prompt, list(row["messages"])[len(prompt):][-1:]))
             elif fmt in ("preference", "preference_implicit"):
                 pair = pair_row(row, fmt)
-                items.append((_messages(pair["prompt"], "user"), _messages(pair["chosen"], "assistant")))
+                items.append((as_messages(pair["prompt"], "user"), as_messages(pair["chosen"], "assistant")))
             elif fmt == "prompt_completion":
-                items.append((_messages(row["prompt"], "user"), _messages(row["completion"], "assistant")))
+                items.append((as_messages(row["prompt"], "user"), as_messages(row["completion"], "assistant")))
         return items
 
     @staticmethod
@@ -130,12 +131,8 @@ class EvalData:
         if fmt is None:
             return []
         pairs = [pair_row(row, fmt) for row in ds]
-        return [(_messages(p["prompt"], "user"), _messages(p["chosen"], "assistant"),
-                 _messages(p["rejected"], "assistant")) for p in pairs]
-
-
-def _messages(value, role: str) -> list[dict]:
-    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+        return [(as_messages(p["prompt"], "user"), as_messages(p["chosen"], "assistant"),
+                 as_messages(p["rejected"], "assistant")) for p in pairs]
 
 
 def load_entry_model(entry: Entry, device: str):
@@ -213,7 +210,7 @@ def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry:
 
 
 def mean_reward(names: list[str], prompts, replies: list[str], rows: list[dict]) -> float:
-    """Mean of the summed rewards (the run's reward functions, equal weights unless recorded)."""
+    """Mean over replies of the run's reward functions summed with equal weights."""
     from .rewards import default_rewards, load_reward
 
     names = names or default_rewards(list(rows[0]))[0]

@@ -147,11 +147,12 @@ def run_training(cfg: TrainConfig) -> Path:
         print("unitune: dry run: nothing trained")
         return out
 
+    resume = resume_target(cfg, out)  # before loading the model: a bad --resume fails fast
     model = load_model(source, hw)
     trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
                                 training_args(cfg, hw, out, eval_ds is not None))
     started = time.time()
-    trainer.train(resume_from_checkpoint=resume_target(cfg, out))
+    trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - started
     if eval_ds is not None:
         trainer.evaluate()  # the final eval loss lands in trainer_state.json
