@@ -70,3 +70,10 @@ def test_dry_run_plan(capsys, tiny_args):
 def test_every_prompt_too_long(capsys, tiny_args):
     assert main(tiny_args("sft", "--max_length", "40")) == 2
     assert "every row's prompt alone is at least --max_length 40 tokens" in capsys.readouterr().err
+
+
+def test_truncation_counts_rows_not_replies(capsys, tiny_model_dir):
+    code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--split", "test_prefs", "--max_length", "64",
+                         "--json")
+    truncated = json.loads(out)["splits"][0]["truncated"]
+    assert 0 < truncated["rows"] <= 200 and truncated["max_cut"] > 0

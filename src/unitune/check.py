@@ -87,12 +87,14 @@ def measure(ds, fmt: str, lengths: Lengths, max_length: int) -> dict:
         p = lengths.prompt(prompt) if prompt else 0
         if prompt or fmt != "text":
             prompt_len.append(p)
+        excess = 0  # a row is cut when any of its replies is (a pair has two)
         for reply in replies:
             total = lengths.full(prompt, reply) if prompt else lengths.count(as_text(reply))
             reply_len.append(total - p)
             total_tokens += min(total, max_length)
-            if total > max_length:
-                cut.append(total - max_length)
+            excess = max(excess, total - max_length)
+        if excess > 0:
+            cut.append(excess)
         if not replies:
             total_tokens += min(p, max_length)
     return {"prompt_tokens": stats(prompt_len), "reply_tokens": stats(reply_len), "tokens": total_tokens,
