@@ -47,3 +47,17 @@ def test_method_real_model(method, extra, tmp_path):
     state = read_json(out / "trainer_state.json")
     assert state["global_step"] == 3 and all(e["loss"] == e["loss"] for e in state["log_history"] if "loss" in e)
     assert seed_snippet_generates(out).strip()
+
+
+def test_demo_pipeline_sft(tmp_path, capsys):
+    """The main job end to end for one method: train, evaluate with the base, report, print the table."""
+    from unitune.cli import main as cli
+
+    assert cli(["demo", "--runs_dir", str(tmp_path), "--methods", "sft"]) == 0
+    out = capsys.readouterr().out
+    results = read_json(tmp_path / "evaluation_results.json")
+    assert set(results) == {"base", "sft_demo"}
+    assert results["sft_demo"]["test_loss"] < results["base"]["test_loss"]
+    assert results["sft_demo"]["task_accuracy"] > results["base"]["task_accuracy"]
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
+    assert "| sft_demo | sft |" in out and f"report: {tmp_path / 'report.html'}" in out

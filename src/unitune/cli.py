@@ -109,7 +109,8 @@ def _train(argv: list[str], prog: str) -> int:
 
 def _demo(argv: list[str], prog: str) -> int:
     parser = _Parser(prog=prog, description="Train on the embedded model and bundled data (the main job).")
-    parser.add_argument("--runs_dir", default="runs", help="where the demo runs go")
+    parser.add_argument("--runs_dir", default="runs/demo",
+                        help="where the demo runs, results and report go (its own folder, so runs of yours are not re-evaluated)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these methods (default: all)")
     args = parser.parse_args(argv)
     from .demo import run_demo

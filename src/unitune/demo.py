@@ -35,7 +35,7 @@ DEMO_PLAN: dict[str, dict] = {
 DEMO_EVAL = {"max_samples": 100, "batch_size": 50, "max_new_tokens": 32}
 
 
-def run_demo(runs_dir: str = "runs", methods: list[str] | None = None) -> dict:
+def run_demo(runs_dir: str = "runs/demo", methods: list[str] | None = None) -> dict:
     started = time.time()
     plan = {m: flags for m, flags in DEMO_PLAN.items() if not methods or m in methods}
     for number, (method, flags) in enumerate(plan.items(), 1):
