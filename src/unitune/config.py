@@ -109,11 +109,6 @@ class TrainConfig:
             self.output_dir = str(Path("runs") / f"{self.method}_{short_name(self.model_name)}")
 
 
-def field_help(cls) -> dict[str, dict]:
-    """name -> metadata (help, choices, ...) for every field of a config dataclass."""
-    return {f.name: dict(f.metadata) for f in fields(cls)}
-
-
 def from_mapping(cls, values: dict, source: str = "config"):
     """Build a config from a mapping, rejecting unknown keys with the closest valid one."""
     known = {f.name for f in fields(cls)}

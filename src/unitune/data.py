@@ -6,6 +6,7 @@ the shape the method's TRL trainer wants, in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -73,15 +74,18 @@ def _check_file(path: Path) -> None:
                                     "fix or remove that line") from None
 
 
-def split_names(dataset: str) -> list[str]:
-    """Split names of a resolved dataset. A single file has one split, ``train``."""
+@functools.lru_cache(maxsize=64)
+def split_names(dataset: str) -> tuple[str, ...]:
+    """Split names of a resolved dataset. A single file has one split, ``train``.
+
+    Cached: training and evaluation ask several times per dataset, and on the Hub each ask is a request."""
     path = Path(dataset)
     if path.is_file():
-        return ["train"]
+        return ("train",)
     if not path.exists():
         _require_hub(dataset)
     try:
-        return list(get_dataset_split_names(dataset))
+        return tuple(get_dataset_split_names(dataset))
     except (ConnectionError, OSError) as err:
         raise UserError(f"could not read dataset '{dataset}' ({type(err).__name__}: {err}); check the name, "
                         "or pass a local folder or file") from None
