@@ -23,9 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-WARMUP, TIMED = 2, 8
-BATCH, MAX_LENGTH = 4, 1024
+WARMUP, TIMED = 2, 6
+BATCH, ACCUM, MAX_LENGTH = 4, 4, 1024  # the seed's micro-batch and accumulation: an effective batch of 16
+ROWS = (WARMUP + TIMED) * BATCH * ACCUM
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+MODEL = os.environ.get("UNITUNE_BENCH_MODEL")  # None: the embedded model; GPU mode sets a built folder
 
 
 def peak_rss_mb() -> float:
@@ -67,32 +69,40 @@ def step_timer():
 
 
 def summarize(timer, trainer) -> dict:
+    import torch
+
     times, tokens = timer.times[WARMUP:], timer.tokens[WARMUP:]
     rates = [n / t for n, t in zip(tokens, times)]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return {"tokens_per_s": statistics.median(rates), "s_per_step": statistics.median(times),
-            "tokens_per_step": statistics.median(tokens), "peak_rss_mb": peak_rss_mb(), "losses": losses}
+            "tokens_per_step": statistics.median(tokens), "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu,
+            "losses": losses}
 
 
 # ---------------------------------------------------------------- contenders (each in a child process)
 
 
 def unitune_trainer(method: str, out: str, extra: dict | None = None):
-    """unitune's own pipeline: its config defaults, data preparation and trainer build."""
+    """unitune's own pipeline: its config defaults, data preparation, batch plan and trainer build."""
     from unitune.config import TrainConfig
     from unitune.methods import METHODS
     from unitune.models import choose_hardware, load_model, load_tokenizer, resolve_model
-    from unitune.train import prepare_split, training_args
+    from unitune.train import build_trainer, fit_memory, length_plan, load_checked
 
-    cfg = TrainConfig(method=method, output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
-                      gradient_accumulation_steps=1, max_train_samples=(WARMUP + TIMED) * BATCH,
-                      save_steps=10**6, learning_rate=None, **(extra or {}))
+    settings = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
+                "max_train_samples": ROWS, **(extra or {})}
+    cfg = TrainConfig(method=method, output_dir=out, max_steps=WARMUP + TIMED, save_steps=10**6, model_name=MODEL,
+                      **settings)
     spec, hw = METHODS[method], choose_hardware("auto")
-    source = resolve_model(None)
+    source = resolve_model(MODEL)
     tokenizer = load_tokenizer(source)
-    ds = prepare_split(str(ROOT / "src/unitune/assets/demo"), spec.split, cfg.max_train_samples, "x", spec, cfg,
-                       tokenizer)
-    return spec.module.build(cfg, load_model(source, hw), tokenizer, ds, None, training_args(cfg, hw, Path(out), False))
+    raw, fmt = load_checked(str(ROOT / "src/unitune/assets/demo"), spec.split, cfg.max_train_samples, "x", spec)
+    cfg, hw = fit_memory(cfg, hw, length_plan(raw, fmt, tokenizer, cfg.max_length), source)
+    print(f"unitune batch: {cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}; {hw.line()}",
+          file=sys.stderr)
+    ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
+    return build_trainer(spec, cfg, hw, load_model(source, hw), tokenizer, ds, None, Path(out))
 
 
 def trl_rows(split: str, n: int):
@@ -102,46 +112,63 @@ def trl_rows(split: str, n: int):
     return ds
 
 
+def trl_model(source: str):
+    """The model as a plain TRL user loads it: as saved on CPU; 4-bit NF4 (QLoRA) on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if not torch.cuda.is_available():
+        return AutoModelForCausalLM.from_pretrained(source)
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    return AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, dtype=torch.bfloat16,
+                                                device_map={"": 0})
+
+
 def trl_sft_trainer(out: str, tuned: bool):
     """Plain TRL SFTTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     from unitune.models import resolve_model
 
-    source = resolve_model(None)
-    rows = trl_rows("train_sft", (WARMUP + TIMED) * BATCH)
+    source = resolve_model(MODEL)
+    rows = trl_rows("train_sft", ROWS)
     # prompt/completion conversations: TRL then puts loss on the reply only, like unitune
     data = Dataset.from_list([{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows])
     tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
     args = SFTConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
-                     gradient_accumulation_steps=1, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-                     report_to="none", max_length=MAX_LENGTH, use_cpu=True, seed=42,
+                     gradient_accumulation_steps=ACCUM, learning_rate=2e-4, logging_steps=1, save_strategy="no",
+                     report_to="none", max_length=MAX_LENGTH, use_cpu=not torch.cuda.is_available(), seed=42,
                      include_num_input_tokens_seen="non_padding", **tuning)
-    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(source), args=args, train_dataset=data,
+    return SFTTrainer(model=trl_model(source), args=args, train_dataset=data,
                       processing_class=AutoTokenizer.from_pretrained(source),
                       peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
 
-def trl_dpo_trainer(out: str):
+def trl_dpo_trainer(out: str, tuned: bool):
+    """Plain TRL DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from unitune.models import resolve_model
 
-    source = resolve_model(None)
-    rows = trl_rows("train_prefs", (WARMUP + TIMED) * BATCH)
+    source = resolve_model(MODEL)
+    rows = trl_rows("train_prefs", ROWS)
     data = Dataset.from_list([{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
                               for r in rows])
+    tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
     args = DPOConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
-                     gradient_accumulation_steps=1, learning_rate=5e-5, logging_steps=1, save_strategy="no",
-                     report_to="none", max_length=MAX_LENGTH, use_cpu=True, seed=42, bf16=False,
-                     gradient_checkpointing=False, include_num_input_tokens_seen="non_padding")
-    return DPOTrainer(model=AutoModelForCausalLM.from_pretrained(source), args=args, train_dataset=data,
+                     gradient_accumulation_steps=ACCUM, learning_rate=5e-5, logging_steps=1, save_strategy="no",
+                     report_to="none", max_length=MAX_LENGTH, use_cpu=not torch.cuda.is_available(), seed=42,
+                     include_num_input_tokens_seen="non_padding", **tuning)
+    return DPOTrainer(model=trl_model(source), args=args, train_dataset=data,
                       processing_class=AutoTokenizer.from_pretrained(source),
                       peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
@@ -150,10 +177,13 @@ def run_child(name: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         trainer = {
             "sft_unitune": lambda: unitune_trainer("sft", out),
+            "sft_unitune_unmerged": lambda: unitune_trainer("sft", out, {"max_batch_tokens": 0}),
             "sft_trl_default": lambda: trl_sft_trainer(out, tuned=False),
             "sft_trl_tuned": lambda: trl_sft_trainer(out, tuned=True),
             "dpo_unitune": lambda: unitune_trainer("dpo", out),
-            "dpo_trl_tuned": lambda: trl_dpo_trainer(out),
+            "dpo_unitune_merged": lambda: unitune_trainer("dpo", out, {"max_batch_tokens": 2048}),
+            "dpo_trl_tuned": lambda: trl_dpo_trainer(out, tuned=True),
+            "dpo_trl_default": lambda: trl_dpo_trainer(out, tuned=False),
         }[name]()
         timer = step_timer()
         trainer.add_callback(timer)
@@ -167,8 +197,9 @@ def in_child(name: str) -> dict:
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
+    gpu = f", peak GPU memory {result['peak_gpu_mb']:.0f} MB" if result.get("peak_gpu_mb") else ""
     print(f"  {name}: {result['tokens_per_s']:.1f} tokens/s, {result['s_per_step']:.2f} s/step, "
-          f"peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+          f"peak RSS {result['peak_rss_mb']:.0f} MB{gpu}", flush=True)
     return result
 
 
@@ -176,31 +207,46 @@ def in_child(name: str) -> dict:
 
 
 def bench_eval() -> dict:
+    """unitune's batched scorer against the plain loop: one reply at a time, `model(ids, labels=...).loss`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     from unitune.config import EvalConfig
+    from unitune.data import encode_conversation
     from unitune.evaluate import EvalData
     from unitune.models import load_tokenizer, resolve_model
-    from unitune.scoring import mean_loss, reply_nll, score_replies
-    from transformers import AutoModelForCausalLM
+    from unitune.scoring import mean_loss, pack, score_replies
 
     source = resolve_model(None)
     tokenizer, model = load_tokenizer(source), AutoModelForCausalLM.from_pretrained(source).eval()
     pairs = EvalData(str(ROOT / "src/unitune/assets/demo"), EvalConfig(max_samples=100)).pairs
+
+    @torch.inference_mode()
+    def plain_loss(prompt, reply) -> float:  # the same tokens carry the loss as in unitune's scorer
+        enc = encode_conversation(tokenizer, prompt + reply, last_only=True)
+        ids = torch.tensor([enc["input_ids"]])
+        labels = torch.where(torch.tensor([enc["assistant_masks"]]) == 1, ids, -100)
+        return model(input_ids=ids, labels=labels).loss.item()
+
     start = time.perf_counter()
-    batched = score_replies(model, tokenizer, [(p, [c, r]) for p, c, r in pairs], batch_size=32)
+    batched = score_replies(model, tokenizer, [(p, [c, r]) for p, c, r in pairs], batch_size=EvalConfig.batch_size)
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
-    loop = [(reply_nll(model, tokenizer, [(p, c)], 1, "loop")[0], reply_nll(model, tokenizer, [(p, r)], 1, "loop")[0])
-            for p, c, r in pairs]
+    loop = [(plain_loss(p, c), plain_loss(p, r)) for p, c, r in pairs]
     loop_s = time.perf_counter() - start
-    diff = max(abs(a - b) for got, ref in zip(batched, loop)
-               for a, b in zip(mean_loss(got), mean_loss(list(ref))))
+    diff = max(abs(a - b) for got, ref in zip(batched, loop) for a, b in zip(mean_loss(got), ref))
+    tokens = {"batched": sum(len(pack(tokenizer, p, [c, r])["ids"]) for p, c, r in pairs),
+              "loop": sum(len(encode_conversation(tokenizer, p + x, last_only=True)["input_ids"])
+                          for p, c, r in pairs for x in (c, r))}
     return {"batched_pairs_per_s": len(pairs) / batched_s, "loop_pairs_per_s": len(pairs) / loop_s,
-            "max_abs_diff": diff}
+            "max_abs_diff": diff, "tokens": tokens,
+            "tokens_per_s": {"batched": tokens["batched"] / batched_s, "loop": tokens["loop"] / loop_s}}
 
 
 def bench_grpo() -> dict:
     with tempfile.TemporaryDirectory() as out:
-        trainer = unitune_trainer("grpo", out, {"max_completion_length": 32, "num_generations": 4})
+        trainer = unitune_trainer("grpo", out, {"gradient_accumulation_steps": 1, "max_completion_length": 32,
+                                                "num_generations": 4})
         trainer.train()
         logs = [e for e in trainer.state.log_history if "step_time" in e]
         # TRL logs completion lengths: tokens generated per step = completions x mean length. Divided by the
@@ -220,24 +266,73 @@ def flops_per_token(tokens_per_step: float) -> float:
     cfg = AutoConfig.from_pretrained(resolve_model(None))
     n = cfg.num_hidden_layers * (4 * cfg.hidden_size**2 * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) / 2
                                  + 3 * cfg.hidden_size * cfg.intermediate_size) + cfg.vocab_size * cfg.hidden_size
-    context = tokens_per_step / BATCH / 2  # mean causal context of a ~uniform row
+    context = tokens_per_step / (BATCH * ACCUM) / 2  # mean causal context of a ~uniform row
     attention = 6 * cfg.num_hidden_layers * cfg.hidden_size * context * 2
     return 4 * n + attention
+
+
+def build_gpu_model(tokenizer_dir: str, folder: Path) -> None:
+    """A Qwen2-0.5B-sized model (random weights, bf16) built from a config, saved with the given tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                         rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    print(f"  built a Qwen2-0.5B-sized model: {model.num_parameters() / 1e6:.0f}M parameters", flush=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def gpu_main(tokenizer_dir: str) -> None:
+    """GPU mode: QLoRA (4-bit NF4 base, bf16) on a Qwen2-0.5B-sized model, unitune against plain TRL's defaults."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("bench --gpu needs a CUDA device")
+    folder = Path(tempfile.mkdtemp(prefix="unitune-bench-qwen2-0.5b-"))
+    build_gpu_model(tokenizer_dir, folder)
+    os.environ["UNITUNE_BENCH_MODEL"] = str(folder)
+    runs = {name: in_child(name) for name in ("sft_unitune", "sft_trl_default", "dpo_unitune", "dpo_trl_default")}
+    results = {
+        "device": torch.cuda.get_device_name(),
+        "sft_vs_trl_default": runs["sft_unitune"]["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],
+        "dpo_vs_trl_default": runs["dpo_unitune"]["tokens_per_s"] / runs["dpo_trl_default"]["tokens_per_s"],
+        "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
+        "s_per_step": {k: v["s_per_step"] for k, v in runs.items()},
+        "peak_gpu_mb": {k: v["peak_gpu_mb"] for k, v in runs.items()},
+        "first_losses": {k: v["losses"][:4] for k, v in runs.items()},
+    }
+    (ROOT / "bench" / "results_gpu.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    print(json.dumps(results, default=float))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child")
+    parser.add_argument("--gpu", action="store_true", help="GPU mode: QLoRA on a Qwen2-0.5B-sized model")
+    parser.add_argument("--tokenizer", help="GPU mode: tokenizer folder (default: the embedded model's)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child)))
         return
-    print(f"bench: {WARMUP} warm-up + {TIMED} timed steps, batch {BATCH}, embedded SmolLM2-135M, bundled data",
+    if args.gpu:
+        from unitune.models import resolve_model
+
+        gpu_main(args.tokenizer or resolve_model(None))
+        return
+    print(f"bench: {WARMUP} warm-up + {TIMED} timed steps, batch {BATCH} x accumulation {ACCUM}, embedded "
+          "SmolLM2-135M, bundled data",
           flush=True)
     peak = gemm_peak_gflops()
     print(f"  fp32 GEMM peak: {peak:.0f} GFLOP/s", flush=True)
-    runs = {name: in_child(name) for name in ("sft_unitune", "sft_trl_tuned", "sft_trl_default",
-                                              "dpo_unitune", "dpo_trl_tuned")}
+    runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_unmerged", "sft_trl_tuned",
+                                              "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
     ev, grpo = bench_eval(), bench_grpo()
     sft = runs["sft_unitune"]
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
@@ -246,10 +341,12 @@ def main() -> None:
         "sft_vs_trl_default": sft["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],
         "sft_vs_trl_tuned": sft["tokens_per_s"] / runs["sft_trl_tuned"]["tokens_per_s"],
         "sft_mfu": mfu,
+        "sft_merge_gain": sft["tokens_per_s"] / runs["sft_unitune_unmerged"]["tokens_per_s"],
         "dpo_vs_trl_tuned": runs["dpo_unitune"]["tokens_per_s"] / runs["dpo_trl_tuned"]["tokens_per_s"],
         "dpo_peak_rss_vs_sft": runs["dpo_unitune"]["peak_rss_mb"] / sft["peak_rss_mb"],
         "eval_batched_vs_loop": ev["batched_pairs_per_s"] / ev["loop_pairs_per_s"],
         "eval_max_abs_diff": ev["max_abs_diff"],
+        "eval_tokens": ev["tokens"], "eval_tokens_per_s": ev["tokens_per_s"],
         "grpo_gen_tokens_per_s": grpo["gen_tokens_per_s"],
         "grpo_s_per_step": grpo["s_per_step"],
         "sft_loss_max_rel_diff_vs_trl_tuned": max(same),
@@ -257,7 +354,7 @@ def main() -> None:
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
         "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in runs.items()},
     }
-    results = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in results.items()}
+    results = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in results.items()}
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
 

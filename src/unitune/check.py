@@ -81,23 +81,23 @@ def role_problems(row: dict, fmt: str) -> list[str]:
 
 def measure(ds, fmt: str, lengths: Lengths, max_length: int) -> dict:
     """Prompt and reply token counts per row, and what --max_length would cut."""
-    prompt_len, reply_len, cut, total_tokens = [], [], [], 0
+    prompt_len, reply_len, row_len, cut = [], [], [], []
     for row in ds:
         prompt, replies = row_views(row, fmt)
         p = lengths.prompt(prompt) if prompt else 0
         if prompt or fmt != "text":
             prompt_len.append(p)
-        excess = 0  # a row is cut when any of its replies is (a pair has two)
+        excess = row_tokens = 0  # a row is cut when any of its replies is (a pair has two)
         for reply in replies:
             total = lengths.full(prompt, reply) if prompt else lengths.count(as_text(reply))
             reply_len.append(total - p)
-            total_tokens += min(total, max_length)
+            row_tokens += min(total, max_length)
             excess = max(excess, total - max_length)
         if excess > 0:
             cut.append(excess)
-        if not replies:
-            total_tokens += min(p, max_length)
-    return {"prompt_tokens": stats(prompt_len), "reply_tokens": stats(reply_len), "tokens": total_tokens,
+        row_len.append(row_tokens if replies else min(p, max_length))
+    return {"prompt_tokens": stats(prompt_len), "reply_tokens": stats(reply_len), "tokens": sum(row_len),
+            "row_tokens": stats(row_len),  # what one row feeds the model (a pair: both sequences)
             "truncated": {"rows": len(cut), "max_length": max_length, "max_cut": max(cut, default=0),
                           "mean_cut": round(sum(cut) / len(cut), 1) if cut else 0},
             "prompt_over_max_length": sum(n >= max_length for n in prompt_len)}

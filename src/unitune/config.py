@@ -50,6 +50,9 @@ class TrainConfig:
     max_steps: int | None = opt(None, "stop after N optimizer steps (overrides epochs)")
     per_device_train_batch_size: int = opt(4, "micro-batch size per device")
     gradient_accumulation_steps: int = opt(4, "micro-batches per optimizer step")
+    max_batch_tokens: int | None = opt(None, "merge gradient-accumulation steps into micro-batches of up to N "
+                                             "padded tokens, keeping the effective batch (default: 2048 for SFT "
+                                             "on CPU, where it measured faster; otherwise 0 = off)")
     learning_rate: float | None = opt(None, "learning rate (default per method: "
                                       + ", ".join(f"{m.name} {m.learning_rate:g}" for m in METHODS.values()) + ")")
     use_qlora: str = opt("auto", "4-bit NF4 base weights: auto (on CUDA only), true or false; a bare "
@@ -91,6 +94,8 @@ class TrainConfig:
         _positive(self, "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "num_train_epochs", "lora_r", "lora_alpha", "max_length", "max_steps", "logging_steps",
                   "save_steps", "eval_steps", "max_eval_samples", "num_generations", "max_completion_length")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
+            raise UserError(f"--max_batch_tokens must be 0 (off) or more, got {self.max_batch_tokens}")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise UserError(f"--max_train_samples must be at least 1, got {self.max_train_samples}; "
                             "omit it to use every row")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig
@@ -14,6 +16,7 @@ from .data import (load_split, needs_chat_template, require_chat_template, requi
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
 from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model, world_size
+from .speed import compact_lm_head, fast_lora_dropout
 from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
 
@@ -58,6 +61,72 @@ def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
     return summary
 
 
+# SFT on CPU: 16 rows of ~80 tokens in one micro-batch beat 4 x 4 by ~8%; DPO at 8 x 2 lost 11% to 4 x 4
+# (bench/, NOTES.md). So the default merges SFT on CPU only.
+CPU_SFT_BATCH_TOKENS = 2048
+
+
+def activation_bytes_per_token(source: str) -> int | None:
+    """A generous estimate of the fp32 activations one token keeps for the backward pass (LoRA, no checkpointing).
+
+    Measured on SmolLM2-135M (hidden 576, MLP 1536, 30 layers): 1.65 MB per token; this formula gives 2.0 MB.
+    """
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(source).get_text_config()
+        return 4 * cfg.num_hidden_layers * (16 * cfg.hidden_size + 5 * cfg.intermediate_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def merge_batches(cfg: TrainConfig, hw: Hardware, lengths: dict, bytes_per_token: int | None) -> TrainConfig:
+    """Fold gradient accumulation into larger micro-batches while the longest rows fit --max_batch_tokens.
+
+    The effective batch (micro-batch x accumulation) and so the optimizer steps stay the same; TRL normalises the
+    loss over the whole effective batch, so the update is the same too. A fold must also keep the estimated
+    activations under a quarter of this machine's memory. GRPO is left alone: its batch counts completions.
+    """
+    budget = cfg.max_batch_tokens if cfg.max_batch_tokens is not None else (
+        CPU_SFT_BATCH_TOKENS if hw.device == "cpu" and cfg.method == "sft" else 0)
+    longest = (lengths.get("row_tokens") or {}).get("max")
+    if not budget or not longest or not bytes_per_token or cfg.method == "grpo":
+        return cfg
+    micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    fold = max((k for k in range(1, accum + 1) if accum % k == 0
+                and micro * k * longest <= budget and micro * k * longest * bytes_per_token <= physical_memory() / 4),
+               default=1)
+    if fold == 1:
+        return cfg
+    return replace(cfg, per_device_train_batch_size=micro * fold, gradient_accumulation_steps=accum // fold)
+
+
+def fit_memory(cfg: TrainConfig, hw: Hardware, lengths: dict, source: str) -> tuple[TrainConfig, Hardware]:
+    """The batch plan and checkpointing that fit this machine (printed with the plan).
+
+    CPU SFT: merge accumulation into larger micro-batches (merge_batches). CUDA: gradient checkpointing only when
+    the estimated activations of one micro-batch exceed a quarter of the GPU's memory; below that it only costs
+    time (measured in bench/RESULTS.md, GPU mode).
+    """
+    per_token = activation_bytes_per_token(source)
+    cfg = merge_batches(cfg, hw, lengths, per_token)
+    longest = (lengths.get("row_tokens") or {}).get("max")
+    if hw.device == "cuda" and hw.gradient_checkpointing and per_token and longest:
+        import torch
+
+        need = cfg.per_device_train_batch_size * longest * per_token * hw.dtype.itemsize / 4
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if need <= total / 4:
+            hw = replace(hw, gradient_checkpointing=False,
+                         reason=f"{hw.reason}; no gradient checkpointing: activations ~{need / 2**30:.1f} GiB fit "
+                                f"in a quarter of the GPU's {total / 2**30:.0f} GiB")
+    return cfg, hw
+
+
 def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> dict:
     """The TrainingArguments fields every method shares."""
     import torch
@@ -73,6 +142,16 @@ def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> 
         gradient_checkpointing=hw.gradient_checkpointing, use_cpu=hw.device == "cpu",
         include_num_input_tokens_seen="non_padding", report_to="none",
     )
+
+
+def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, tokenizer, train_ds, eval_ds, out: Path):
+    """The method's TRL trainer, with unitune's measured speed-ups applied (speed.py)."""
+    compact_lm_head()
+    trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
+                                training_args(cfg, hw, out, eval_ds is not None))
+    if hw.device == "cpu":
+        fast_lora_dropout(trainer.model)
+    return trainer
 
 
 def checkpoint_complete(folder: Path) -> bool:
@@ -105,11 +184,13 @@ def resume_target(cfg: TrainConfig, out: Path) -> str | None:
     raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh")
 
 
-def print_plan(cfg: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:
+def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:
     steps = planned_steps(cfg, rows)
+    merged = (f", merged from {given.per_device_train_batch_size} x {given.gradient_accumulation_steps} to fit "
+              f"--max_batch_tokens" if cfg is not given else "")
     print(f"unitune: plan: {cfg.method} on {rows} rows of '{split}', {steps} optimizer steps "
           f"(batch {cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps} x "
-          f"{world_size()} process(es)), lr {cfg.learning_rate:g}, output {out}")
+          f"{world_size()} process(es){merged}), lr {cfg.learning_rate:g}, output {out}")
     print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
     cut = lengths["truncated"]
     if cut["rows"]:
@@ -138,7 +219,12 @@ def run_training(cfg: TrainConfig) -> Path:
     raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec)
     if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
         require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-    print_plan(cfg, len(raw), split, out, length_plan(raw, fmt, tokenizer, cfg.max_length))
+    lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
+    given, chosen = cfg, hw
+    cfg, hw = fit_memory(cfg, hw, lengths, source)
+    if hw is not chosen:
+        print(hw.line(), flush=True)
+    print_plan(cfg, given, len(raw), split, out, lengths)
     train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
     eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
                              tokenizer)
@@ -149,8 +235,7 @@ def run_training(cfg: TrainConfig) -> Path:
 
     resume = resume_target(cfg, out)  # before loading the model: a bad --resume fails fast
     model = load_model(source, hw)
-    trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
-                                training_args(cfg, hw, out, eval_ds is not None))
+    trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - started
@@ -165,6 +250,8 @@ def run_training(cfg: TrainConfig) -> Path:
             "train_rows": len(train_ds), "settings": vars(cfg), "hardware": {
                 "device": hw.device, "dtype": str(hw.dtype), "qlora": hw.qlora, "reason": hw.reason,
                 "world_size": trainer.args.world_size},
+            "batch_merged_from": None if cfg is given else [given.per_device_train_batch_size,
+                                                            given.gradient_accumulation_steps],
             "machine": machine(), "versions": library_versions(),
             "wall_time_seconds": round(wall, 2), "global_step": trainer.state.global_step,
             "train_tokens_seen": tokens_seen(trainer.state),

@@ -1,0 +1,79 @@
+"""Speed-ups unitune applies on top of TRL and PEFT, each measured in bench/ (see bench/RESULTS.md).
+
+- ``compact_lm_head``: TRL's fused LM head projects only the positions that carry a loss, but only where
+  Triton runs (CUDA/XPU). On CPU it scores every position, prompt and padding included, against the full
+  vocabulary. We let it take the compact path on CPU too (same kernel, fewer rows).
+- ``FastDropout``: PEFT's LoRA dropout is ``nn.Dropout``, whose mask costs one call to the CPU random
+  generator per element, about a sixth of a CPU LoRA step. We draw 16 random bits per element from
+  64-bit words (four elements per call) and keep a 1-byte mask for the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_BITS = 16  # random bits per element: the drop probability is rounded to a multiple of 2**-16
+
+
+def compact_lm_head() -> None:
+    """Make TRL's fused LM head skip positions without a label on CPU too (idempotent)."""
+    import trl.trainer.utils as trl_utils
+
+    original = trl_utils._use_triton
+    if getattr(original, "unitune", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or original(device)
+
+    compact.unitune = True
+    compact.original = original
+    trl_utils._use_triton = compact
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device, generator: torch.Generator | None = None):
+    """Boolean mask, each element True with probability 1 - p (p rounded to a multiple of 2**-16)."""
+    n = shape.numel()
+    words = torch.empty((n * _BITS + 63) // 64, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: every bit uniform
+    draws = words.view(torch.int16)[:n].view(shape)  # uniform on [-2**15, 2**15)
+    return draws >= round(p * 2**_BITS) - 2**15
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, p):
+        keep = keep_mask(x.shape, p, x.device)
+        scale = 1.0 / (1.0 - p)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0.0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on CPU; identical behaviour in eval mode and on other devices."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        return _Dropout.apply(x, self.p)
+
+
+def fast_lora_dropout(model: nn.Module) -> int:
+    """Swap PEFT's LoRA ``nn.Dropout`` modules for ``FastDropout``; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for name, layer in list(dropouts.items()):
+            if type(layer) is nn.Dropout:
+                dropouts[name] = FastDropout(layer.p)
+                swapped += 1
+    return swapped
