@@ -1,6 +1,7 @@
 """`make bench`: unitune against plain TRL on this machine, measured side by side in one run.
 
     .venv/bin/python bench/run.py            # prints a JSON line last; also writes bench/results.json
+    .venv/bin/python bench/run.py --gpu      # GPU mode: QLoRA on a Qwen2-0.5B-sized model -> results_gpu.json
 
 Each training contender runs in its own process (clean memory, its own peak RSS) on the embedded
 model and the bundled data, with the same rows, LoRA config, effective batch and max length. Steps
@@ -295,10 +296,10 @@ def gpu_main(tokenizer_dir: str) -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("bench --gpu needs a CUDA device")
-    folder = Path(tempfile.mkdtemp(prefix="unitune-bench-qwen2-0.5b-"))
-    build_gpu_model(tokenizer_dir, folder)
-    os.environ["UNITUNE_BENCH_MODEL"] = str(folder)
-    runs = {name: in_child(name) for name in ("sft_unitune", "sft_trl_default", "dpo_unitune", "dpo_trl_default")}
+    with tempfile.TemporaryDirectory(prefix="unitune-bench-qwen2-0.5b-") as folder:
+        build_gpu_model(tokenizer_dir, Path(folder))
+        os.environ["UNITUNE_BENCH_MODEL"] = folder
+        runs = {name: in_child(name) for name in ("sft_unitune", "sft_trl_default", "dpo_unitune", "dpo_trl_default")}
     results = {
         "device": torch.cuda.get_device_name(),
         "sft_vs_trl_default": runs["sft_unitune"]["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],

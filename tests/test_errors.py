@@ -56,6 +56,7 @@ def test_seed_script_same_errors():
     (["--split", "train_nope"], "split 'train_nope' not found in"),
     (["--learning_rate", "0"], "--learning_rate must be greater than 0, got 0.0"),
     (["--lora_dropout", "1"], "--lora_dropout must be in [0, 1), got 1.0"),
+    (["--max_batch_tokens", "-1"], "--max_batch_tokens must be 0 (off) or more, got -1"),
     (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
 ])
 def test_bad_input(capsys, tiny_args, extra, message):

@@ -95,7 +95,8 @@ class TrainConfig:
                   "num_train_epochs", "lora_r", "lora_alpha", "max_length", "max_steps", "logging_steps",
                   "save_steps", "eval_steps", "max_eval_samples", "num_generations", "max_completion_length")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
-            raise UserError(f"--max_batch_tokens must be 0 (off) or more, got {self.max_batch_tokens}")
+            raise UserError(f"--max_batch_tokens must be 0 (off) or more, got {self.max_batch_tokens}; "
+                            "try 2048, or omit it for the default")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise UserError(f"--max_train_samples must be at least 1, got {self.max_train_samples}; "
                             "omit it to use every row")

@@ -32,11 +32,11 @@ def compact_lm_head() -> None:
     trl_utils._use_triton = compact
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device, generator: torch.Generator | None = None):
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
     """Boolean mask, each element True with probability 1 - p (p rounded to a multiple of 2**-16)."""
     n = shape.numel()
     words = torch.empty((n * _BITS + 63) // 64, dtype=torch.int64, device=device)
-    words.random_(-(2**63), None, generator=generator)  # the full 64-bit range: every bit uniform
+    words.random_(-(2**63), None)  # the full 64-bit range: every bit uniform
     draws = words.view(torch.int16)[:n].view(shape)  # uniform on [-2**15, 2**15)
     return draws >= round(p * 2**_BITS) - 2**15
 
