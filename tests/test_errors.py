@@ -97,18 +97,20 @@ def test_finished_run_is_not_overwritten(capsys, tiny_args, tmp_path):
 # ---- the rest of the bad-input battery (issue: dataset checker, dry run, YAML configs)
 
 
-def test_unknown_yaml_key_suggests(capsys, tiny_args, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("learning_rte: 0.1\n")
-    code, line = run_cli(capsys, tiny_args("sft", "--config", str(config)))
-    assert code == 2 and f"unknown key 'learning_rte' in {config} (did you mean 'learning_rate'?)" in line
-
-
-def test_invalid_yaml_says_where(capsys, tiny_args, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text("method: sft\nlora_r: [1, 2\n")
-    code, line = run_cli(capsys, tiny_args("sft", "--config", str(config)))
-    assert code == 2 and f"{config} is not valid YAML at line 3" in line
+@pytest.mark.parametrize("flag,name,text,expected", [
+    ("--config", "c.yaml", "learning_rte: 0.1\n",
+     ["unknown key 'learning_rte' in {path} (did you mean 'learning_rate'?)"]),
+    ("--config", "c.yaml", "method: sft\nlora_r: [1, 2\n", ["{path} is not valid YAML at line 3"]),
+    ("--dataset", "empty.jsonl", "", ["data file is empty: {path}"]),
+    ("--dataset", "bad.jsonl", '{"text": "ok"}\n{"text": "ok"}\n{"text": broken}\n',
+     ["{path}: line 3 is not valid JSON", "fix or remove that line"]),
+])
+def test_bad_file_names_the_problem(capsys, tiny_args, tmp_path, flag, name, text, expected):
+    """Unknown YAML keys get the closest one; bad YAML and data files say where."""
+    path = tmp_path / name
+    path.write_text(text)
+    code, line = run_cli(capsys, tiny_args("sft", flag, str(path)))
+    assert code == 2 and all(part.format(path=path) in line for part in expected)
 
 
 @pytest.mark.parametrize("flag,value", [("--learning_rate", "-1"), ("--per_device_train_batch_size", "0"),
@@ -127,20 +129,6 @@ def test_dropout_below_zero(capsys, tiny_args):
 def test_wrong_flag_type(capsys, tiny_args):
     code, line = run_cli(capsys, tiny_args("sft", "--lora_r", "many"))
     assert code == 2 and "argument --lora_r: invalid int value: 'many'" in line
-
-
-def test_empty_data_file(capsys, tiny_args, tmp_path):
-    data = tmp_path / "empty.jsonl"
-    data.write_text("")
-    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
-    assert code == 2 and f"data file is empty: {data}" in line
-
-
-def test_malformed_jsonl_names_the_line(capsys, tiny_args, tmp_path):
-    data = tmp_path / "bad.jsonl"
-    data.write_text('{"text": "ok"}\n{"text": "ok"}\n{"text": broken}\n')
-    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
-    assert code == 2 and f"{data}: line 3 is not valid JSON" in line and "fix or remove that line" in line
 
 
 def test_more_samples_than_rows_warns_and_uses_all(capsys, tiny_args, tmp_path):

@@ -10,8 +10,7 @@ import json
 import statistics
 
 from .config import CheckConfig
-from .data import (FORMATS, as_messages, as_text, detect_format, load_split, pair_row, prompt_messages,
-                   resolve_dataset, split_names)
+from .data import FORMATS, as_text, detect_format, load_split, resolve_dataset, row_views, split_names
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
 
@@ -47,22 +46,6 @@ class Lengths:
         if not self.chat:
             return self.count(as_text(prompt) + as_text(reply))
         return self.count(self.tokenizer.apply_chat_template(prompt + reply, tokenize=False))
-
-
-def row_views(row: dict, fmt: str) -> tuple[list[dict], list[list[dict]]]:
-    """(prompt messages, replies) of one row in any format."""
-    if fmt in ("preference", "preference_implicit"):
-        pair = pair_row(row, fmt)
-        return as_messages(pair["prompt"], "user"), [as_messages(pair["chosen"], "assistant"),
-                                                   as_messages(pair["rejected"], "assistant")]
-    if fmt == "conversational":
-        prompt = prompt_messages(row, fmt)
-        return prompt, [list(row["messages"])[len(prompt):]]
-    if fmt in ("unpaired", "prompt_completion"):
-        return as_messages(row["prompt"], "user"), [as_messages(row["completion"], "assistant")]
-    if fmt == "prompt_only":
-        return as_messages(row["prompt"], "user"), []
-    return [], [as_messages(row["text"], "assistant")]
 
 
 def role_problems(row: dict, fmt: str) -> list[str]:

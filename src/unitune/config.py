@@ -180,15 +180,18 @@ class CheckConfig:
                             f"choose --method from: {', '.join(METHODS)}")
 
 
+MERGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
 @dataclass
 class MergeConfig:
     """Merge a run's LoRA adapter into its base model and save a full safetensors model folder."""
 
     run: str = opt(None, "run folder holding the adapter", required=True)
     output: str = opt(None, "folder for the merged model", required=True)
-    dtype: str = opt("float32", "dtype of the saved weights", choices=("float32", "bfloat16", "float16"))
+    dtype: str = opt("float32", "dtype of the saved weights", choices=MERGE_DTYPES)
     overwrite: bool = opt(False, "replace a non-empty --output folder (only once the new one is complete)")
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in MERGE_DTYPES:
             raise UserError(f"--dtype must be float32, bfloat16 or float16, got '{self.dtype}'")

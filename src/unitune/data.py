@@ -253,6 +253,22 @@ def prompt_messages(row: dict, fmt: str) -> list[dict]:
     return as_messages(row["prompt"], "user")
 
 
+def row_views(row: dict, fmt: str) -> tuple[list[dict], list[list[dict]]]:
+    """(prompt messages, replies) of one row in any format."""
+    if fmt in ("preference", "preference_implicit"):
+        pair = pair_row(row, fmt)
+        return as_messages(pair["prompt"], "user"), [as_messages(pair["chosen"], "assistant"),
+                                                   as_messages(pair["rejected"], "assistant")]
+    if fmt == "conversational":
+        prompt = prompt_messages(row, fmt)
+        return prompt, [list(row["messages"])[len(prompt):]]
+    if fmt in ("unpaired", "prompt_completion"):
+        return as_messages(row["prompt"], "user"), [as_messages(row["completion"], "assistant")]
+    if fmt == "prompt_only":
+        return as_messages(row["prompt"], "user"), []
+    return [], [as_messages(row["text"], "assistant")]
+
+
 def to_prompts(ds: Dataset, fmt: str) -> Dataset:
     """GRPO rows: ``prompt`` as messages; other columns stay for reward functions (e.g. ``answer``)."""
     return ds.map(lambda row: {"prompt": prompt_messages(row, fmt)}, desc="Preparing prompts")

@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 
 from .config import EvalConfig
-from .data import (as_messages, detect_format, load_split, pair_row, prompt_messages, resolve_dataset,
-                   split_names)
+from .data import detect_format, load_split, prompt_messages, resolve_dataset, row_views, split_names
 from .errors import UserError, warn
 from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
-from .runs import RUN_FILE, read_run, write_json_atomic
+from .runs import RUN_FILE, adapter_base, is_finished_run, read_run, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 from .tasks import check_answer
 
@@ -47,7 +46,7 @@ def discover(cfg: EvalConfig) -> list[Entry]:
                         "--runs_dir")
     entries = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not ((folder / "adapter_config.json").exists() or (folder / RUN_FILE).exists()):
+        if not is_finished_run(folder):
             continue
         try:
             record = read_run(folder) or {}
@@ -57,19 +56,12 @@ def discover(cfg: EvalConfig) -> list[Entry]:
         method = record.get("method") or (prefix if prefix in METHODS else None)
         if cfg.methods and method not in cfg.methods:
             continue
-        entries.append(Entry(folder.name, method, record.get("base_model") or _adapter_base(folder) or cfg.base_model,
+        entries.append(Entry(folder.name, method, record.get("base_model") or adapter_base(folder) or cfg.base_model,
                              folder, record))
     if not entries:
         raise UserError(f"no runs in {root} (a run is a folder with adapter_config.json or {RUN_FILE}); train "
                         "one with `unitune train --method sft`, or point --runs_dir at your runs")
     return entries
-
-
-def _adapter_base(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
 
 
 def training_metrics(folder: Path | None) -> dict:
@@ -108,31 +100,20 @@ class EvalData:
 
     @staticmethod
     def _sft_items(ds):
-        if ds is None:
+        """(prompt, reply) per row: a conversation's last turn, a pair's chosen reply, a completion."""
+        fmt = detect_format(ds.column_names, METHODS["sft"].formats) if ds is not None else None
+        if fmt in (None, "text"):
             return []
-        fmt = detect_format(ds.column_names, METHODS["sft"].formats)
-        items = []
-        for row in ds:
-            if fmt == "conversational":
-                prompt = prompt_messages(row, fmt)
-                items.append((prompt, list(row["messages"])[len(prompt):][-1:]))
-            elif fmt in ("preference", "preference_implicit"):
-                pair = pair_row(row, fmt)
-                items.append((as_messages(pair["prompt"], "user"), as_messages(pair["chosen"], "assistant")))
-            elif fmt == "prompt_completion":
-                items.append((as_messages(row["prompt"], "user"), as_messages(row["completion"], "assistant")))
-        return items
+        return [(prompt, replies[0][-1:] if fmt == "conversational" else replies[0])
+                for prompt, replies in (row_views(row, fmt) for row in ds)]
 
     @staticmethod
     def _pairs(ds):
-        if ds is None:
-            return []
-        fmt = detect_format(ds.column_names, METHODS["dpo"].formats)
+        """(prompt, chosen, rejected) per row."""
+        fmt = detect_format(ds.column_names, METHODS["dpo"].formats) if ds is not None else None
         if fmt is None:
             return []
-        pairs = [pair_row(row, fmt) for row in ds]
-        return [(as_messages(p["prompt"], "user"), as_messages(p["chosen"], "assistant"),
-                 as_messages(p["rejected"], "assistant")) for p in pairs]
+        return [(prompt, chosen, rejected) for prompt, (chosen, rejected) in (row_views(row, fmt) for row in ds)]
 
 
 def load_entry_model(entry: Entry, device: str):
@@ -202,7 +183,7 @@ def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry:
     out: dict = {"task_accuracy": None}
     if scored:
         out["task_accuracy"] = sum(check_answer(r, text) for r, text in zip(rows, replies)) / len(rows)
-    if reward_names is not None and entry.method in ("grpo", None) and rows:
+    if reward_names is not None and rows:
         out["mean_reward"] = mean_reward(reward_names, wanted, replies, rows)
     out["generation_samples"] = [{"prompt": p[-1]["content"] if p else "", "response": r}
                                  for p, r in zip(wanted, replies)][: cfg.max_generation_samples]

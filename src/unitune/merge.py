@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -13,23 +12,20 @@ from pathlib import Path
 
 import torch
 
-from .config import MergeConfig
+from .config import MERGE_DTYPES, MergeConfig
 from .errors import UserError
 from .models import load_tokenizer, resolve_model
-from .runs import read_run
+from .runs import adapter_base, read_run
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 
 
 def run_base(run: Path) -> str:
     """The base model a run was trained from: unitune_run.json, else adapter_config.json."""
-    record = read_run(run) or {}
-    if record.get("base_model"):
-        return record["base_model"]
-    try:
-        return json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run") from None
+    base = (read_run(run) or {}).get("base_model") or adapter_base(run)
+    if not base:
+        raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run")
+    return base
 
 
 def merge_run(cfg: MergeConfig) -> Path:

@@ -40,6 +40,15 @@ def fmt(value) -> str:
     return str(value)
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
@@ -47,11 +56,6 @@ def _png(fig) -> str:
 
 
 def loss_curves(entries: list[tuple[str, dict]]) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = []
     for name, result in entries:
         state = Path(result.get("model_path") or "") / "trainer_state.json"
@@ -59,6 +63,7 @@ def loss_curves(entries: list[tuple[str, dict]]) -> str | None:
             runs.append((name, json.loads(state.read_text()).get("log_history", [])))
     if not runs:
         return None
+    plt = _pyplot()
     cols = min(3, len(runs))
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
@@ -79,11 +84,7 @@ def loss_curves(entries: list[tuple[str, dict]]) -> str | None:
 
 
 def metric_bars(entries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     charts = []
     for key in BAR_KEYS:
         points = [(name, result[key]) for name, result in entries if result.get(key) is not None]

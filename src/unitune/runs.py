@@ -74,6 +74,14 @@ def machine() -> dict:
     return info
 
 
+def adapter_base(folder: Path) -> str | None:
+    """The base model PEFT recorded in a run's adapter_config.json, if readable."""
+    try:
+        return json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
 def read_run(folder: Path) -> dict | None:
     path = Path(folder) / RUN_FILE
     return json.loads(path.read_text()) if path.exists() else None

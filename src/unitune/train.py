@@ -84,8 +84,8 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def merge_batches(cfg: TrainConfig, hw: Hardware, lengths: dict, bytes_per_token: int | None) -> TrainConfig:
-    """Fold gradient accumulation into larger micro-batches while the longest rows fit --max_batch_tokens.
+def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per_token: int | None) -> TrainConfig:
+    """Fold gradient accumulation into larger micro-batches while the longest row (tokens) fits --max_batch_tokens.
 
     The effective batch (micro-batch x accumulation) and so the optimizer steps stay the same; TRL normalises the
     loss over the whole effective batch, so the update is the same too. A fold must also keep the estimated
@@ -93,7 +93,6 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, lengths: dict, bytes_per_token
     """
     budget = cfg.max_batch_tokens if cfg.max_batch_tokens is not None else (
         CPU_SFT_BATCH_TOKENS if hw.device == "cpu" and cfg.method == "sft" else 0)
-    longest = (lengths.get("row_tokens") or {}).get("max")
     if not budget or not longest or not bytes_per_token or cfg.method == "grpo":
         return cfg
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
@@ -113,8 +112,8 @@ def fit_memory(cfg: TrainConfig, hw: Hardware, lengths: dict, source: str) -> tu
     time (measured in bench/RESULTS.md, GPU mode).
     """
     per_token = activation_bytes_per_token(source)
-    cfg = merge_batches(cfg, hw, lengths, per_token)
     longest = (lengths.get("row_tokens") or {}).get("max")
+    cfg = merge_batches(cfg, hw, longest, per_token)
     if hw.device == "cuda" and hw.gradient_checkpointing and per_token and longest:
         import torch
 
