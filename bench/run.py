@@ -126,52 +126,34 @@ def trl_model(source: str):
                                                 device_map={"": 0})
 
 
-def trl_sft_trainer(out: str, tuned: bool):
-    """Plain TRL SFTTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
+def trl_trainer(method: str, out: str, tuned: bool):
+    """Plain TRL SFTTrainer or DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
     import torch
+    import trl
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
+    from unitune.methods import METHODS
     from unitune.models import resolve_model
 
     source = resolve_model(MODEL)
-    rows = trl_rows("train_sft", ROWS)
-    # prompt/completion conversations: TRL then puts loss on the reply only, like unitune
-    data = Dataset.from_list([{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows])
+    if method == "sft":  # prompt/completion conversations: TRL then puts loss on the reply only, like unitune
+        config, trainer = trl.SFTConfig, trl.SFTTrainer
+        rows = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in trl_rows("train_sft", ROWS)]
+    else:
+        config, trainer = trl.DPOConfig, trl.DPOTrainer
+        rows = [{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
+                for r in trl_rows("train_prefs", ROWS)]
     tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
-    args = SFTConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
-                     gradient_accumulation_steps=ACCUM, learning_rate=2e-4, logging_steps=1, save_strategy="no",
-                     report_to="none", max_length=MAX_LENGTH, use_cpu=not torch.cuda.is_available(), seed=42,
-                     include_num_input_tokens_seen="non_padding", **tuning)
-    return SFTTrainer(model=trl_model(source), args=args, train_dataset=data,
-                      processing_class=AutoTokenizer.from_pretrained(source),
-                      peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
-
-
-def trl_dpo_trainer(out: str, tuned: bool):
-    """Plain TRL DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    from unitune.models import resolve_model
-
-    source = resolve_model(MODEL)
-    rows = trl_rows("train_prefs", ROWS)
-    data = Dataset.from_list([{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
-                              for r in rows])
-    tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
-    args = DPOConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
-                     gradient_accumulation_steps=ACCUM, learning_rate=5e-5, logging_steps=1, save_strategy="no",
-                     report_to="none", max_length=MAX_LENGTH, use_cpu=not torch.cuda.is_available(), seed=42,
-                     include_num_input_tokens_seen="non_padding", **tuning)
-    return DPOTrainer(model=trl_model(source), args=args, train_dataset=data,
-                      processing_class=AutoTokenizer.from_pretrained(source),
-                      peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
+    args = config(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
+                  gradient_accumulation_steps=ACCUM, learning_rate=METHODS[method].learning_rate, logging_steps=1,
+                  save_strategy="no", report_to="none", max_length=MAX_LENGTH,
+                  use_cpu=not torch.cuda.is_available(), seed=42, include_num_input_tokens_seen="non_padding",
+                  **tuning)
+    return trainer(model=trl_model(source), args=args, train_dataset=Dataset.from_list(rows),
+                   processing_class=AutoTokenizer.from_pretrained(source),
+                   peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
 
 def run_child(name: str) -> dict:
@@ -179,12 +161,12 @@ def run_child(name: str) -> dict:
         trainer = {
             "sft_unitune": lambda: unitune_trainer("sft", out),
             "sft_unitune_unmerged": lambda: unitune_trainer("sft", out, {"max_batch_tokens": 0}),
-            "sft_trl_default": lambda: trl_sft_trainer(out, tuned=False),
-            "sft_trl_tuned": lambda: trl_sft_trainer(out, tuned=True),
+            "sft_trl_default": lambda: trl_trainer("sft", out, tuned=False),
+            "sft_trl_tuned": lambda: trl_trainer("sft", out, tuned=True),
             "dpo_unitune": lambda: unitune_trainer("dpo", out),
             "dpo_unitune_merged": lambda: unitune_trainer("dpo", out, {"max_batch_tokens": 2048}),
-            "dpo_trl_tuned": lambda: trl_dpo_trainer(out, tuned=True),
-            "dpo_trl_default": lambda: trl_dpo_trainer(out, tuned=False),
+            "dpo_trl_tuned": lambda: trl_trainer("dpo", out, tuned=True),
+            "dpo_trl_default": lambda: trl_trainer("dpo", out, tuned=False),
         }[name]()
         timer = step_timer()
         trainer.add_callback(timer)
@@ -295,7 +277,7 @@ def gpu_main(tokenizer_dir: str) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise SystemExit("bench --gpu needs a CUDA device")
+        raise SystemExit("bench --gpu needs a CUDA device; run it on a GPU machine, or drop --gpu for the CPU bench")
     with tempfile.TemporaryDirectory(prefix="unitune-bench-qwen2-0.5b-") as folder:
         build_gpu_model(tokenizer_dir, Path(folder))
         os.environ["UNITUNE_BENCH_MODEL"] = folder
