@@ -195,18 +195,19 @@ def bench_eval() -> dict:
     from transformers import AutoModelForCausalLM
 
     from unitune.config import EvalConfig
-    from unitune.data import encode_conversation
+    from unitune.chat_format import chat_format
     from unitune.evaluate import EvalData
     from unitune.models import load_tokenizer, resolve_model
     from unitune.scoring import mean_loss, pack, score_replies
 
     source = resolve_model(None)
     tokenizer, model = load_tokenizer(source), AutoModelForCausalLM.from_pretrained(source).eval()
+    encode = chat_format(tokenizer).encode
     pairs = EvalData(str(ROOT / "src/unitune/assets/demo"), EvalConfig(max_samples=100)).pairs
 
     @torch.inference_mode()
     def plain_loss(prompt, reply) -> float:  # the same tokens carry the loss as in unitune's scorer
-        enc = encode_conversation(tokenizer, prompt + reply, last_only=True)
+        enc = encode(prompt + reply, last_only=True)
         ids = torch.tensor([enc["input_ids"]])
         labels = torch.where(torch.tensor([enc["assistant_masks"]]) == 1, ids, -100)
         return model(input_ids=ids, labels=labels).loss.item()
@@ -219,7 +220,7 @@ def bench_eval() -> dict:
     loop_s = time.perf_counter() - start
     diff = max(abs(a - b) for got, ref in zip(batched, loop) for a, b in zip(mean_loss(got), ref))
     tokens = {"batched": sum(len(pack(tokenizer, p, [c, r])["ids"]) for p, c, r in pairs),
-              "loop": sum(len(encode_conversation(tokenizer, p + x, last_only=True)["input_ids"])
+              "loop": sum(len(encode(p + x, last_only=True)["input_ids"])
                           for p, c, r in pairs for x in (c, r))}
     return {"batched_pairs_per_s": len(pairs) / batched_s, "loop_pairs_per_s": len(pairs) / loop_s,
             "max_abs_diff": diff, "tokens": tokens,

@@ -58,3 +58,75 @@ def tiny_args(tiny_model_dir, tmp_path):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- chat templates and architectures
+
+def _template_dir() -> Path:
+    import trl
+
+    return Path(trl.__file__).parent / "chat_templates"
+
+
+# TRL's shipped templates that are not text chat: vision models and the diffusion model.
+NOT_TEXT = {"idefics3", "lfm2_2_5_vl", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
+TEXT_TEMPLATES = sorted(p.stem for p in _template_dir().glob("*.jinja")
+                        if not p.stem.endswith("_training") and p.stem not in NOT_TEXT)
+
+
+def control_tokens(template: str) -> list[str]:
+    """The control-token literals a template writes (<|im_start|>, <start_of_turn>, <｜Assistant｜>, <turn|>...)."""
+    import re
+
+    found = re.findall(r"<[|｜][^<>\s'\"]{1,40}?[|｜]>|<(?:start|end)_of_turn>|<\|?[a-z_]+\|>|<\|[a-z_]+>|"
+                       r"\[gMASK\]|<sop>", template)
+    return sorted(set(found))
+
+
+def with_template(base_tokenizer, name_or_text: str):
+    """A copy of the embedded tokenizer carrying one of TRL's shipped templates (or a template text), with the
+    template's control tokens added as special tokens, as the model repo's tokenizer has them."""
+    import copy
+
+    is_name = "{" not in name_or_text
+    text = (_template_dir() / f"{name_or_text}.jinja").read_text(encoding="utf-8") if is_name else name_or_text
+    tok = copy.deepcopy(base_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": control_tokens(text)}, replace_extra_special_tokens=False)
+    tok.add_tokens([t for t in ("<think>", "</think>") if t in text])  # added, not special, as in Qwen3's tokenizer
+    tok.chat_template = text
+    return tok
+
+
+def tiny_config(arch: str, tokenizer, **extra):
+    """A 2-layer, hidden-64 config of one architecture sized for ``tokenizer``."""
+    import transformers
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                  pad_token_id=tokenizer.pad_token_id)
+    specific = {  # what makes each family differ in the scoring path
+        "llama": ("LlamaConfig", {"tie_word_embeddings": True}),
+        "qwen2": ("Qwen2Config", {}),
+        "qwen3": ("Qwen3Config", {"head_dim": 16}),
+        "mistral": ("MistralConfig", {"sliding_window": 8}),
+        "gemma2": ("Gemma2Config", {"head_dim": 16, "final_logit_softcapping": 5.0, "attn_logit_softcapping": 10.0,
+                                    "sliding_window": 8}),
+        "gemma3": ("Gemma3TextConfig", {"head_dim": 16, "sliding_window": 8}),
+        "phi3": ("Phi3Config", {}),
+    }
+    cls, kwargs = specific[arch]
+    return getattr(transformers, cls)(**common, **kwargs, **extra)
+
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
+
+
+def save_tiny(folder: Path, arch: str, tokenizer) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

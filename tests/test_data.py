@@ -4,8 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 
-from unitune.data import (DEMO_DIR, detect_format, encode_conversation, pair_row, to_conversations, to_pairs,
-                          to_unpaired)
+from unitune.chat_format import chat_format
+from unitune.data import DEMO_DIR, detect_format, pair_row, to_conversations, to_pairs, to_unpaired
 from unitune.tasks import SPLIT_SIZES, check_answer, extract_answer, follows_format, generate_splits
 
 COLUMNS = {"prompt", "prompt_id", "messages", "chosen", "rejected", "score_chosen", "score_rejected", "answer"}
@@ -102,11 +102,11 @@ def test_sft_from_preference_uses_chosen():
 
 def test_assistant_mask_covers_replies_only(tokenizer):
     messages = [USER, GOOD, {"role": "user", "content": "And?"}, BAD]
-    enc = encode_conversation(tokenizer, messages)
+    enc = chat_format(tokenizer).encode(messages)
     ids, mask = enc["input_ids"], enc["assistant_masks"]
     assert len(ids) == len(mask)
     assert ids == tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
     trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
     assert trained == "Hello.<|im_end|>Go away.<|im_end|>"
-    last = encode_conversation(tokenizer, messages, last_only=True)
+    last = chat_format(tokenizer).encode(messages, last_only=True)
     assert tokenizer.decode([t for t, m in zip(ids, last["assistant_masks"]) if m]) == "Go away.<|im_end|>"

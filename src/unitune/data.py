@@ -274,7 +274,7 @@ def to_prompts(ds: Dataset, fmt: str) -> Dataset:
     return ds.map(lambda row: {"prompt": prompt_messages(row, fmt)}, desc="Preparing prompts")
 
 
-# ---------------------------------------------------------------- tokenisation with assistant masks
+# ---------------------------------------------------------------- chat templates
 
 
 def needs_chat_template(ds: Dataset, fmt: str) -> bool:
@@ -285,25 +285,5 @@ def needs_chat_template(ds: Dataset, fmt: str) -> bool:
 def require_chat_template(tokenizer, model: str) -> None:
     if not tokenizer.chat_template:
         raise UserError(f"the tokenizer of {model} has no chat template, which conversational data need; "
-                        "use a chat model, or give the data as plain 'text' or prompt/completion strings")
-
-
-def encode_conversation(tokenizer, messages: list[dict], last_only: bool = False) -> dict:
-    """Token ids and an assistant mask (1 = carries loss) for any chat template.
-
-    Templates rarely mark assistant spans (`{% generation %}`), so we render the conversation one
-    assistant turn at a time: the text a turn adds after the generation prompt is its span. The span
-    keeps the end-of-turn token and drops trailing whitespace. Character spans map to tokens through
-    the offsets of the fast tokenizer, so merges across the boundary are handled.
-    """
-    render = tokenizer.apply_chat_template
-    full = render(messages, tokenize=False)
-    spans = []
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    for i in turns[-1:] if last_only else turns:
-        start = len(render(messages[:i], tokenize=False, add_generation_prompt=True))
-        end = len(render(messages[: i + 1], tokenize=False).rstrip())
-        spans.append((start, end))
-    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(s <= a < e for s, e in spans)) for a, _ in enc["offset_mapping"]]
-    return {"input_ids": enc["input_ids"], "assistant_masks": mask}
+                        "use a chat model, pass one with --chat_template FILE, or give the data as plain 'text' "
+                        "or prompt/completion strings")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .chat_format import chat_format
+
 
 @torch.inference_mode()
 def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
                      batch_size: int = 16, desc: str = "Generating") -> list[str]:
     """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    chat = chat_format(tokenizer)
+    texts = [chat.generation_prompt(p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     replies: list[str] = [""] * len(texts)
     side = tokenizer.padding_side
@@ -22,6 +25,7 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 eos_token_id=chat.stop_ids(model.generation_config),
                                  pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
             for i, seq in zip(idx, out[:, batch["input_ids"].shape[1]:]):
                 replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()

@@ -1,6 +1,6 @@
 """Reply loss: mean token NLL of a reply given its prompt, scored in padded, length-sorted batches.
 
-The reply's tokens are exactly those SFT puts loss on (data.encode_conversation with the last
+The reply's tokens are exactly those SFT puts loss on (chat_format's spans of the last
 assistant turn): the reply text plus its end-of-turn token, after the prompt rendered with the
 model's chat template. Only those positions go through the LM head: full-vocabulary logits are
 never built for prompt or padding tokens.
@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import encode_conversation
+from .chat_format import chat_format
 
 
 def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
-    return [encode_conversation(tokenizer, prompt + reply, last_only=True) for prompt, reply in items]
+    chat = chat_format(tokenizer)
+    return [chat.encode(prompt + reply, last_only=True) for prompt, reply in items]
 
 
 def pack(tokenizer, prompt: list[dict], replies: list[list[dict]]) -> dict:
@@ -46,17 +47,45 @@ def pack(tokenizer, prompt: list[dict], replies: list[list[dict]]) -> dict:
             "targets": targets, "replies": len(replies)}
 
 
-def _attention(rows: list[dict], width: int) -> torch.Tensor:
-    """(batch, 1, width, width) boolean mask: causal, prompt visible to all, replies blind to each other."""
-    mask = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+def _allowed(rows: list[dict], width: int, window: int | None = None) -> torch.Tensor:
+    """(batch, 1, width, width) boolean: causal, prompt visible to all, replies blind to each other, and with
+    ``window`` only keys fewer than ``window`` positions back (sliding-window layers)."""
+    allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
     causal = torch.ones((width, width), dtype=torch.bool).tril()
     for b, row in enumerate(rows):
         n = len(row["ids"])
         seg = torch.tensor(row["segments"])
         same = (seg[:, None] == seg[None, :]) | (seg[None, :] == -1)
-        mask[b, 0, :n, :n] = same & causal[:n, :n]
-        mask[b, 0, n:, :] = causal[n:, :]  # padding rows attend causally (ignored, avoids empty rows)
-    return mask
+        allowed[b, 0, :n, :n] = same & causal[:n, :n]
+        if window:
+            pos = torch.tensor(row["positions"])
+            allowed[b, 0, :n, :n] &= (pos[:, None] - pos[None, :]) < window
+        allowed[b, 0, n:, :] = causal[n:, :]  # padding rows attend causally (ignored, avoids empty rows)
+    return allowed
+
+
+def attention_masks(model, rows: list[dict], width: int, device) -> torch.Tensor | dict:
+    """The packed rows' 4D mask in the form the model's attention adds to its scores: 0 where a query may look,
+    the dtype's minimum elsewhere (eager attention adds the mask; a boolean one would add 0/1). Models with
+    sliding-window layers get the window too: one mask per layer type where the config names them (Gemma-2/3,
+    Qwen2), as the model's own forward builds them."""
+    config = model.config.get_text_config()
+    dtype = next(model.parameters()).dtype
+
+    def additive(allowed):
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
+
+    layer_types = getattr(config, "layer_types", None)  # absent on architectures without per-layer kinds
+    if not layer_types:  # Mistral, Phi-3: one window (or none) for every layer
+        return additive(_allowed(rows, width, getattr(config, "sliding_window", None)))
+    return {kind: additive(_allowed(rows, width, config.sliding_window if kind == "sliding_attention" else None))
+            for kind in set(layer_types)}
+
+
+def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
+    """What the model's own forward applies after the LM head: Gemma-2's final-logit softcapping."""
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma-2/3 only
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 @torch.inference_mode()
@@ -80,12 +109,12 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
             ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
             positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
         hidden = decoder(input_ids=ids.to(device), position_ids=positions.to(device),
-                         attention_mask=_attention(rows, width).to(device)).last_hidden_state
+                         attention_mask=attention_masks(model, rows, width, device)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
         predictors = torch.tensor([p for row in rows for p in row["predictors"]], device=device)
         targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
         # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
-        logits = head(hidden[batch_index, predictors]).float()
+        logits = final_logits(model, head(hidden[batch_index, predictors]).float())
         nll = F.cross_entropy(logits, ids.to(device)[batch_index, targets], reduction="none").double().cpu()
         at = 0
         for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig
-from .check import Lengths, measure
+from .lengths import Lengths, measure
 from .data import (load_split, needs_chat_template, require_chat_template, require_format, resolve_dataset,
                    split_names, validate_rows)
 from .errors import UserError, warn

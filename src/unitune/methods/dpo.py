@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from trl import DPOConfig, DPOTrainer
 
+from ..chat_format import render_pairs
 from ..data import to_pairs
 from ..models import lora_config
 
 
 def prepare(ds, fmt, cfg, tokenizer):
-    return to_pairs(ds, fmt)
+    return render_pairs(to_pairs(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):

@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
+from ..chat_format import chat_format
 from ..data import to_prompts
 from ..errors import UserError
 from ..models import lora_config, world_size
@@ -22,7 +23,8 @@ COMPLETIONS_FILE = "completions.jsonl"
 
 
 def prepare(ds, fmt, cfg, tokenizer):
-    return to_prompts(ds, fmt)
+    chat = chat_format(tokenizer)  # TRL renders the prompts; system turns are folded first where the template wants
+    return to_prompts(ds, fmt).map(lambda row: {"prompt": chat.prepare(row["prompt"])})
 
 
 def num_generations(cfg, world_size: int) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from trl import KTOConfig, KTOTrainer
 
+from ..chat_format import render_unpaired
 from ..data import to_unpaired
 from ..models import lora_config
 
 
 def prepare(ds, fmt, cfg, tokenizer):
-    return to_unpaired(ds, fmt)
+    return render_unpaired(to_unpaired(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 
 def class_weights(labels: list[bool]) -> tuple[float, float, str]:

@@ -1,10 +1,11 @@
-"""SFT: TRL SFTTrainer. Conversations are tokenised here with assistant-only masks (data.py)."""
+"""SFT: TRL SFTTrainer. Conversations are tokenised here with assistant-only masks (chat_format.py)."""
 
 from __future__ import annotations
 
 from trl import SFTConfig, SFTTrainer
 
-from ..data import encode_conversation, require_chat_template, to_conversations
+from ..chat_format import chat_format
+from ..data import require_chat_template, to_conversations
 from ..models import lora_config
 
 
@@ -13,9 +14,10 @@ def prepare(ds, fmt, cfg, tokenizer):
     if "messages" not in ds.column_names:
         return ds  # prompt/completion or text: TRL masks the prompt itself (completion_only_loss)
     require_chat_template(tokenizer, cfg.model_name or "the model")
+    chat = chat_format(tokenizer)
 
     def encode(row):
-        enc = encode_conversation(tokenizer, row["messages"])
+        enc = chat.encode(row["messages"])
         if cfg.train_on_prompt:
             enc["assistant_masks"] = [1] * len(enc["input_ids"])
         return enc

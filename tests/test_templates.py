@@ -1,0 +1,171 @@
+"""Every model family trains and scores correctly: TRL's 34 shipped text chat templates on the embedded tokenizer,
+and seven architectures built from a config (fast: tiny random models)."""
+
+import re
+
+import pytest
+import torch
+
+from conftest import ARCHITECTURES, TEXT_TEMPLATES, read_json, save_tiny, tiny_config, with_template
+from unitune.chat_format import chat_format
+from unitune.cli import main
+from unitune.errors import UserError
+
+CONVERSATION = [{"role": "user", "content": "apple banana"}, {"role": "assistant", "content": "cherry date"},
+                {"role": "user", "content": "zebra yak"}, {"role": "assistant", "content": "mango kiwi"},
+                {"role": "user", "content": "lion tiger"}, {"role": "assistant", "content": "plum pear"}]
+ROWS = {"plain": CONVERSATION,
+        "system": [{"role": "system", "content": "owl heron"}, *CONVERSATION],
+        "chinese": [{"role": "user", "content": "你好，世界"}, {"role": "assistant", "content": "谢谢你的问题"}]}
+
+
+def trained_segments(tokenizer, enc) -> list[str]:
+    """The decoded runs of consecutive trained tokens."""
+    segments, run = [], []
+    for token, trained in zip(enc["input_ids"], enc["assistant_masks"]):
+        if trained:
+            run.append(token)
+        elif run:
+            segments.append(tokenizer.decode(run))
+            run = []
+    return segments + ([tokenizer.decode(run)] if run else [])
+
+
+@pytest.mark.parametrize("row", list(ROWS))
+@pytest.mark.parametrize("name", TEXT_TEMPLATES)
+def test_masks_cover_each_reply_and_its_end_of_turn(name, row, tokenizer):
+    """Character by character: each trained run is one reply, what the template wraps around it (an empty think
+    block, gpt-oss's channel), and control tokens; it ends on a control token; no user/system text is trained."""
+    tok = with_template(tokenizer, name)
+    messages = ROWS[row]
+    enc = chat_format(tok).encode(messages)
+    assert enc["input_ids"] == tok(chat_format(tok).render(messages), add_special_tokens=False)["input_ids"]
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    segments = trained_segments(tok, enc)
+    assert len(segments) == len(replies), segments
+    control = set(tok.get_added_vocab())
+    for segment, reply in zip(segments, replies):
+        before, _, after = segment.partition(reply)
+        assert _ == reply, (segment, reply)
+        # What a template writes around a reply that the model generates itself (past the generation prompt):
+        # an empty think block, or its end when the prompt opens it; gpt-oss's channel; Muse's recipient.
+        assert before.strip() in ("", "<think></think>", "<think>\n\n</think>", "</think>", "<|channel|>final<|message|>",
+                                  "to=user<|message|>"), before
+        ending = after.rstrip()
+        assert ending and any(ending.endswith(t) for t in control), f"no end-of-turn token trained: {segment!r}"
+        assert not re.sub("|".join(map(re.escape, control)), "", after).strip(), f"trained past the reply: {after!r}"
+    trained = re.sub("|".join(map(re.escape, control)), "", "".join(segments))  # GLM stops on <|user|>
+    for other in ("apple", "zebra", "lion", "owl", "你好"):
+        assert other not in trained, (other, segments)
+
+
+@pytest.mark.parametrize("name", TEXT_TEMPLATES)
+def test_last_reply_only_is_the_same_span(name, tokenizer):
+    """The evaluator scores exactly the tokens SFT trains for the last reply."""
+    chat = chat_format(with_template(tokenizer, name))
+    full, last = chat.encode(CONVERSATION), chat.encode(CONVERSATION, last_only=True)
+    assert full["input_ids"] == last["input_ids"]
+    mask = full["assistant_masks"]
+    last_run = max(i for i, m in enumerate(mask) if m)
+    while mask[last_run - 1]:
+        last_run -= 1
+    assert last["assistant_masks"][last_run:] == full["assistant_masks"][last_run:]
+    assert sum(last["assistant_masks"]) == sum(full["assistant_masks"][last_run:])
+
+
+def test_system_turn_folded_where_the_template_rejects_it(tokenizer):
+    chat = chat_format(with_template(tokenizer, "gemma"))
+    assert chat.folds_system
+    text = chat.render(ROWS["system"])
+    assert "<start_of_turn>user\nowl heron\n\napple banana<end_of_turn>" in text
+
+
+def test_no_correct_mask_stops_with_one_line(tokenizer):
+    """Qwen3's template as a model repo might ship it, one byte off TRL's copy: no twin, and rendering turn by turn
+    trains the next user turn, so the row is refused; the same template with generation markers works."""
+    from conftest import _template_dir
+
+    original = (_template_dir() / "qwen3.jinja").read_text() + " "
+    tok = with_template(tokenizer, original)
+    with pytest.raises(UserError, match="cannot find a correct loss mask.*--chat_template FILE"):
+        chat_format(tok).encode(CONVERSATION)
+    fixed = with_template(tokenizer, (_template_dir() / "qwen3_training.jinja").read_text())
+    assert chat_format(fixed).how == "markers"
+    assert len(trained_segments(fixed, chat_format(fixed).encode(CONVERSATION))) == 3
+
+
+def test_template_without_end_of_turn_is_refused(tokenizer):
+    plain = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(UserError, match="would not learn to stop"):
+        chat_format(with_template(tokenizer, plain)).encode(CONVERSATION)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma", "llama3_2", "phi3", "glm4moe", "deepseek_r1_distill"])
+def test_sft_and_dpo_train_with_template(name, tokenizer, tmp_path):
+    tok = with_template(tokenizer, name)
+    model = save_tiny(tmp_path / "model", "llama", tok)
+    for method in ("sft", "dpo"):
+        out = tmp_path / method
+        assert main(["train", "--method", method, "--model_name", str(model), "--output_dir", str(out),
+                     "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                     "--max_train_samples", "2"]) == 0
+        assert read_json(out / "trainer_state.json")["global_step"] == 1
+
+
+# ---------------------------------------------------------------- architectures
+
+
+ITEMS = [([{"role": "user", "content": "What is two plus two? Think it through."}],
+          [[{"role": "assistant", "content": "Four, since 2 + 2 = 4. That is a fact any long reply may state."}],
+           [{"role": "assistant", "content": "Fish are not numbers at all, my friend."}]]),
+         ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour"}],
+          [[{"role": "assistant", "content": "Blue"}], [{"role": "assistant", "content": "I would rather not say"}]])]
+
+
+def plain_hf_loss(model, chat, prompt, reply) -> float:
+    enc = chat.encode(prompt + reply, last_only=True)
+    ids = torch.tensor([enc["input_ids"]])
+    labels = torch.where(torch.tensor([enc["assistant_masks"]]) == 1, ids, -100)
+    return model(input_ids=ids, labels=labels).loss.item()
+
+
+# transformers runs Gemma-2 with eager attention only (its attention softcapping)
+KERNELS = [(arch, attn) for arch in ARCHITECTURES for attn in ("sdpa", "eager") if (arch, attn) != ("gemma2", "sdpa")]
+
+
+@pytest.mark.parametrize(("arch", "attn"), KERNELS)
+def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
+    """The evaluator's packed reply losses equal a one-reply-at-a-time HF loss, under both attention kernels, with
+    Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
+    from transformers import AutoModelForCausalLM
+
+    from unitune.scoring import mean_loss, score_replies
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), attn_implementation=attn).eval()
+    with torch.no_grad():  # larger weights than the init, so that masking mistakes show in the losses
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 0.5)
+    chat = chat_format(tokenizer)
+    packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2)]
+    with torch.inference_mode():
+        plain = [[plain_hf_loss(model, chat, prompt, r) for r in replies] for prompt, replies in ITEMS]
+    assert sum(packed, []) == pytest.approx(sum(plain, []), abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tokenizer, tmp_path_factory):
+    return {arch: save_tiny(tmp_path_factory.mktemp(arch), arch, tokenizer) for arch in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "orpo", "kto", "grpo"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_each_method_trains_each_architecture(arch, method, arch_dirs, tmp_path):
+    extra = ["--max_completion_length", "8", "--num_generations", "2"] if method == "grpo" else []
+    out = tmp_path / "run"
+    assert main(["train", "--method", method, "--model_name", str(arch_dirs[arch]), "--output_dir", str(out),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "4", *extra]) == 0
+    assert read_json(out / "trainer_state.json")["global_step"] == 1
