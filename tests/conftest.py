@@ -68,10 +68,13 @@ def _template_dir() -> Path:
     return Path(trl.__file__).parent / "chat_templates"
 
 
-# TRL's shipped templates that are not text chat: vision models and the diffusion model.
-NOT_TEXT = {"idefics3", "lfm2_2_5_vl", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
-TEXT_TEMPLATES = sorted(p.stem for p in _template_dir().glob("*.jinja")
-                        if not p.stem.endswith("_training") and p.stem not in NOT_TEXT)
+def _text_templates() -> list[str]:
+    from unitune.chat_format import shipped_templates
+
+    return list(shipped_templates())
+
+
+TEXT_TEMPLATES = _text_templates()
 
 
 def control_tokens(template: str) -> list[str]:

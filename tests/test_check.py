@@ -2,8 +2,16 @@
 
 import json
 
+from conftest import save_tiny, with_template
+from unitune.chat_format import chat_format
 from unitune.cli import main
 from unitune.tasks import SPLIT_SIZES
+
+ROWS = [{"messages": [{"role": "system", "content": "Reply in Chinese."}, {"role": "user", "content": "你好"},
+                      {"role": "assistant", "content": "你好！有什么可以帮你的？"}, {"role": "user", "content": "谢谢"},
+                      {"role": "assistant", "content": "不客气。"}]},
+        {"prompt": [{"role": "user", "content": "2 + 2?"}], "chosen": [{"role": "assistant", "content": "4"}],
+         "rejected": [{"role": "assistant", "content": "5"}]}]
 
 
 def check(capsys, *argv):
@@ -16,7 +24,8 @@ def test_bundled_dataset_all_six_splits(capsys, tiny_model_dir):
     code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--json")
     assert code == 0
     report = json.loads(out)
-    assert report["has_chat_template"] and not report["marks_assistant_spans"]
+    assert report["has_chat_template"] and report["masking"] == "turns" and report["end_of_turn"] == "<|im_end|>"
+    assert report["stops_at_end_of_turn"] and not report["system_folded"]
     assert [s["split"] for s in report["splits"]] == list(SPLIT_SIZES)
     for split in report["splits"]:
         assert split["rows"] == SPLIT_SIZES[split["split"]]
@@ -30,7 +39,7 @@ def test_bundled_dataset_all_six_splits(capsys, tiny_model_dir):
 def test_table_output(capsys, tiny_model_dir):
     code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--split", "test_sft", "--max_length", "60")
     assert code == 0
-    assert "test_sft" in out and "200  preference" in out and "no assistant markers" in out
+    assert "test_sft" in out and "200  preference" in out and "rendered turn by turn, checked per row" in out
     assert "rows exceed --max_length 60" in out
 
 
@@ -77,3 +86,39 @@ def test_truncation_counts_rows_not_replies(capsys, tiny_model_dir):
                          "--json")
     truncated = json.loads(out)["splits"][0]["truncated"]
     assert 0 < truncated["rows"] <= 200 and truncated["max_cut"] > 0
+
+
+def test_show_tokens_json_segments_rebuild_each_row(capsys, tokenizer, tmp_path):
+    """--show_tokens with --json: segments concatenate to exactly the rendered row, multi-byte characters split
+    by byte-level tokens included; the trained text is the replies and their end-of-turn tokens."""
+    (tmp_path / "chat.jsonl").write_text(json.dumps(ROWS[0], ensure_ascii=False) + "\n")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(ROWS[1]) + "\n")
+    tok = with_template(tokenizer, "llama3")
+    model = save_tiny(tmp_path / "model", "llama", tok)
+    chat = chat_format(tok)
+    for name, row in (("chat", ROWS[0]), ("pairs", ROWS[1])):
+        code, out, _ = check(capsys, "--model_name", str(model), "--dataset", str(tmp_path / f"{name}.jsonl"),
+                             "--show_tokens", "3", "--json")
+        assert code == 0
+        report = json.loads(out)
+        assert report["masking"] == "trl" and report["end_of_turn"] == "<|eot_id|>"
+        assert not report["stops_at_end_of_turn"]  # the tokenizer's EOS is <|im_end|>; the template ends on <|eot_id|>
+        (view,) = report["splits"][0]["token_view"]
+        conversation = row["messages"] if name == "chat" else row["prompt"] + row["chosen"]
+        assert "".join(seg["text"] for seg in view) == chat.render(conversation)
+        trained = [seg["text"] for seg in view if seg["trained"]]
+        replies = [m["content"] for m in conversation if m["role"] == "assistant"]
+        assert trained == [reply + "<|eot_id|>" for reply in replies]
+
+
+def test_show_tokens_terminal_view_and_template_file(capsys, tmp_path, tiny_model_dir):
+    """On a pipe the trained text is bracketed; --chat_template FILE replaces the tokenizer's template."""
+    from conftest import _template_dir
+
+    (tmp_path / "chat.jsonl").write_text(json.dumps(ROWS[0], ensure_ascii=False) + "\n")
+    code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--dataset", str(tmp_path / "chat.jsonl"),
+                         "--show_tokens", "1", "--chat_template", str(_template_dir() / "qwen2_5_training.jinja"))
+    assert code == 0
+    assert "the template's {% generation %} markers" in out and "inside [[...]]" in out
+    assert "<|im_start|>assistant\n[[你好！有什么可以帮你的？<|im_end|>]]" in out
+    assert "[[不客气。<|im_end|>]]" in out and "[[Reply" not in out

@@ -58,10 +58,36 @@ def test_seed_script_same_errors():
     (["--lora_dropout", "1"], "--lora_dropout must be in [0, 1), got 1.0"),
     (["--max_batch_tokens", "-1"], "--max_batch_tokens must be 0 (off) or more, got -1"),
     (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
+    (["--chat_template", "/nope/t.jinja"], "--chat_template /nope/t.jinja is not a file; pass a Jinja template file"),
 ])
 def test_bad_input(capsys, tiny_args, extra, message):
     code, line = run_cli(capsys, tiny_args("sft", *extra))
     assert code == 2 and message in line, line
+
+
+def test_template_without_a_correct_mask(capsys, tiny_args, tmp_path):
+    """A template that ends no reply with an end-of-turn token: one line naming the fix, nothing trained."""
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}")
+    code, line = run_cli(capsys, tiny_args("sft", "--chat_template", str(template)))
+    assert code == 2 and "cannot find a correct loss mask with the chat template of" in line
+    assert "would not learn to stop" in line and "--chat_template FILE" in line
+    assert not (tmp_path / "sft_run" / "adapter_config.json").exists()
+
+
+def test_template_error_is_one_line(capsys, tiny_args, tmp_path):
+    template = tmp_path / "strict.jinja"
+    template.write_text("{% for m in messages %}{% if 'Answer' in m['content'] %}"
+                        "{{ raise_exception('roles must alternate') }}{% endif %}{{ m['content'] }}<|im_end|>"
+                        "{% endfor %}{% if add_generation_prompt %}A:{% endif %}")
+    code, line = run_cli(capsys, tiny_args("sft", "--chat_template", str(template)))
+    assert code == 2 and "the chat template rejected a row (roles must alternate)" in line
+
+
+def test_check_bad_show_tokens(capsys):
+    code, line = run_cli(capsys, ["check", "--show_tokens", "-1"])
+    assert code == 2 and "--show_tokens must be 0 (off) or more, got -1" in line
 
 
 def test_missing_split_lists_available(capsys, tiny_args):

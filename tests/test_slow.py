@@ -61,3 +61,39 @@ def test_demo_pipeline_sft(tmp_path, capsys):
     assert results["sft_demo"]["task_accuracy"] > results["base"]["task_accuracy"]
     assert (tmp_path / "report.html").exists() and (tmp_path / "report.md").exists()
     assert "| sft_demo | sft |" in out and f"report: {tmp_path / 'report.html'}" in out
+
+
+def test_trained_model_stops_at_end_of_turn(embedded_dir, tmp_path):
+    """A model repo whose tokenizer and generation config name only <|endoftext|> as EOS: generation runs on past
+    the reply's <|im_end|>. The run's generation_config.json adds the end-of-turn token, so it stops there."""
+    import torch
+    from transformers import GenerationConfig
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for item in embedded_dir.iterdir():
+        (repo / item.name).symlink_to(item)
+    (repo / "generation_config.json").unlink()
+    GenerationConfig(eos_token_id=0, bos_token_id=1).save_pretrained(repo)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    tokenizer.eos_token = "<|endoftext|>"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        (repo / name).unlink(missing_ok=True)
+    tokenizer.save_pretrained(repo)
+    out = tmp_path / "run"
+    assert main(["train", "--method", "sft", "--model_name", str(repo), "--output_dir", str(out), "--max_steps", "1",
+                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "2", "--learning_rate", "1e-6"]) == 0
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in read_json(out / "generation_config.json")["eos_token_id"]
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(repo), out).eval()
+    messages = [{"role": "user", "content": "Say hello."}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    n = inputs["input_ids"].shape[1]
+    with torch.inference_mode():
+        base = model.generate(**inputs, max_new_tokens=60, do_sample=False)[0, n:].tolist()
+        run = model.generate(**inputs, max_new_tokens=60, do_sample=False,
+                             generation_config=GenerationConfig.from_pretrained(out))[0, n:].tolist()
+    assert end_of_turn in base and base.index(end_of_turn) < len(base) - 1, "the repo's config should run on"
+    assert run[-1] == end_of_turn and run == base[: len(run)]

@@ -101,16 +101,22 @@ def test_template_without_end_of_turn_is_refused(tokenizer):
         chat_format(with_template(tokenizer, plain)).encode(CONVERSATION)
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma", "llama3_2", "phi3", "glm4moe", "deepseek_r1_distill"])
+@pytest.mark.parametrize("name", ["qwen3", "gemma", "llama3_2", "phi3", "glm4moe", "deepseek_r1_distill", "gptoss"])
 def test_sft_and_dpo_train_with_template(name, tokenizer, tmp_path):
+    """Both train; the run's generation_config.json stops on the template's end-of-turn token, and merge keeps it."""
     tok = with_template(tokenizer, name)
     model = save_tiny(tmp_path / "model", "llama", tok)
+    end_of_turn = tok.convert_tokens_to_ids(chat_format(tok).end_of_turn)
     for method in ("sft", "dpo"):
         out = tmp_path / method
         assert main(["train", "--method", method, "--model_name", str(model), "--output_dir", str(out),
                      "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                      "--max_train_samples", "2"]) == 0
         assert read_json(out / "trainer_state.json")["global_step"] == 1
+        assert end_of_turn in read_json(out / "generation_config.json")["eos_token_id"]
+        assert read_json(out / "unitune_run.json")["chat_template"]["system_folded"] == (name == "gemma")
+    assert main(["merge", "--run", str(tmp_path / "sft"), "--output", str(tmp_path / "merged")]) == 0
+    assert end_of_turn in read_json(tmp_path / "merged" / "generation_config.json")["eos_token_id"]
 
 
 # ---------------------------------------------------------------- architectures
@@ -169,3 +175,19 @@ def test_each_method_trains_each_architecture(arch, method, arch_dirs, tmp_path)
                  "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                  "--max_train_samples", "4", *extra]) == 0
     assert read_json(out / "trainer_state.json")["global_step"] == 1
+
+
+def test_readme_template_table_matches_code(tokenizer):
+    import importlib.util
+    from pathlib import Path
+
+    from unitune.chat_format import template_table
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "template_table.py"
+    spec = importlib.util.spec_from_file_location("template_table", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    template = tokenizer.chat_template
+    assert script.readme_table() == template_table(tokenizer), "run scripts/template_table.py to update README.md"
+    assert tokenizer.chat_template == template
+    assert len(script.readme_table().splitlines()) == 2 + len(TEXT_TEMPLATES) == 36

@@ -148,7 +148,8 @@ class ChatFormat:
                 continue
             start, end = next(turns)
             if not needle:
-                self._fail("an assistant reply is empty", text)
+                raise UserError(f"a row has an empty assistant reply (row starts {text[:60]!r}); fill it in or "
+                                "remove the row")
             if at < 0 or (start, end) not in inside:
                 self._fail("an assistant reply does not lie inside its trained span", text)
             # Role headers are not trained: a span starts no earlier than the end of the generation prompt.
@@ -201,14 +202,20 @@ class ChatFormat:
     # ------------------------------------------------------------ tokens
 
     def encode(self, messages: list[dict], last_only: bool = False) -> dict:
-        """Token ids and an assistant mask (1 = carries loss): each reply and its end-of-turn token.
+        """Token ids and an assistant mask (1 = carries loss): each reply and its end-of-turn token."""
+        _, ids, mask, _ = self.tokens(messages, last_only)
+        return {"input_ids": ids, "assistant_masks": mask}
+
+    def tokens(self, messages: list[dict], last_only: bool = False) -> tuple[str, list[int], list[int], list[int]]:
+        """(rendered text, token ids, assistant mask, each token's start offset in the text).
 
         Character spans map to tokens through the fast tokenizer's offsets: a token is trained when it starts
         inside a span, so a token merged across the boundary goes with the side it starts on."""
         text, spans = self.spans(messages, last_only)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        mask = [int(any(s <= a < e for s, e in spans)) for a, _ in enc["offset_mapping"]]
-        return {"input_ids": enc["input_ids"], "assistant_masks": mask}
+        starts = [a for a, _ in enc["offset_mapping"]]
+        mask = [int(any(s <= a < e for s, e in spans)) for a in starts]
+        return text, enc["input_ids"], mask, starts
 
     def split_reply(self, prompt: list[dict], reply: list[dict]) -> tuple[str, str]:
         """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings.
@@ -286,9 +293,45 @@ def _cached(tokenizer, template: str) -> ChatFormat:
     return ChatFormat(tokenizer, training, how, folds)
 
 
+def use_template_file(tokenizer, path: str | None) -> None:
+    """Put the template in ``path`` (--chat_template) on the tokenizer: training saves it with the run."""
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+
+
 def chat_format(tokenizer) -> ChatFormat:
     """The ChatFormat of a tokenizer's current chat template (worked out once per tokenizer and template)."""
     if not tokenizer.chat_template:
         raise UserError("the tokenizer has no chat template, which conversational data need; use a chat model, "
                         "pass --chat_template FILE, or give the data as plain 'text' or prompt/completion strings")
     return _cached(tokenizer, tokenizer.chat_template)
+
+
+# TRL's shipped templates that are not text chat: vision models and the diffusion model.
+NOT_TEXT = {"idefics3", "lfm2_2_5_vl", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
+
+
+def shipped_templates() -> dict[str, str]:
+    """TRL's copies of the model repos' own text chat templates (``trl/chat_templates``), by name."""
+    from pathlib import Path
+
+    import trl
+
+    folder = Path(trl.__file__).parent / "chat_templates"
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.jinja"))
+            if not p.stem.endswith("_training") and p.stem not in NOT_TEXT}
+
+
+def template_table(tokenizer) -> str:
+    """The README's table of supported templates: how each is masked, and what happens to system turns."""
+    import copy
+
+    lines = ["| template (TRL's copy) | loss mask from | system turns |", "|---|---|---|"]
+    for name, text in shipped_templates().items():
+        tok = copy.copy(tokenizer)
+        tok.chat_template = text
+        chat = chat_format(tok)
+        system = "folded into the first user turn" if chat.folds_system else "kept"
+        lines.append(f"| `{name}` | {chat.description} | {system} |")
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ import json
 
 from .config import CheckConfig
 from .data import FORMATS, as_text, detect_format, load_split, resolve_dataset, row_views, split_names
+from .chat_format import chat_format, use_template_file
 from .lengths import Lengths, measure
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
@@ -60,20 +61,85 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
     return report
 
 
-def template_report(tokenizer) -> dict:
-    template = tokenizer.chat_template or ""
-    return {"has_chat_template": bool(template), "marks_assistant_spans": "{% generation %}" in template
-            or "{%- generation %}" in template}
+def template_report(tokenizer, source: str) -> dict:
+    """How the chat template is masked, and whether generation stops at its end-of-turn token."""
+    from transformers import GenerationConfig
+
+    if not tokenizer.chat_template:
+        return {"has_chat_template": False}
+    chat = chat_format(tokenizer)
+    try:
+        configured = GenerationConfig.from_pretrained(source).eos_token_id
+    except OSError:  # the model has no generation_config.json
+        configured = None
+    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    eot = chat.end_of_turn
+    return {"has_chat_template": True, "masking": chat.how, "masking_description": chat.description,
+            "end_of_turn": eot, "system_folded": chat.folds_system,
+            "stops_at_end_of_turn": eot is None or tokenizer.convert_tokens_to_ids(eot) in eos}
+
+
+def token_segments(text: str, mask: list[int], starts: list[int]) -> list[dict]:
+    """{text, trained} segments that concatenate to exactly ``text``. Token i covers text from its start to the
+    next token's start, so a token that splits a multi-byte character neither repeats nor drops it."""
+    bounds = [0, *starts[1:], len(text)]
+    segments: list[dict] = []
+    for i, trained in enumerate(mask):
+        piece = text[bounds[i]: max(bounds[i], bounds[i + 1])]
+        if not piece:
+            continue
+        if segments and segments[-1]["trained"] == bool(trained):
+            segments[-1]["text"] += piece
+        else:
+            segments.append({"text": piece, "trained": bool(trained)})
+    return segments
+
+
+def row_tokens(row: dict, fmt: str, tokenizer) -> list[dict]:
+    """One row as the trainer sees it: conversations with every reply trained (SFT), pairs as prompt + chosen with
+    the scored reply trained, prompts alone untrained; plain strings as prompt + reply, the reply trained."""
+    prompt, replies = row_views(row, fmt)
+    if any(isinstance(row[col], list) for col in FORMATS[fmt][0] if col != "label"):
+        chat = chat_format(tokenizer)
+        if not replies:
+            text = chat.generation_prompt(prompt)
+            return [{"text": text, "trained": False}]
+        conversation = row["messages"] if fmt == "conversational" else prompt + replies[0]
+        text, _, mask, starts = chat.tokens(conversation, last_only=fmt != "conversational")
+        return token_segments(text, mask, starts)
+    head = as_text(prompt) if fmt != "text" else ""
+    text = head + (as_text(replies[0]) if replies else "")
+    starts = [a for a, _ in tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    return token_segments(text, [int(a >= len(head)) for a in starts], starts)
+
+
+def render_tokens(report: dict, color: bool) -> str:
+    mark = ("\033[1;42m", "\033[0m") if color else ("[[", "]]")
+    lines = ["", f"token view: the trained text is {'highlighted' if color else 'inside [[...]]'}; the rest is "
+                 "context the model reads but is not trained on"]
+    for split in report["splits"]:
+        for number, segments in enumerate(split.get("token_view", [])):
+            lines.append(f"--- {split['split']} row {number}")
+            lines.append("".join(f"{mark[0]}{seg['text']}{mark[1]}" if seg["trained"] else seg["text"]
+                                 for seg in segments))
+    return "\n".join(lines)
 
 
 def run_check(cfg: CheckConfig) -> tuple[dict, bool]:
     """(report, ok): ok is False when a split cannot feed --method."""
     dataset = resolve_dataset(cfg.dataset)
     splits = [cfg.split] if cfg.split else split_names(dataset)
-    tokenizer = load_tokenizer(resolve_model(cfg.model_name))
+    source = resolve_model(cfg.model_name)
+    tokenizer = load_tokenizer(source)
+    use_template_file(tokenizer, cfg.chat_template)
     lengths = Lengths(tokenizer)
-    report = {"dataset": dataset, "model": cfg.model_name or "smollm2-135m-instruct", **template_report(tokenizer),
-              "splits": [check_split(dataset, s, cfg, lengths) for s in splits]}
+    report = {"dataset": dataset, "model": cfg.model_name or "smollm2-135m-instruct",
+              **template_report(tokenizer, source), "splits": [check_split(dataset, s, cfg, lengths) for s in splits]}
+    for split in report["splits"]:
+        if cfg.show_tokens and split["format"]:
+            rows = load_split(dataset, split["split"])
+            split["token_view"] = [row_tokens(row, split["format"], tokenizer)
+                                   for row in rows.select(range(min(cfg.show_tokens, len(rows))))]
     ok = True
     if cfg.method:
         for split in report["splits"]:
@@ -83,13 +149,19 @@ def run_check(cfg: CheckConfig) -> tuple[dict, bool]:
 
 
 def render(report: dict, method: str | None) -> str:
-    lines = [f"dataset: {report['dataset']}   tokenizer: {report['model']}   chat template: "
-             f"{'yes' if report['has_chat_template'] else 'NO'}"
-             f"{' (marks assistant spans)' if report['marks_assistant_spans'] else ' (no assistant markers: unitune computes assistant masks itself)' if report['has_chat_template'] else ''}"]
+    masks = f"yes, masks from {report['masking_description']}" if report["has_chat_template"] else "NO"
+    lines = [f"dataset: {report['dataset']}   tokenizer: {report['model']}   chat template: {masks}"]
     header = f"{'split':<14}{'rows':>6}  {'format':<20}{'feeds':<24}{'prompt tok min/med/p95/max':<28}" \
              f"{'reply tok min/med/p95/max':<27}{'truncated':>10}"
     lines += [header, "-" * len(header)]
     notes = []
+    if not report.get("stops_at_end_of_turn", True):
+        notes.append(f"the template ends a reply with {report['end_of_turn']}, which is not among the EOS ids of the "
+                     "tokenizer or generation_config.json: generation would not stop after a reply (unitune's runs "
+                     "add it to their generation_config.json)")
+    if report.get("system_folded"):
+        notes.append("the template rejects system messages: training puts a row's system text at the start of its "
+                     "first user turn")
     for s in report["splits"]:
         def fmt_stats(key):
             v = s.get(key)

@@ -144,10 +144,12 @@ def _report(argv: list[str], prog: str) -> int:
 
 def _check(argv: list[str], prog: str) -> int:
     cfg = parse_config(CheckConfig, argv, prog)
-    from .check import render, run_check
+    from .check import render, render_tokens, run_check
 
     report, ok = run_check(cfg)
-    print(json.dumps(report, indent=2) if cfg.json else render(report, cfg.method))
+    print(json.dumps(report, indent=2, ensure_ascii=False) if cfg.json else render(report, cfg.method))
+    if cfg.show_tokens and not cfg.json:
+        print(render_tokens(report, color=sys.stdout.isatty()))
     return 0 if ok else 1
 
 

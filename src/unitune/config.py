@@ -67,6 +67,8 @@ class TrainConfig:
     eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
                                        "and at the end)")
     train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)")
+    chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
+                                          "{% generation %} markers; it is saved with the run")
     beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)")
     loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)")
     num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)")
@@ -109,10 +111,16 @@ class TrainConfig:
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs or []):
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values but --reward_funcs has "
                             f"{len(self.reward_funcs or [])}; give one weight per reward function")
+        _template_file(self.chat_template)
         if self.output_dir is None:
             from .models import short_name
 
             self.output_dir = str(Path("runs") / f"{self.method}_{short_name(self.model_name)}")
+
+
+def _template_file(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UserError(f"--chat_template {path} is not a file; pass a Jinja template file (.jinja)")
 
 
 def from_mapping(cls, values: dict, source: str = "config"):
@@ -171,10 +179,16 @@ class CheckConfig:
     model_name: str | None = opt(None, "model whose tokenizer and chat template measure the lengths "
                                        "(default: the embedded model)")
     max_length: int = opt(1024, "count rows longer than this many tokens")
+    chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's")
+    show_tokens: int = opt(0, "print the first N rows of each split as the trainer sees them, trained text "
+                              "highlighted (with --json: a token_view per split)")
     json: bool = opt(False, "print the report as JSON")
 
     def __post_init__(self) -> None:
         _positive(self, "max_length")
+        _template_file(self.chat_template)
+        if self.show_tokens < 0:
+            raise UserError(f"--show_tokens must be 0 (off) or more, got {self.show_tokens}")
         if self.method is not None and self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'{closest(self.method, METHODS)}; "
                             f"choose --method from: {', '.join(METHODS)}")

@@ -49,6 +49,8 @@ def merge_run(cfg: MergeConfig) -> Path:
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if (run / "generation_config.json").exists():  # its EOS ids stop generation at the end of a turn
+            shutil.copy2(run / "generation_config.json", tmp / "generation_config.json")
         if out.exists():
             shutil.rmtree(out)  # only with --overwrite, after the new folder is complete
         os.replace(tmp, out)

@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .lengths import Lengths, measure
 from .data import (load_split, needs_chat_template, require_chat_template, require_format, resolve_dataset,
                    split_names, validate_rows)
+from .chat_format import chat_format, use_template_file
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
 from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model, world_size
@@ -205,6 +206,30 @@ def tokens_seen(state) -> int | None:
     return int(max(logged)) if logged else None
 
 
+def template_record(tokenizer) -> dict | None:
+    """How the run's chat template was masked, for unitune_run.json."""
+    if not tokenizer.chat_template:
+        return None
+    chat = chat_format(tokenizer)
+    return {"masking": chat.description, "end_of_turn": chat.end_of_turn, "system_folded": chat.folds_system}
+
+
+def save_generation_config(source: str, tokenizer, out: Path) -> None:
+    """generation_config.json in the run folder, with EOS ids that include the template's end-of-turn token, so
+    base + adapter and merged models stop after a reply (many model repos list only the tokenizer's EOS)."""
+    from transformers import GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(source)
+    except OSError:  # the model folder has none
+        config = GenerationConfig()
+    if tokenizer.chat_template:
+        config.eos_token_id = chat_format(tokenizer).stop_ids(config)
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    config.save_pretrained(out)
+
+
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     hw = choose_hardware(cfg.use_qlora)
@@ -215,6 +240,7 @@ def run_training(cfg: TrainConfig) -> Path:
                                                                        cfg.resume or bool(cfg.resume_from_checkpoint))
     source = resolve_model(cfg.model_name)
     tokenizer = load_tokenizer(source)
+    use_template_file(tokenizer, cfg.chat_template)
     raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec)
     if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
         require_chat_template(tokenizer, cfg.model_name or "the embedded model")
@@ -243,6 +269,7 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         trainer.state.save_to_json(str(out / "trainer_state.json"))
+        save_generation_config(source, tokenizer, out)
         write_json_atomic(out / RUN_FILE, {
             "method": cfg.method, "base_model": source, "model_name": cfg.model_name,
             "dataset": dataset, "train_split": split, "eval_split": cfg.eval_split,
@@ -253,7 +280,7 @@ def run_training(cfg: TrainConfig) -> Path:
                                                             given.gradient_accumulation_steps],
             "machine": machine(), "versions": library_versions(),
             "wall_time_seconds": round(wall, 2), "global_step": trainer.state.global_step,
-            "train_tokens_seen": tokens_seen(trainer.state),
+            "train_tokens_seen": tokens_seen(trainer.state), "chat_template": template_record(tokenizer),
         })
         print(f"unitune: run written to {out} ({trainer.state.global_step} steps, {wall:.0f}s)")
     return out
