@@ -192,3 +192,53 @@ def test_no_chat_template(capsys, tiny_model_dir, tmp_path, tiny_args):
     (plain / "tokenizer_config.json").write_text(json.dumps(config))
     code, line = run_cli(capsys, tiny_args("sft") + ["--model_name", str(plain)])
     assert code == 2 and "has no chat template, which conversational data need" in line
+
+
+# ---- data people have: column mapping and broken rows (issue: bring the data people actually have)
+
+CHAT = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+
+
+@pytest.mark.parametrize("columns,message", [
+    ("prompt=question,answer", "--columns expects KEY=COLUMN[,KEY=COLUMN...], got 'answer'"),
+    ("prompts=question", "unknown --columns key 'prompts'; keys are: "),
+    ("prompt=quest", "--columns maps prompt to 'quest', which is not a column; the data has: question, good, bad"),
+])
+def test_column_mapping_errors(capsys, tiny_args, tmp_path, columns, message):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "q", "good": "a", "bad": "b"}) + "\n")
+    code, line = run_cli(capsys, tiny_args("dpo", "--dataset", str(data), "--columns", columns))
+    assert code == 2 and message in line, line
+
+
+@pytest.mark.parametrize("row,kind", [
+    ({"messages": None}, "null or empty conversation"),
+    ({"messages": [{"role": "user", "content": None}, {"role": "assistant", "content": "x"}]}, "turn with no content"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}]}, "empty reply"),
+])
+def test_too_many_broken_rows(capsys, tiny_args, tmp_path, row, kind):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [CHAT, row, CHAT, row]))
+    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
+    assert code == 2 and f"2 of 4 rows of split 'train' cannot be used (2 {kind} (rows 1, 3))" in line, line
+    assert "more than --max_bad_rows 0.05" in line and "raise --max_bad_rows" in line
+    assert main(tiny_args("sft", "--dataset", str(data), "--max_bad_rows", "0.5", "--max_steps", "1")) == 0
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([{"messages": None}, {"messages": []}], "no usable rows in split 'train': 2 null or empty conversation (rows 0, 1)"),
+    ([{"messages": [{"role": "user", "content": 1}, {"role": "assistant", "content": 2}]}],
+     "no usable rows in split 'train': 1 non-string content (row 0)"),
+    ([{"prompt": "q", "chosen": "a", "rejected": None}], "no usable rows in split 'train': 1 pair with a missing side"),
+    ([{"conversations": [{"from": "robot", "value": "x"}]}], "row 0: unknown speaker 'robot' in a ShareGPT conversation"),
+])
+def test_unusable_data(capsys, tiny_args, tmp_path, rows, message):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, line = run_cli(capsys, tiny_args("sft", "--dataset", str(data)))
+    assert code == 2 and message in line, line
+
+
+def test_max_bad_rows_range(capsys, tiny_args):
+    code, line = run_cli(capsys, tiny_args("sft", "--max_bad_rows", "5"))
+    assert code == 2 and "--max_bad_rows must be a share in [0, 1], got 5.0" in line

@@ -92,10 +92,11 @@ def test_identical_pairs_dropped_or_refused(tiny_args, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rows,message", [
-    ([{"prompt": "", "chosen": "a", "rejected": "b"}], "row 0 has an empty prompt"),
-    ([{"prompt": "p", "chosen": 3, "rejected": "b"}], "row 0: column 'chosen' is int, expected text or a list"),
+    ([{"prompt": "", "chosen": "a", "rejected": "b"}], "no usable rows in split 'train': 1 empty prompt (row 0)"),
+    ([{"prompt": "p", "chosen": 3, "rejected": "b"}], "no usable rows in split 'train': 1 non-string content (row 0)"),
     ([{"question": "p", "answer": "b"}], "found columns [question, answer], need one of (preference: "
-                                         "prompt+chosen+rejected; preference_implicit: chosen+rejected)"),
+                                         "prompt+chosen+rejected; alpaca_preference: instruction+chosen+rejected; "
+                                         "preference_implicit: chosen+rejected); map your columns with --columns"),
 ])
 def test_preference_bad_input(rows, message, tiny_args, tmp_path, capsys):
     assert main(tiny_args("dpo", "--dataset", write_jsonl(tmp_path / "d.jsonl", rows))) == 2

@@ -9,7 +9,8 @@ import hashlib
 import json
 
 from .config import CheckConfig
-from .data import FORMATS, as_text, detect_format, load_split, resolve_dataset, row_views, split_names
+from .data import FORMATS, as_text, detect_format, resolve_dataset, row_views, split_names
+from .normalize import bad_rows, canonical, describe, load_rows
 from .chat_format import chat_format, use_template_file
 from .lengths import Lengths, measure
 from .methods import METHODS
@@ -31,12 +32,18 @@ def role_problems(row: dict, fmt: str) -> list[str]:
 
 
 def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) -> dict:
-    ds = load_split(dataset, split)
-    fmt = detect_format(ds.column_names)
-    report: dict = {"split": split, "rows": len(ds), "columns": ds.column_names, "format": fmt,
-                    "format_description": FORMATS[fmt][1] if fmt else "unknown",
+    ds = load_rows(dataset, split, cfg.column_map)
+    source = detect_format(ds.column_names)
+    report: dict = {"split": split, "rows": len(ds), "columns": ds.column_names, "format": source,
+                    "format_description": FORMATS[source][1] if source else "unknown",
                     "feeds": [m for m, spec in METHODS.items() if detect_format(ds.column_names, spec.formats)]}
-    if fmt is None or len(ds) == 0:
+    if source is None or len(ds) == 0:
+        return report
+    ds, fmt = canonical(ds, source)
+    report["bad_rows"] = bad_rows(ds, fmt)  # {kind: row numbers}; the numbers below are over the usable rows
+    drop = {n for rows in report["bad_rows"].values() for n in rows}
+    ds = ds.select([i for i in range(len(ds)) if i not in drop])
+    if len(ds) == 0:
         return report
     empty_prompts = empty_replies = same_pairs = duplicates = 0
     roles: dict[str, int] = {}
@@ -58,6 +65,9 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
     del report["tokens"]
     report.update(empty_prompts=empty_prompts, empty_replies=empty_replies, duplicates=duplicates,
                   chosen_equals_rejected=same_pairs, role_order=roles)
+    if cfg.show_tokens:
+        report["token_view"] = [row_tokens(row, fmt, lengths.tokenizer)
+                                for row in ds.select(range(min(cfg.show_tokens, len(ds))))]
     return report
 
 
@@ -135,11 +145,6 @@ def run_check(cfg: CheckConfig) -> tuple[dict, bool]:
     lengths = Lengths(tokenizer)
     report = {"dataset": dataset, "model": cfg.model_name or "smollm2-135m-instruct",
               **template_report(tokenizer, source), "splits": [check_split(dataset, s, cfg, lengths) for s in splits]}
-    for split in report["splits"]:
-        if cfg.show_tokens and split["format"]:
-            rows = load_split(dataset, split["split"])
-            split["token_view"] = [row_tokens(row, split["format"], tokenizer)
-                                   for row in rows.select(range(min(cfg.show_tokens, len(rows))))]
     ok = True
     if cfg.method:
         for split in report["splits"]:
@@ -179,6 +184,8 @@ def render(report: dict, method: str | None) -> str:
                 notes.append(f"{s['split']}: {s[key]} {label}")
         for problem, count in (s.get("role_order") or {}).items():
             notes.append(f"{s['split']}: {count} rows with {problem}")
+        if s.get("bad_rows"):
+            notes.append(f"{s['split']}: rows that cannot be used (training drops them): {describe(s['bad_rows'])}")
         if s["format"] is None:
             notes.append(f"{s['split']}: no known format in columns [{', '.join(s['columns'])}]")
         if method and not s.get("feeds_requested_method", True):

@@ -25,6 +25,26 @@ def closest(word: str, options) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+def parse_columns(text) -> dict[str, str]:
+    """--columns "prompt=question,chosen=good" (or a YAML mapping) as {key unitune reads: data column}."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return {str(k): str(v) for k, v in text.items()}
+    mapping = {}
+    for part in str(text).split(","):
+        key, sep, column = part.partition("=")
+        if not sep or not key.strip() or not column.strip():
+            raise UserError(f"--columns expects KEY=COLUMN[,KEY=COLUMN...], got '{part}'; e.g. "
+                            "--columns prompt=question,chosen=good,rejected=bad")
+        mapping[key.strip()] = column.strip()
+    return mapping
+
+
+COLUMNS_HELP = ("map the data's columns to the keys unitune reads: KEY=COLUMN[,KEY=COLUMN...], e.g. "
+                "prompt=question,chosen=good,rejected=bad or messages=dialog")
+
+
 def _positive(cfg, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
@@ -83,6 +103,13 @@ class TrainConfig:
     resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
     dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train",
                         aliases=("--dry-run",))
+    columns: str | None = opt(None, COLUMNS_HELP)
+    max_bad_rows: float = opt(0.05, "stop when more than this share of the rows cannot be used (below it they "
+                                    "are dropped with one warning)")
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return parse_columns(self.columns)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -112,6 +139,9 @@ class TrainConfig:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values but --reward_funcs has "
                             f"{len(self.reward_funcs or [])}; give one weight per reward function")
         _template_file(self.chat_template)
+        parse_columns(self.columns)
+        if not 0 <= self.max_bad_rows <= 1:
+            raise UserError(f"--max_bad_rows must be a share in [0, 1], got {self.max_bad_rows}; e.g. 0.05 for 5%")
         if self.output_dir is None:
             from .models import short_name
 
@@ -156,9 +186,15 @@ class EvalConfig:
     max_new_tokens: int = opt(48, "longest greedy generation, in tokens")
     skip_base: bool = opt(False, "do not evaluate the base model")
     report: bool = opt(True, "write report.html and report.md after evaluating")
+    columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return parse_columns(self.columns)
 
     def __post_init__(self) -> None:
         _positive(self, "max_samples", "batch_size", "max_new_tokens")
+        parse_columns(self.columns)
         if self.max_generation_samples < 0:
             raise UserError("--max_generation_samples must be 0 or more")
         for method in self.methods or []:
@@ -183,9 +219,15 @@ class CheckConfig:
     show_tokens: int = opt(0, "print the first N rows of each split as the trainer sees them, trained text "
                               "highlighted (with --json: a token_view per split)")
     json: bool = opt(False, "print the report as JSON")
+    columns: str | None = opt(None, COLUMNS_HELP)
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return parse_columns(self.columns)
 
     def __post_init__(self) -> None:
         _positive(self, "max_length")
+        parse_columns(self.columns)
         _template_file(self.chat_template)
         if self.show_tokens < 0:
             raise UserError(f"--show_tokens must be 0 (off) or more, got {self.show_tokens}")

@@ -22,13 +22,19 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "
 # format name -> (columns it needs, what it is). Order matters: the first match wins in `detect_format`.
 FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
     "preference": (("prompt", "chosen", "rejected"), "explicit-prompt preference pairs"),
+    "alpaca_preference": (("instruction", "chosen", "rejected"), "Alpaca-style preference pairs"),
     "preference_implicit": (("chosen", "rejected"), "implicit-prompt preference pairs"),
     "unpaired": (("prompt", "completion", "label"), "unpaired labelled completions (KTO)"),
+    "alpaca": (("instruction", "output"), "Alpaca instruction/input/output"),
+    "sharegpt": (("conversations",), "ShareGPT conversations"),
     "conversational": (("messages",), "conversational messages"),
     "prompt_completion": (("prompt", "completion"), "prompt/completion pairs"),
     "prompt_only": (("prompt",), "prompts only"),
     "text": (("text",), "plain text"),
 }
+
+# Source formats and the canonical format each is converted into (normalize.canonical).
+CANONICAL = {"alpaca_preference": "preference", "alpaca": "conversational", "sharegpt": "conversational"}
 
 
 # ---------------------------------------------------------------- loading
@@ -115,9 +121,15 @@ def load_split(dataset: str, split: str) -> Dataset:
 # ---------------------------------------------------------------- detection and validation
 
 
+def with_sources(accepted: tuple[str, ...]) -> list[str]:
+    """Accepted canonical formats, each followed by the source formats converted into it."""
+    return [n for canon in accepted for n in (canon, *(s for s, c in CANONICAL.items() if c == canon))]
+
+
 def detect_format(columns: list[str], accepted: tuple[str, ...] | None = None) -> str | None:
-    """The first format in ``accepted`` (default: all, most specific first) whose columns are present."""
-    for name in accepted or tuple(FORMATS):
+    """The first format in ``accepted`` (default: all, most specific first; a canonical format admits the source
+    formats converted into it) whose columns are present."""
+    for name in with_sources(accepted) if accepted else FORMATS:
         if all(col in columns for col in FORMATS[name][0]):
             return name
     return None
@@ -126,37 +138,20 @@ def detect_format(columns: list[str], accepted: tuple[str, ...] | None = None) -
 def require_format(ds: Dataset, method: str, accepted: tuple[str, ...]) -> str:
     fmt = detect_format(ds.column_names, accepted)
     if fmt is None:
-        needs = "; ".join(f"{name}: {'+'.join(FORMATS[name][0])}" for name in accepted)
+        needs = "; ".join(f"{name}: {'+'.join(FORMATS[name][0])}" for name in with_sources(accepted))
         raise UserError(f"the data cannot feed --method {method}: found columns [{', '.join(ds.column_names)}], "
-                        f"need one of ({needs}); rename your columns or pick another --method")
+                        f"need one of ({needs}); map your columns with --columns KEY=COLUMN or pick another --method")
     return fmt
 
 
-def _kind(value) -> str:
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        return "messages"
-    return type(value).__name__
-
-
-def validate_rows(ds: Dataset, fmt: str) -> None:
-    """Column types the format needs: text or role/content messages; KTO labels are booleans."""
-    columns = FORMATS[fmt][0]
-    for index, row in enumerate(ds):
-        for col in columns:
-            value = row[col]
-            if col == "label":
-                if not isinstance(value, bool):
-                    raise UserError(f"row {index}: column 'label' is {type(value).__name__} ({value!r}), KTO needs "
-                                    "booleans (true = desirable); convert the column to true/false")
-                continue
-            kind = _kind(value)
-            if kind not in ("text", "messages") or (col == "messages" and kind != "messages"):
-                need = "a list of {role, content} messages" if col == "messages" else "text or a list of messages"
-                raise UserError(f"row {index}: column '{col}' is {kind}, expected {need}; fix the data")
-        if "prompt" in columns and not as_text(row["prompt"]).strip():
-            raise UserError(f"row {index} has an empty prompt; fill it in or remove the row")
+def check_labels(ds: Dataset, fmt: str) -> None:
+    """KTO labels are booleans (a whole-column type, not a broken row)."""
+    if fmt != "unpaired":
+        return
+    for index, value in enumerate(ds["label"]):
+        if not isinstance(value, bool):
+            raise UserError(f"row {index}: column 'label' is {type(value).__name__} ({value!r}), KTO needs "
+                            "booleans (true = desirable); convert the column to true/false")
 
 
 def as_text(value) -> str:

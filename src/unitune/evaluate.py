@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .config import EvalConfig
-from .data import detect_format, load_split, prompt_messages, resolve_dataset, row_views, split_names
+from .config import EvalConfig, parse_columns
+from .data import detect_format, prompt_messages, resolve_dataset, row_views, split_names
+from .normalize import canonical, drop_bad_rows, load_rows
 from .errors import UserError, warn
 from .generation import generate_replies
 from .methods import METHODS
@@ -84,33 +85,39 @@ def training_metrics(folder: Path | None) -> dict:
 class EvalData:
     """The first max_samples rows of the test splits of one dataset, loaded once and shared by entries."""
 
-    def __init__(self, dataset: str, cfg: EvalConfig):
+    def __init__(self, dataset: str, cfg: EvalConfig, columns: dict[str, str] | None = None):
         self.dataset = dataset
         available = split_names(dataset)
         self.splits = {kind: split for kind, split in
                        (("sft", cfg.sft_split), ("prefs", cfg.prefs_split), ("gen", cfg.gen_split))
                        if split in available}
-        rows = {kind: load_split(dataset, split) for kind, split in self.splits.items()}
+        rows = {kind: load_rows(dataset, split, columns or {}) for kind, split in self.splits.items()}
         rows = {kind: ds.select(range(min(cfg.max_samples, len(ds)))) for kind, ds in rows.items()}
-        self.sft = self._sft_items(rows.get("sft"))
-        self.pairs = self._pairs(rows.get("prefs"))
-        gen = rows.get("gen")
+        self.sft = self._sft_items(*self._usable(rows.get("sft"), METHODS["sft"].formats))
+        self.pairs = self._pairs(*self._usable(rows.get("prefs"), METHODS["dpo"].formats))
+        gen, self.gen_format = self._usable(rows.get("gen"), None)
         self.gen_rows = list(gen) if gen is not None else []
-        self.gen_format = detect_format(gen.column_names) if gen is not None else None
 
     @staticmethod
-    def _sft_items(ds):
+    def _usable(ds, accepted):
+        """(rows in their canonical format without the unusable ones, that format), or (None, None)."""
+        source = detect_format(ds.column_names, accepted) if ds is not None else None
+        if source is None:
+            return None, None
+        ds, fmt = canonical(ds, source)
+        return drop_bad_rows(ds, fmt, 1.0, "a test split"), fmt
+
+    @staticmethod
+    def _sft_items(ds, fmt):
         """(prompt, reply) per row: a conversation's last turn, a pair's chosen reply, a completion."""
-        fmt = detect_format(ds.column_names, METHODS["sft"].formats) if ds is not None else None
         if fmt in (None, "text"):
             return []
         return [(prompt, replies[0][-1:] if fmt == "conversational" else replies[0])
                 for prompt, replies in (row_views(row, fmt) for row in ds)]
 
     @staticmethod
-    def _pairs(ds):
+    def _pairs(ds, fmt):
         """(prompt, chosen, rejected) per row."""
-        fmt = detect_format(ds.column_names, METHODS["dpo"].formats) if ds is not None else None
         if fmt is None:
             return []
         return [(prompt, chosen, rejected) for prompt, (chosen, rejected) in (row_views(row, fmt) for row in ds)]
@@ -210,16 +217,18 @@ def run_eval(cfg: EvalConfig) -> dict:
     reward_names = grpo_rewards(entries)
     if not cfg.skip_base:
         entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
-    data_cache: dict[str, EvalData] = {}
+    data_cache: dict[tuple[str, str], EvalData] = {}
     results: dict = {}
     for number, entry in enumerate(entries, 1):
         print(f"unitune eval [{number}/{len(entries)}]: {entry.name}", flush=True)
         try:
             dataset = resolve_dataset(cfg.dataset or entry.record.get("dataset"))
-            if dataset not in data_cache:
-                data_cache[dataset] = EvalData(dataset, cfg)
+            columns = cfg.column_map or parse_columns((entry.record.get("settings") or {}).get("columns"))
+            key = (dataset, json.dumps(columns, sort_keys=True))
+            if key not in data_cache:
+                data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
-            results[entry.name] = evaluate_entry(entry, data_cache[dataset], cfg,
+            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg,
                                                  reward_names if entry.method in ("grpo", None) else None, device)
         except Exception as err:  # a broken run must not stop the others
             message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .lengths import Lengths, measure
-from .data import (load_split, needs_chat_template, require_chat_template, require_format, resolve_dataset,
-                   split_names, validate_rows)
+from .data import (FORMATS, check_labels, needs_chat_template, require_chat_template, require_format,
+                   resolve_dataset, split_names)
+from .normalize import canonical, drop_bad_rows, load_rows
 from .chat_format import chat_format, use_template_file
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
@@ -21,9 +22,10 @@ from .speed import compact_lm_head, fast_lora_dropout
 from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
 
-def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec):
-    """Load one split, keep the first ``limit`` rows, check it suits the method: (rows, format)."""
-    ds = load_split(dataset, split)
+def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec, cfg: TrainConfig):
+    """Load one split (columns mapped), keep the first ``limit`` rows, check it suits the method, convert a source
+    format into its canonical one and drop the rows that cannot be used: (rows, canonical format)."""
+    ds = load_rows(dataset, split, cfg.column_map)
     if len(ds) == 0:
         raise UserError(f"split '{split}' of {dataset} has no rows; add data or choose another split")
     if limit is not None:
@@ -31,15 +33,18 @@ def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, s
             warn(f"--{limit_flag} {limit} is more than the {len(ds)} rows of split '{split}'; "
                           "using all of them")
         ds = ds.select(range(min(limit, len(ds))))
-    fmt = require_format(ds, spec.name, spec.formats)
-    validate_rows(ds, fmt)
-    return ds, fmt
+    source = require_format(ds, spec.name, spec.formats)
+    ds, fmt = canonical(ds, source)
+    if fmt != source:
+        print(f"unitune: data: split '{split}' holds {FORMATS[source][1]}, used as {FORMATS[fmt][1]}", flush=True)
+    check_labels(ds, fmt)
+    return drop_bad_rows(ds, fmt, cfg.max_bad_rows, f"split '{split}'"), fmt
 
 
 def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec,
                   cfg: TrainConfig, tokenizer):
     """load_checked, then the method's conversion into what its TRL trainer takes."""
-    ds, fmt = load_checked(dataset, split, limit, limit_flag, spec)
+    ds, fmt = load_checked(dataset, split, limit, limit_flag, spec, cfg)
     return spec.module.prepare(ds, fmt, cfg, tokenizer)
 
 
@@ -241,7 +246,7 @@ def run_training(cfg: TrainConfig) -> Path:
     source = resolve_model(cfg.model_name)
     tokenizer = load_tokenizer(source)
     use_template_file(tokenizer, cfg.chat_template)
-    raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec)
+    raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec, cfg)
     if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
         require_chat_template(tokenizer, cfg.model_name or "the embedded model")
     lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
