@@ -86,10 +86,17 @@ def control_tokens(template: str) -> list[str]:
     return sorted(set(found))
 
 
+_TEMPLATED: dict = {}
+
+
 def with_template(base_tokenizer, name_or_text: str):
     """A copy of the embedded tokenizer carrying one of TRL's shipped templates (or a template text), with the
-    template's control tokens added as special tokens, as the model repo's tokenizer has them."""
+    template's control tokens added as special tokens, as the model repo's tokenizer has them. Built once per
+    template: tests only read it."""
     import copy
+
+    if name_or_text in _TEMPLATED:
+        return _TEMPLATED[name_or_text]
 
     is_name = "{" not in name_or_text
     text = (_template_dir() / f"{name_or_text}.jinja").read_text(encoding="utf-8") if is_name else name_or_text
@@ -97,6 +104,7 @@ def with_template(base_tokenizer, name_or_text: str):
     tok.add_special_tokens({"additional_special_tokens": control_tokens(text)}, replace_extra_special_tokens=False)
     tok.add_tokens([t for t in ("<think>", "</think>") if t in text])  # added, not special, as in Qwen3's tokenizer
     tok.chat_template = text
+    _TEMPLATED[name_or_text] = tok
     return tok
 
 
@@ -117,12 +125,13 @@ def tiny_config(arch: str, tokenizer, **extra):
                                     "sliding_window": 8}),
         "gemma3": ("Gemma3TextConfig", {"head_dim": 16, "sliding_window": 8}),
         "phi3": ("Phi3Config", {}),
+        "lfm2": ("Lfm2Config", {"layer_types": ["conv", "full_attention"]}),  # a hybrid: convolution layers
     }
     cls, kwargs = specific[arch]
     return getattr(transformers, cls)(**common, **kwargs, **extra)
 
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "lfm2")
 
 
 def save_tiny(folder: Path, arch: str, tokenizer) -> Path:

@@ -196,3 +196,12 @@ def test_columns_as_a_yaml_mapping(tmp_path):
                                                                                    "chosen": "good"}
     assert parse_config(TrainConfig, ["--method", "dpo", "--columns", "prompt=q, rejected=bad"],
                         "t").column_map == {"prompt": "q", "rejected": "bad"}
+
+
+def test_pair_whose_last_reply_is_empty_is_dropped():
+    from datasets import Dataset
+
+    rows = HH + [{"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: ",
+                  "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Go."}]
+    ds, fmt = canonical(Dataset.from_list(rows), "preference_implicit")
+    assert bad_rows(ds, fmt) == {"empty reply": [1]}

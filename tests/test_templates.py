@@ -94,6 +94,17 @@ def test_no_correct_mask_stops_with_one_line(tokenizer):
     assert len(trained_segments(fixed, chat_format(fixed).encode(CONVERSATION))) == 3
 
 
+@pytest.mark.parametrize("name", ["qwen3", "llama3", "smollm2"])
+def test_short_replies_found_inside_their_spans(name, tokenizer):
+    """One-letter replies also occur in the role headers ("a" in "assistant"): each is found in its own span."""
+    tok = tokenizer if name == "smollm2" else with_template(tokenizer, name)
+    rows = [{"role": "user", "content": "Pick one: a, b, c or d."}, {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "And?"}, {"role": "assistant", "content": "s"}]
+    segments = trained_segments(tok, chat_format(tok).encode(rows))
+    assert [re.sub(r"<think>\s*</think>\s*", "", s) for s in segments] == [f"a{chat_format(tok).end_of_turn}",
+                                                                         f"s{chat_format(tok).end_of_turn}"]
+
+
 def test_template_without_end_of_turn_is_refused(tokenizer):
     plain = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
              "{% if add_generation_prompt %}assistant: {% endif %}")
@@ -101,20 +112,35 @@ def test_template_without_end_of_turn_is_refused(tokenizer):
         chat_format(with_template(tokenizer, plain)).encode(CONVERSATION)
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma", "llama3_2", "phi3", "glm4moe", "deepseek_r1_distill", "gptoss"])
-def test_sft_and_dpo_train_with_template(name, tokenizer, tmp_path):
-    """Both train; the run's generation_config.json stops on the template's end-of-turn token, and merge keeps it."""
+def train_one_step(method, model, out) -> None:
+    assert main(["train", "--method", method, "--model_name", str(model), "--output_dir", str(out),
+                 "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "2"]) == 0
+    assert read_json(out / "trainer_state.json")["global_step"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TEXT_TEMPLATES)
+def test_every_template_trains_sft_and_dpo(name, tokenizer, tmp_path):
+    """One step of SFT and of DPO on a tiny model carrying each of the 34 templates; each run's
+    generation_config.json stops on the template's end-of-turn token and records a folded system turn."""
     tok = with_template(tokenizer, name)
     model = save_tiny(tmp_path / "model", "llama", tok)
     end_of_turn = tok.convert_tokens_to_ids(chat_format(tok).end_of_turn)
     for method in ("sft", "dpo"):
-        out = tmp_path / method
-        assert main(["train", "--method", method, "--model_name", str(model), "--output_dir", str(out),
-                     "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-                     "--max_train_samples", "2"]) == 0
-        assert read_json(out / "trainer_state.json")["global_step"] == 1
-        assert end_of_turn in read_json(out / "generation_config.json")["eos_token_id"]
-        assert read_json(out / "unitune_run.json")["chat_template"]["system_folded"] == (name == "gemma")
+        train_one_step(method, model, tmp_path / method)
+        assert end_of_turn in read_json(tmp_path / method / "generation_config.json")["eos_token_id"]
+        assert read_json(tmp_path / method / "unitune_run.json")["chat_template"]["system_folded"] == (name == "gemma")
+
+
+@pytest.mark.parametrize("name", ["gemma", "glm4moe", "llama3_2"])
+def test_merge_keeps_the_end_of_turn_stop(name, tokenizer, tmp_path):
+    tok = with_template(tokenizer, name)
+    model = save_tiny(tmp_path / "model", "llama", tok)
+    end_of_turn = tok.convert_tokens_to_ids(chat_format(tok).end_of_turn)
+    assert end_of_turn != tok.eos_token_id  # these templates end a turn with their own token, not the tokenizer's EOS
+    train_one_step("sft", model, tmp_path / "sft")
+    assert end_of_turn in read_json(tmp_path / "sft" / "generation_config.json")["eos_token_id"]
     assert main(["merge", "--run", str(tmp_path / "sft"), "--output", str(tmp_path / "merged")]) == 0
     assert end_of_turn in read_json(tmp_path / "merged" / "generation_config.json")["eos_token_id"]
 
@@ -146,7 +172,7 @@ def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
     Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
     from transformers import AutoModelForCausalLM
 
-    from unitune.scoring import mean_loss, score_replies
+    from unitune.scoring import mean_loss, packable, score_replies
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), attn_implementation=attn).eval()
@@ -159,6 +185,7 @@ def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
     with torch.inference_mode():
         plain = [[plain_hf_loss(model, chat, prompt, r) for r in replies] for prompt, replies in ITEMS]
     assert sum(packed, []) == pytest.approx(sum(plain, []), abs=1e-4)
+    assert packable(model) == (arch != "lfm2")
 
 
 @pytest.fixture(scope="module")
@@ -190,4 +217,20 @@ def test_readme_template_table_matches_code(tokenizer):
     template = tokenizer.chat_template
     assert script.readme_table() == template_table(tokenizer), "run scripts/template_table.py to update README.md"
     assert tokenizer.chat_template == template
-    assert len(script.readme_table().splitlines()) == 2 + len(TEXT_TEMPLATES) == 36
+    assert len(script.readme_table().splitlines()) == 2 + len(TEXT_TEMPLATES)
+
+
+def test_preference_trainers_see_the_end_of_turn_as_eos(tokenizer):
+    """DPO/ORPO/KTO append the EOS to a reply that lacks it: with Gemma's template the reply ends on
+    <end_of_turn>, so their tokenizer's EOS is that token and nothing is added that SFT does not train."""
+    from datasets import Dataset
+
+    from unitune.chat_format import render_pairs, trainer_tokenizer
+
+    tok = with_template(tokenizer, "gemma")
+    pairs = render_pairs(Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],
+                                             "chosen": [{"role": "assistant", "content": "Hello"}],
+                                             "rejected": [{"role": "assistant", "content": "Go"}]}]), tok)
+    trainer_tok = trainer_tokenizer(tok)
+    assert pairs[0]["chosen"] == "Hello<end_of_turn>" and pairs[0]["prompt"].endswith("<start_of_turn>model\n")
+    assert pairs[0]["chosen"].endswith(trainer_tok.eos_token) and tok.eos_token == "<|im_end|>"

@@ -25,6 +25,7 @@ from functools import cached_property
 
 from jinja2 import TemplateError
 
+from .data import as_messages
 from .errors import UserError, warn
 
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
@@ -139,9 +140,8 @@ class ChatFormat:
         for index, message in enumerate(messages):
             needle = _reply_text(str(message["content"])) if message["role"] == "assistant" else str(
                 message["content"]).strip()
-            at = text.find(needle, cursor) if needle else -1
-            inside = [(s, e) for s, e in spans if at >= 0 and s <= at and at + len(needle) <= e]
             if message["role"] != "assistant":
+                at = text.find(needle, cursor) if needle else -1
                 if at >= 0 and any(s < at + len(needle) and at < e for s, e in spans):
                     self._fail(f"the text of a {message['role']} turn would carry loss", text)
                 cursor = at + len(needle) if at >= 0 else cursor
@@ -150,7 +150,8 @@ class ChatFormat:
             if not needle:
                 raise UserError(f"a row has an empty assistant reply (row starts {text[:60]!r}); fill it in or "
                                 "remove the row")
-            if at < 0 or (start, end) not in inside:
+            at = text.rfind(needle, start, end)  # the reply closes its span (reasoning may come before it)
+            if at < 0:
                 self._fail("an assistant reply does not lie inside its trained span", text)
             # Role headers are not trained: a span starts no earlier than the end of the generation prompt.
             start = max(start, min(_common_prefix(self.render(messages[:index], generation_prompt=True), text), at))
@@ -175,7 +176,7 @@ class ChatFormat:
     def _fail(self, why: str, text: str):
         name = getattr(self.tokenizer, "name_or_path", "") or "the model"
         raise UserError(f"cannot find a correct loss mask with the chat template of {name} ({why}; row starts "
-                        f"{text[:60]!r}); {FIX}, or use --train_on_prompt")
+                        f"{text[:60]!r}); {FIX}")
 
     @cached_property
     def end_of_turn(self) -> str | None:
@@ -230,6 +231,22 @@ class ChatFormat:
         return head, text[start:end]
 
 
+def trainer_tokenizer(tokenizer):
+    """The tokenizer for trainers that take rendered strings (DPO, ORPO, KTO), with its EOS set to the template's
+    end-of-turn token: they append the EOS to a reply that does not end with it, and the reply already ends with
+    its end-of-turn token (Gemma's <end_of_turn>, Llama-3's <|eot_id|>), as SFT and the evaluator have it."""
+    import copy
+
+    if not tokenizer.chat_template:
+        return tokenizer
+    end = chat_format(tokenizer).end_of_turn
+    if not end or end == tokenizer.eos_token:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = end
+    return tokenizer
+
+
 def render_pairs(ds, tokenizer):
     """DPO/ORPO rows whose replies are messages, as the strings SFT would train: the prompt text up to the reply,
     and each reply's trained span (its end-of-turn token included). Plain-text pairs are left as they are."""
@@ -249,13 +266,14 @@ def render_pairs(ds, tokenizer):
 
 
 def render_unpaired(ds, tokenizer):
-    """KTO rows {prompt, completion, label} with message completions, rendered as render_pairs renders pairs."""
-    if not isinstance(ds[0]["completion"], list):
+    """KTO rows {prompt, completion, label} with messages, rendered as render_pairs renders pairs."""
+    if not isinstance(ds[0]["completion"], list) and not isinstance(ds[0]["prompt"], list):
         return ds
     chat = chat_format(tokenizer)
 
     def render(row):
-        prompt, completion = chat.split_reply(row["prompt"], row["completion"])
+        prompt, completion = chat.split_reply(as_messages(row["prompt"], "user"),
+                                              as_messages(row["completion"], "assistant"))
         return {"prompt": prompt, "completion": completion}
 
     return ds.map(render, desc="Rendering rows with the chat template")
@@ -302,6 +320,8 @@ def use_template_file(tokenizer, path: str | None) -> None:
 
 def chat_format(tokenizer) -> ChatFormat:
     """The ChatFormat of a tokenizer's current chat template (worked out once per tokenizer and template)."""
+    if isinstance(tokenizer.chat_template, dict):  # named variants: the default one is what chat uses
+        tokenizer.chat_template = tokenizer.chat_template.get("default")
     if not tokenizer.chat_template:
         raise UserError("the tokenizer has no chat template, which conversational data need; use a chat model, "
                         "pass --chat_template FILE, or give the data as plain 'text' or prompt/completion strings")

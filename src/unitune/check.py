@@ -185,7 +185,7 @@ def render(report: dict, method: str | None) -> str:
         for problem, count in (s.get("role_order") or {}).items():
             notes.append(f"{s['split']}: {count} rows with {problem}")
         if s.get("bad_rows"):
-            notes.append(f"{s['split']}: rows that cannot be used (training drops them): {describe(s['bad_rows'])}")
+            notes.append(f"{s['split']}: rows that cannot be used (training drops them, or stops when more than --max_bad_rows are): {describe(s['bad_rows'])}")
         if s["format"] is None:
             notes.append(f"{s['split']}: no known format in columns [{', '.join(s['columns'])}]")
         if method and not s.get("feeds_requested_method", True):

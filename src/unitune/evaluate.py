@@ -218,12 +218,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not cfg.skip_base:
         entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
     data_cache: dict[tuple[str, str], EvalData] = {}
+    recorded = [parse_columns((e.record.get("settings") or {}).get("columns")) for e in entries]
     results: dict = {}
     for number, entry in enumerate(entries, 1):
         print(f"unitune eval [{number}/{len(entries)}]: {entry.name}", flush=True)
         try:
             dataset = resolve_dataset(cfg.dataset or entry.record.get("dataset"))
-            columns = cfg.column_map or parse_columns((entry.record.get("settings") or {}).get("columns"))
+            # a run's own --columns; the base gets the first run's, as it gets the data the runs share
+            columns = cfg.column_map or recorded[number - 1] or (next(filter(None, recorded), {})
+                                                                  if entry.path is None else {})
             key = (dataset, json.dumps(columns, sort_keys=True))
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)

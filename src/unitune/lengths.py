@@ -33,7 +33,7 @@ class Lengths:
     def prompt(self, messages: list[dict]) -> int:
         if not self.chat:
             return self.count(as_text(messages))
-        return self.count(self.chat.generation_prompt(messages))
+        return self.count(self.chat.render(messages, generation_prompt=True))
 
     def full(self, prompt: list[dict], reply: list[dict]) -> int:
         if not self.chat:

@@ -37,6 +37,9 @@ def load_rows(dataset: str, split: str, columns: dict[str, str]) -> Dataset:
 
 def apply_columns(ds: Dataset, mapping: dict[str, str], keys: set[str]) -> Dataset:
     """Rename the data's columns to the keys unitune reads; a key already present is replaced by the mapped one."""
+    repeated = [c for c in set(mapping.values()) if list(mapping.values()).count(c) > 1]
+    if repeated:
+        raise UserError(f"--columns maps column '{repeated[0]}' to more than one key; map each column once")
     for key, column in mapping.items():
         if key not in keys:
             raise UserError(f"unknown --columns key '{key}'; keys are: {', '.join(sorted(keys))}")
@@ -55,8 +58,10 @@ def alpaca_messages(row: dict, reply: str | None) -> list[dict]:
     """An Alpaca row as a conversation: system, history turns, the instruction (and input), then ``reply``."""
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for turn in row.get("history") or []:  # [[instruction, output], ...]
+        if not isinstance(turn, (list, tuple)) or len(turn) != 2:
+            raise UserError(f"an Alpaca 'history' entry is {turn!r}; each must be an [instruction, output] pair")
         messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
-    text = row["instruction"] if not row.get("input") else f"{row['instruction']}\n\n{row['input']}"
+    text = "\n\n".join(part for part in (row["instruction"], row.get("input")) if isinstance(part, str) and part)
     messages.append({"role": "user", "content": text})
     return messages + ([{"role": "assistant", "content": reply}] if reply is not None else [])
 
@@ -69,7 +74,7 @@ def sharegpt_messages(turns, row_number: int) -> list[dict] | None:
     for turn in turns:
         if not isinstance(turn, dict):
             return None
-        if "from" in turn:
+        if turn.get("from") is not None:  # Arrow gives every turn every key: role/content turns have from=None
             speaker = str(turn["from"]).lower()
             if speaker not in ROLES:
                 raise UserError(f"row {row_number}: unknown speaker '{turn['from']}' in a ShareGPT conversation; "
@@ -100,7 +105,8 @@ def canonical(ds: Dataset, fmt: str) -> tuple[Dataset, str]:
         ds = ds.map(lambda row: {"prompt": alpaca_messages(row, None),
                                  "chosen": [{"role": "assistant", "content": row["chosen"]}],
                                  "rejected": [{"role": "assistant", "content": row["rejected"]}]},
-                    remove_columns=ds.column_names, desc="Converting Alpaca pairs")
+                    remove_columns=[c for c in ("instruction", "input", "system", "history") if c in ds.column_names],
+                    desc="Converting Alpaca pairs")
         return ds, "preference"
     if fmt == "sharegpt" or (fmt == "conversational" and _has_sharegpt_turns(ds["messages"][:1])):
         column = "conversations" if fmt == "sharegpt" else "messages"
@@ -142,7 +148,7 @@ def _value_problem(value, reply: bool) -> str | None:
             return NO_CONTENT
         if not isinstance(content, str):
             return NON_STRING
-    if reply and not any(m["content"].strip() for m in value if m["role"] == "assistant"):
+    if reply and any(not m["content"].strip() for m in value if m["role"] == "assistant"):
         return EMPTY_REPLY
     return None
 

@@ -1,8 +1,8 @@
 """Reply loss: mean token NLL of a reply given its prompt, scored in padded, length-sorted batches.
 
 The reply's tokens are exactly those SFT puts loss on (chat_format's spans of the last
-assistant turn): the reply text plus its end-of-turn token, after the prompt rendered with the
-model's chat template. Only those positions go through the LM head: full-vocabulary logits are
+assistant turn): the reply text plus its end-of-turn token, after the prompt rendered as training
+renders it (TRL's generation-tagged twin of the chat template where one exists). Only those positions go through the LM head: full-vocabulary logits are
 never built for prompt or padding tokens.
 """
 
@@ -64,6 +64,21 @@ def _allowed(rows: list[dict], width: int, window: int | None = None) -> torch.T
     return allowed
 
 
+ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
+
+
+def packable(model) -> bool:
+    """Replies can share a prompt in one row only when every layer is attention a 4D mask steers: convolution,
+    linear-attention and state-space layers (LFM2, Qwen3.5, Nemotron-H) would carry one reply into the next."""
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []  # absent: all attention
+    return set(layer_types) <= ATTENTION_LAYERS
+
+
+def positions_pad(rows: list[dict], width: int) -> torch.Tensor:
+    """(batch, width) boolean: True at the right padding of each row."""
+    return torch.arange(width)[None, :] >= torch.tensor([len(r["ids"]) for r in rows])[:, None]
+
+
 def attention_masks(model, rows: list[dict], width: int, device) -> torch.Tensor | dict:
     """The packed rows' 4D mask in the form the model's attention adds to its scores: 0 where a query may look,
     the dtype's minimum elsewhere (eager attention adds the mask; a boolean one would add 0/1). Models with
@@ -94,7 +109,11 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     """For each (prompt, [reply, ...]): the (summed NLL, token count) of every reply, in input order.
 
     Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
-    length-sorted and right-padded into batches."""
+    length-sorted and right-padded into batches. Models with layers other than attention get one reply a row."""
+    if not packable(model) and any(len(replies) > 1 for _, replies in items):
+        flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
+        it = iter(flat)
+        return [[next(it)[0] for _ in replies] for _, replies in items]
     packed = [pack(tokenizer, prompt, replies) for prompt, replies in items]
     order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
@@ -109,7 +128,8 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
             ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
             positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
         hidden = decoder(input_ids=ids.to(device), position_ids=positions.to(device),
-                         attention_mask=attention_masks(model, rows, width, device)).last_hidden_state
+                         attention_mask=attention_masks(model, rows, width, device) if packable(model)
+                         else (~positions_pad(rows, width)).long().to(device)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
         predictors = torch.tensor([p for row in rows for p in row["predictors"]], device=device)
         targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)

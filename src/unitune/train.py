@@ -216,7 +216,7 @@ def template_record(tokenizer) -> dict | None:
     if not tokenizer.chat_template:
         return None
     chat = chat_format(tokenizer)
-    return {"masking": chat.description, "end_of_turn": chat.end_of_turn, "system_folded": chat.folds_system}
+    return {"masking": chat.how, "end_of_turn": chat.end_of_turn, "system_folded": chat.folds_system}
 
 
 def save_generation_config(source: str, tokenizer, out: Path) -> None:
@@ -265,6 +265,8 @@ def run_training(cfg: TrainConfig) -> Path:
 
     resume = resume_target(cfg, out)  # before loading the model: a bad --resume fails fast
     model = load_model(source, hw)
+    if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
+        model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
     trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)

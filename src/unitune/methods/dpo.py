@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trl import DPOConfig, DPOTrainer
 
-from ..chat_format import render_pairs
+from ..chat_format import render_pairs, trainer_tokenizer
 from ..data import to_pairs
 from ..models import lora_config
 
@@ -17,4 +17,5 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     extra = {"loss_type": [cfg.loss_type]} if cfg.loss_type else {}
     config = DPOConfig(**args, beta=cfg.beta, max_length=cfg.max_length, **extra)
     return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+                      processing_class=trainer_tokenizer(tokenizer),
+                      peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

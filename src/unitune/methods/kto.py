@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from trl import KTOConfig, KTOTrainer
 
-from ..chat_format import render_unpaired
+from ..chat_format import render_unpaired, trainer_tokenizer
 from ..data import to_unpaired
 from ..models import lora_config
 
@@ -34,4 +34,5 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     config = KTOConfig(**args, beta=cfg.beta, max_length=cfg.max_length, desirable_weight=desirable,
                        undesirable_weight=undesirable)
     return KTOTrainer(model=model, ref_model=None, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                      processing_class=tokenizer, peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+                      processing_class=trainer_tokenizer(tokenizer),
+                      peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from ..chat_format import render_pairs
+from ..chat_format import render_pairs, trainer_tokenizer
 from ..data import to_pairs
 from ..models import lora_config
 
@@ -23,4 +23,5 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     args = args | {"remove_unused_columns": False, "include_num_input_tokens_seen": "no"}
     config = ORPOConfig(**args, beta=cfg.beta, max_length=cfg.max_length)
     return ORPOTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+                       processing_class=trainer_tokenizer(tokenizer),
+                       peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

@@ -17,10 +17,10 @@ def prepare(ds, fmt, cfg, tokenizer):
     chat = chat_format(tokenizer)
 
     def encode(row):
-        enc = chat.encode(row["messages"])
-        if cfg.train_on_prompt:
-            enc["assistant_masks"] = [1] * len(enc["input_ids"])
-        return enc
+        if cfg.train_on_prompt:  # every token trained: no reply spans to find
+            ids = tokenizer(chat.render(row["messages"]), add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
+        return chat.encode(row["messages"])
 
     return ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing (assistant-only loss)")
 
