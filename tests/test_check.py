@@ -122,3 +122,12 @@ def test_show_tokens_terminal_view_and_template_file(capsys, tmp_path, tiny_mode
     assert "the template's {% generation %} markers" in out and "inside [[...]]" in out
     assert "<|im_start|>assistant\n[[你好！有什么可以帮你的？<|im_end|>]]" in out
     assert "[[不客气。<|im_end|>]]" in out and "[[Reply" not in out
+
+
+def test_show_tokens_for_grpo_trains_nothing(capsys, tiny_model_dir, tmp_path):
+    (tmp_path / "chat.jsonl").write_text(json.dumps(ROWS[0], ensure_ascii=False) + "\n")
+    code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--dataset", str(tmp_path / "chat.jsonl"),
+                         "--show_tokens", "1", "--method", "grpo", "--json")
+    (view,) = json.loads(out)["splits"][0]["token_view"]
+    assert code == 0 and not any(seg["trained"] for seg in view)
+    assert view[0]["text"].endswith("谢谢<|im_end|>\n<|im_start|>assistant\n")  # the generation prompt

@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from .config import CheckConfig
-from .data import FORMATS, as_text, detect_format, resolve_dataset, row_views, split_names
+from .data import FORMATS, as_text, detect_format, prompt_messages, resolve_dataset, row_views, split_names
 from .normalize import bad_rows, canonical, describe, load_rows
 from .chat_format import chat_format, use_template_file
 from .lengths import Lengths, measure
@@ -66,7 +66,7 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
     report.update(empty_prompts=empty_prompts, empty_replies=empty_replies, duplicates=duplicates,
                   chosen_equals_rejected=same_pairs, role_order=roles)
     if cfg.show_tokens:
-        report["token_view"] = [row_tokens(row, fmt, lengths.tokenizer)
+        report["token_view"] = [row_tokens(row, fmt, lengths.tokenizer, cfg.method)
                                 for row in ds.select(range(min(cfg.show_tokens, len(ds))))]
     return report
 
@@ -105,10 +105,13 @@ def token_segments(text: str, mask: list[int], starts: list[int]) -> list[dict]:
     return segments
 
 
-def row_tokens(row: dict, fmt: str, tokenizer) -> list[dict]:
+def row_tokens(row: dict, fmt: str, tokenizer, method: str | None = None) -> list[dict]:
     """One row as the trainer sees it: conversations with every reply trained (SFT), pairs as prompt + chosen with
-    the scored reply trained, prompts alone untrained; plain strings as prompt + reply, the reply trained."""
+    the scored reply trained, prompts alone untrained (and every row for --method grpo, which samples the
+    replies); plain strings as prompt + reply, the reply trained."""
     prompt, replies = row_views(row, fmt)
+    if method == "grpo":
+        prompt, replies = prompt_messages(row, fmt), []
     if any(isinstance(row[col], list) for col in FORMATS[fmt][0] if col != "label"):
         chat = chat_format(tokenizer)
         if not replies:
