@@ -68,3 +68,40 @@ def test_unknown_method_lists_choices():
 def test_method_required():
     with pytest.raises(UserError, match="--method is required"):
         parse()
+
+
+def test_yaml_values_typed_like_flags(tmp_path):
+    """PyYAML reads 2e-4 as a string and true as a bool: each value goes through its flag's conversion."""
+    from unitune.cli import parse_config
+    from unitune.config import TrainConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("method: sft\nlearning_rate: 2e-4\nuse_qlora: true\nnum_train_epochs: '1'\nlora_r: 8.0\n"
+                      "train_on_prompt: 'yes'\nreward_funcs: [length, format]\nreward_weights: [1, '0.5']\n")
+    cfg = parse_config(TrainConfig, ["--config", str(config)], "unitune train")
+    assert cfg.learning_rate == 2e-4 and cfg.use_qlora == "true" and cfg.num_train_epochs == 1.0
+    assert cfg.lora_r == 8 and cfg.train_on_prompt is True
+    assert cfg.reward_funcs == ["length", "format"] and cfg.reward_weights == [1.0, 0.5]
+    assert parse_config(TrainConfig, ["--config", str(config), "--learning_rate", "1e-5"], "t").learning_rate == 1e-5
+
+
+@pytest.mark.parametrize("line,message", [
+    ("lora_r: abc", "lora_r: 'abc' in"),
+    ("lora_r: 2.5", "lora_r: 2.5 in"),
+    ("train_on_prompt: maybe", "train_on_prompt: 'maybe' in"),
+    ("learning_rate: fast", "learning_rate: 'fast' in"),
+])
+def test_yaml_wrong_type_is_one_line(capsys, tmp_path, line, message):
+    from unitune.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"method: sft\n{line}\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "is not a valid" in err and "as on the command line" in err, err
+
+
+def test_yaml_single_value_for_a_list_flag():
+    from unitune.config import _typed
+
+    assert _typed(list[str], "length") == ["length"] and _typed(list[float], 1) == [1.0]

@@ -10,30 +10,20 @@ import argparse
 import json
 import logging
 import sys
-import types
 import typing
 import warnings
 from dataclasses import MISSING, fields
 
-from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, closest, from_mapping
+from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, as_bool, base_type, closest, from_mapping
 from .errors import UserError
 from .methods import METHODS
 
 
 def _bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
-
-
-def _base_type(hint):
-    """`int | None` -> int; other hints unchanged."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+    try:
+        return as_bool(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +37,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field; absent flags stay absent (SUPPRESS) so YAML values can fill them."""
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        kind = _base_type(hints[f.name])
+        kind = base_type(hints[f.name])
         meta = f.metadata
         default = None if f.default is MISSING else f.default
         shown = "" if default is None or "(default" in meta["help"] else f" [default: {default}]"

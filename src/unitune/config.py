@@ -8,6 +8,8 @@ name the flag and the fix.
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -153,13 +155,56 @@ def _template_file(path: str | None) -> None:
         raise UserError(f"--chat_template {path} is not a file; pass a Jinja template file (.jinja)")
 
 
+def as_bool(value) -> bool:
+    lowered = str(value).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got '{value}'")
+
+
+def base_type(hint):
+    """`int | None` -> int; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _typed(kind, value):
+    """One value converted as its flag converts it (YAML reads `2e-4` as a string and `true` as a bool)."""
+    if value is None:
+        return None
+    if kind is bool:
+        return as_bool(value)
+    if typing.get_origin(kind) is list:
+        item = typing.get_args(kind)[0]
+        return [_typed(item, v) for v in (value if isinstance(value, list) else [value])]
+    if kind is str:
+        return str(value).lower() if isinstance(value, bool) else value if isinstance(value, (dict, list)) else str(value)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return kind(value)
+
+
 def from_mapping(cls, values: dict, source: str = "config"):
-    """Build a config from a mapping, rejecting unknown keys with the closest valid one."""
+    """Build a config from a mapping, rejecting unknown keys with the closest valid one; every value goes through
+    the conversion its flag has, so a config file's types match the command line's."""
     known = {f.name for f in fields(cls)}
     for key in values:
         if key not in known:
             raise UserError(f"unknown key '{key}' in {source}{closest(key, known)}; "
                             "valid keys are the flags listed by --help")
+    hints = typing.get_type_hints(cls)
+    values = dict(values)
+    for key, value in values.items():
+        kind = base_type(hints[key])
+        try:
+            values[key] = _typed(kind, value)
+        except (TypeError, ValueError):
+            name = kind.__name__
+            raise UserError(f"{key}: {value!r} in {source} is not a valid {name}; give a {name} as on the "
+                            f"command line (--{key})") from None
     for f in fields(cls):
         if f.metadata.get("required") and values.get(f.name) is None:
             choices = f.metadata.get("choices")
