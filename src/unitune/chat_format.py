@@ -25,10 +25,17 @@ from functools import cached_property
 
 from jinja2 import TemplateError
 
-from .data import as_messages
+from .data import as_messages, require_chat_template
 from .errors import UserError, warn
 
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
+
+
+def eos_ids(tokenizer, generation_config=None) -> set[int]:
+    """The tokenizer's EOS id and the generation config's (one id or a list)."""
+    configured = getattr(generation_config, "eos_token_id", None)  # None: no config given
+    ids = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    return {i for i in ids if i is not None}
 
 
 def fold_system(messages: list[dict]) -> list[dict]:
@@ -193,12 +200,10 @@ class ChatFormat:
 
     def stop_ids(self, generation_config=None) -> list[int]:
         """Token ids generation must stop on: the tokenizer's and the model's EOS ids, and the end-of-turn token."""
-        ids = [self.tokenizer.eos_token_id]
-        configured = getattr(generation_config, "eos_token_id", None)
-        ids += configured if isinstance(configured, list) else [configured]
+        ids = eos_ids(self.tokenizer, generation_config)
         if self.end_of_turn:
-            ids.append(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
-        return sorted({i for i in ids if i is not None})
+            ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        return sorted(ids)
 
     # ------------------------------------------------------------ tokens
 
@@ -322,9 +327,7 @@ def chat_format(tokenizer) -> ChatFormat:
     """The ChatFormat of a tokenizer's current chat template (worked out once per tokenizer and template)."""
     if isinstance(tokenizer.chat_template, dict):  # named variants: the default one is what chat uses
         tokenizer.chat_template = tokenizer.chat_template.get("default")
-    if not tokenizer.chat_template:
-        raise UserError("the tokenizer has no chat template, which conversational data need; use a chat model, "
-                        "pass --chat_template FILE, or give the data as plain 'text' or prompt/completion strings")
+    require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
     return _cached(tokenizer, tokenizer.chat_template)
 
 

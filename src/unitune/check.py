@@ -11,10 +11,10 @@ import json
 from .config import CheckConfig
 from .data import FORMATS, as_text, detect_format, prompt_messages, resolve_dataset, row_views, split_names
 from .normalize import bad_rows, canonical, describe, load_rows
-from .chat_format import chat_format, use_template_file
+from .chat_format import chat_format, eos_ids, use_template_file
 from .lengths import Lengths, measure
 from .methods import METHODS
-from .models import load_tokenizer, resolve_model
+from .models import generation_config, load_tokenizer, resolve_model
 
 
 def role_problems(row: dict, fmt: str) -> list[str]:
@@ -73,16 +73,10 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
 
 def template_report(tokenizer, source: str) -> dict:
     """How the chat template is masked, and whether generation stops at its end-of-turn token."""
-    from transformers import GenerationConfig
-
     if not tokenizer.chat_template:
         return {"has_chat_template": False}
     chat = chat_format(tokenizer)
-    try:
-        configured = GenerationConfig.from_pretrained(source).eos_token_id
-    except OSError:  # the model has no generation_config.json
-        configured = None
-    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    eos = eos_ids(tokenizer, generation_config(source))
     eot = chat.end_of_turn
     return {"has_chat_template": True, "masking": chat.how, "masking_description": chat.description,
             "end_of_turn": eot, "system_folded": chat.folds_system,

@@ -117,6 +117,16 @@ def load_tokenizer(source: str):
     return tokenizer
 
 
+def generation_config(source: str):
+    """The model's generation_config.json, or a default one when the folder has none."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(source)
+    except OSError:
+        return GenerationConfig()
+
+
 def world_size() -> int:
     """Processes in this launch (torchrun and accelerate set WORLD_SIZE)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

@@ -110,7 +110,8 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
 
     Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
     length-sorted and right-padded into batches. Models with layers other than attention get one reply a row."""
-    if not packable(model) and any(len(replies) > 1 for _, replies in items):
+    shared_prompt = packable(model)
+    if not shared_prompt and any(len(replies) > 1 for _, replies in items):
         flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
         it = iter(flat)
         return [[next(it)[0] for _ in replies] for _, replies in items]
@@ -128,7 +129,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
             ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
             positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
         hidden = decoder(input_ids=ids.to(device), position_ids=positions.to(device),
-                         attention_mask=attention_masks(model, rows, width, device) if packable(model)
+                         attention_mask=attention_masks(model, rows, width, device) if shared_prompt
                          else (~positions_pad(rows, width)).long().to(device)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
         predictors = torch.tensor([p for row in rows for p in row["predictors"]], device=device)

@@ -17,7 +17,8 @@ from .normalize import canonical, drop_bad_rows, load_rows
 from .chat_format import chat_format, use_template_file
 from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
-from .models import Hardware, choose_hardware, load_model, load_tokenizer, resolve_model, world_size
+from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
+                     world_size)
 from .speed import compact_lm_head, fast_lora_dropout
 from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
@@ -222,12 +223,7 @@ def template_record(tokenizer) -> dict | None:
 def save_generation_config(source: str, tokenizer, out: Path) -> None:
     """generation_config.json in the run folder, with EOS ids that include the template's end-of-turn token, so
     base + adapter and merged models stop after a reply (many model repos list only the tokenizer's EOS)."""
-    from transformers import GenerationConfig
-
-    try:
-        config = GenerationConfig.from_pretrained(source)
-    except OSError:  # the model folder has none
-        config = GenerationConfig()
+    config = generation_config(source)
     if tokenizer.chat_template:
         config.eos_token_id = chat_format(tokenizer).stop_ids(config)
     if config.pad_token_id is None:
