@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from conftest import read_json
 from unitune.cli import main
 from unitune.hub import hub_reachable
 
@@ -25,6 +26,7 @@ def offline():
     hub_reachable.cache_clear()
 
 
+@pytest.mark.slow
 def test_unknown_method_subprocess():
     """The real process: exit status 2, one line on stderr, no traceback."""
     proc = subprocess.run([sys.executable, "-m", "unitune", "train", "--method", "ppo"], capture_output=True,
@@ -42,6 +44,7 @@ def test_debug_shows_traceback(capsys):
         main(["train", "--method", "ppo", "--debug"])
 
 
+@pytest.mark.slow
 def test_seed_script_same_errors():
     proc = subprocess.run([sys.executable, "code/SFT.py", "--method", "sft", "--dataset", "/nope/data.jsonl"],
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
@@ -116,7 +119,7 @@ def test_finished_run_is_not_overwritten(capsys, tiny_args, tmp_path):
     out.mkdir()
     (out / "adapter_config.json").write_text("{}")
     code, line = run_cli(capsys, tiny_args("sft"))
-    assert code == 2 and "already holds a finished run; pass --overwrite_output_dir" in line
+    assert code == 2 and "already holds a finished run; pass --resume" in line and "--overwrite_output_dir" in line
     assert (out / "adapter_config.json").read_text() == "{}"
 
 
@@ -173,14 +176,27 @@ def test_unwritable_output_dir(capsys, tiny_args, tmp_path):
     assert code == 2 and f"cannot write to --output_dir {blocker / 'run'}" in line
 
 
-def test_overwrite_keeps_nothing_silently(capsys, tiny_args, tmp_path):
-    """--overwrite_output_dir trains over a finished run; files of the user's stay."""
+def test_overwrite_moves_the_old_run_aside(capsys, tiny_args, tmp_path):
+    """--overwrite_output_dir moves the previous run (checkpoints included) aside, deletes nothing, and a later
+    --resume cannot continue the old run's checkpoints."""
     out = tmp_path / "sft_run"
-    out.mkdir()
+    (out / "checkpoint-50").mkdir(parents=True)
     (out / "adapter_config.json").write_text("{}")
     (out / "my_notes.txt").write_text("keep me")
     assert main(tiny_args("sft", "--overwrite_output_dir", "--max_steps", "1")) == 0
-    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "unitune_run.json").exists()
+    [aside] = tmp_path.glob("sft_run.old-*")
+    assert f"aside to {aside}" in capsys.readouterr().out
+    assert (aside / "my_notes.txt").read_text() == "keep me" and (aside / "checkpoint-50").is_dir()
+    assert not (out / "checkpoint-50").exists() and read_json(out / "unitune_run.json")["status"] == "finished"
+
+
+def test_unfinished_run_is_not_trained_over(capsys, tiny_args, tmp_path):
+    out = tmp_path / "sft_run"
+    (out / "checkpoint-3").mkdir(parents=True)
+    code, line = run_cli(capsys, tiny_args("sft"))
+    assert code == 2 and "already holds an unfinished run" in line and "pass --resume" in line
+    code, line = run_cli(capsys, tiny_args("sft", "--resume", "--overwrite_output_dir"))
+    assert code == 2 and "contradict" in line
 
 
 def test_no_chat_template(capsys, tiny_model_dir, tmp_path, tiny_args):

@@ -1,7 +1,6 @@
 """The unified evaluator and the report, on tiny-model runs."""
 
 import json
-import math
 import shutil
 
 import pytest
@@ -13,7 +12,7 @@ from unitune.cli import main, parse_config
 from unitune.config import EvalConfig
 from unitune.data import DEMO_DIR
 from unitune.errors import UserError
-from unitune.evaluate import TRAINING_KEYS, EvalData, discover
+from unitune.evaluate import TRAINING_KEYS, EvalData, discover, training_metrics
 from unitune.scoring import encode_pairs, mean_loss, reply_nll, score_replies
 
 METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": int, "preference_total": int,
@@ -58,20 +57,21 @@ def test_base_entry_has_null_training_metrics(evaluated):
     assert isinstance(base["test_loss"], float) and base["preference_total"] == 6
 
 
-def test_metric_arithmetic(evaluated):
+def test_generation_samples_follow_the_flag(evaluated):
     for result in evaluated.values():
-        assert result["perplexity"] == pytest.approx(math.exp(result["test_loss"]))
-        assert result["preference_accuracy"] == result["preference_correct"] / result["preference_total"]
-        assert result["loss_margin"] == pytest.approx(result["avg_rejected_loss"] - result["avg_chosen_loss"])
-        assert len(result["generation_samples"]) == 2
+        assert len(result["generation_samples"]) == 2  # --max_generation_samples 2
         assert set(result["generation_samples"][0]) == {"prompt", "response"}
 
 
-def test_training_metrics_from_state(evaluated, runs):
-    state = read_json(runs / "sft_tiny" / "trainer_state.json")
-    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
-    assert evaluated["sft_tiny"]["initial_train_loss"] == losses[0]
-    assert evaluated["sft_tiny"]["final_train_loss"] == losses[-1]
+def test_training_metrics_from_state(tmp_path):
+    """The seed's training keys, from a hand-written trainer_state.json."""
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 30, "log_history": [
+        {"step": 10, "loss": 2.5}, {"step": 10, "eval_loss": 2.4}, {"step": 20, "loss": 2.0},
+        {"step": 20, "eval_loss": 2.1}, {"step": 30, "loss": 1.5}, {"step": 30, "eval_loss": 2.2},
+        {"step": 30, "train_runtime": 360.0, "train_loss": 2.0}]}))
+    assert training_metrics(tmp_path) == {
+        "initial_train_loss": 2.5, "final_train_loss": 1.5, "best_eval_loss": 2.1, "final_eval_loss": 2.2,
+        "total_steps": 30, "training_time_seconds": 360.0, "training_time_hours": 0.1}
 
 
 def test_rerun_is_deterministic(evaluated, runs, tmp_path):
@@ -83,6 +83,7 @@ def test_rerun_is_deterministic(evaluated, runs, tmp_path):
             assert again[name][key] == result[key], (name, key)
 
 
+@pytest.mark.slow
 def test_batched_scoring_equals_one_at_a_time(tiny_model_dir, tokenizer):
     """Padded, length-sorted batches against a plain HF loss on each sample alone."""
     cfg = EvalConfig(max_samples=12)
@@ -110,16 +111,23 @@ def test_discovery(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "unitune_run.json").write_text('{"method": "kto", "base_model": "c"}')
     (tmp_path / "notes").mkdir()
-    entries = discover(EvalConfig(runs_dir=str(tmp_path)))
+    (tmp_path / "stopped").mkdir()
+    (tmp_path / "stopped" / "unitune_run.json").write_text('{"method": "sft", "status": "interrupted", '
+                                                           '"global_step": 7}')
+    (tmp_path / "killed").mkdir()
+    (tmp_path / "killed" / "checkpoint-2").mkdir()
+    entries, skipped = discover(EvalConfig(runs_dir=str(tmp_path)))
     assert [(e.name, e.method, e.base_model) for e in entries] == [("dpo_x", "dpo", "b"), ("mine", "kto", "c")]
-    assert [e.name for e in discover(EvalConfig(runs_dir=str(tmp_path), methods=["kto"]))] == ["mine"]
+    assert skipped["stopped"]["status"] == "interrupted" and "at step 7" in skipped["stopped"]["skipped"]
+    assert skipped["killed"]["status"] == "interrupted" and "--resume" in skipped["killed"]["skipped"]
+    assert [e.name for e in discover(EvalConfig(runs_dir=str(tmp_path), methods=["kto"]))[0]] == ["mine"]
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])
 def test_no_runs_is_a_one_line_error(tmp_path, capsys, make):
     assert main(["eval", "--runs_dir", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err
-    assert ("runs folder not found" in err or "no runs in" in err) and "unitune train --method sft" in err
+    assert ("runs folder not found" in err or "no finished runs in" in err) and "unitune train --method sft" in err
 
 
 def test_broken_run_gets_an_error_entry(runs, tmp_path, capsys):
@@ -167,3 +175,62 @@ def test_eval_config_rejects_bad_values():
         parse_config(EvalConfig, ["--max_samples", "0"], "unitune eval")
     with pytest.raises(UserError, match="unknown method 'sfx' in --methods"):
         parse_config(EvalConfig, ["--methods", "sfx"], "unitune eval")
+
+
+REWARD_CODE = '''
+from pathlib import Path
+Path(__file__).with_name("imported").write_text("ran")
+
+
+def score(prompts, completions, **_):
+    return [2.0 for _ in completions]
+'''
+
+
+def test_reward_code_in_a_run_record_runs_only_when_trusted(runs, tmp_path):
+    """A runs folder someone sent names its own reward file: evaluating it must not import that file unless asked."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "grpo_sent")
+    (tmp_path / "their_reward.py").write_text(REWARD_CODE)
+    record = read_json(root / "grpo_sent" / "unitune_run.json")
+    record["method"] = "grpo"
+    record["settings"]["reward_funcs"] = [f"{tmp_path / 'their_reward.py'}:score"]
+    (root / "grpo_sent" / "unitune_run.json").write_text(json.dumps(record))
+    flags = ["eval", "--runs_dir", str(root), "--skip_base", "--skip_perplexity", *EVAL_FLAGS]
+    assert main(flags) == 0
+    result = read_json(root / "evaluation_results.json")["grpo_sent"]
+    assert result["mean_reward"] is None and "--trust_reward_code" in result["mean_reward_note"]
+    assert not (tmp_path / "imported").exists()
+    assert "mean_reward not computed: run grpo_sent names reward code" in (root / "report.md").read_text()
+    assert main(flags + ["--trust_reward_code"]) == 0
+    assert read_json(root / "evaluation_results.json")["grpo_sent"]["mean_reward"] == 2.0
+    assert (tmp_path / "imported").exists()
+
+
+def test_reward_funcs_on_the_eval_command_line(runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    assert main(["eval", "--runs_dir", str(root), "--skip_perplexity", "--report", "false", "--reward_funcs",
+                 "length", *EVAL_FLAGS]) == 0
+    results = read_json(root / "evaluation_results.json")
+    assert all(results[name]["mean_reward"] <= 0 for name in ("base", "sft_tiny"))  # length: 0 or a penalty
+    assert "mean_reward_note" not in results["sft_tiny"]
+
+
+def test_results_are_readable_by_others(tmp_path):
+    """Atomic writes go through a private temp file; the result gets the usual 0644 (under umask 022)."""
+    import os
+
+    from unitune.runs import temp_dir_beside, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+        folder = temp_dir_beside(tmp_path / "merged")
+        os.umask(0o077)
+        write_json_atomic(tmp_path / "private.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600  # the umask still rules

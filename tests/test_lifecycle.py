@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import read_json
 from unitune.cli import main
+
+pytestmark = pytest.mark.slow  # subprocesses, signals, training, GGUF conversion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +42,7 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (out / "checkpoint-2").is_dir(), "the run never reached its first checkpoints"
-    assert not (out / "unitune_run.json").exists(), "the run finished before it was killed; nothing to test"
+    assert read_json(out / "unitune_run.json")["status"] == "running", "the run finished before it was killed"
     before = sorted(p.name for p in out.glob("checkpoint-*"))
     # a checkpoint the crash cut short: model written, trainer_state.json not yet
     (out / "checkpoint-999").mkdir()
@@ -48,11 +51,84 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipping" in done.stderr and "checkpoint-999: incomplete" in done.stderr
     state = read_json(out / "trainer_state.json")
-    assert state["global_step"] == 30
+    assert state["global_step"] == 30 and read_json(out / "unitune_run.json")["status"] == "finished"
     steps = [e["step"] for e in state["log_history"] if "loss" in e]
     assert steps == list(range(1, 31)), steps  # continuous: no gap, no repeat
     assert set(before) <= {p.name for p in out.glob("checkpoint-*")}  # no earlier checkpoint lost
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+
+
+def train_until(cmd, losses_seen: int, again: bool = False, sig=signal.SIGTERM) -> tuple[int, str]:
+    """Run ``cmd``; once it has logged ``losses_seen`` losses, send ``sig``, and with ``again`` a second one once
+    the first is acknowledged. (exit code, output)"""
+    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, sent, lines = 0, False, []
+    for line in proc.stdout:
+        lines.append(line)
+        seen += line.count("'loss'")
+        if seen >= losses_seen and not sent:
+            proc.send_signal(sig)
+            sent = True
+        if again and "send it again" in line:
+            proc.send_signal(sig)
+            again = False
+    return proc.wait(), "".join(lines)
+
+
+def adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,sig,code", [("sft", signal.SIGTERM, 143), ("dpo", signal.SIGINT, 130)])
+def test_interrupted_and_resumed_equals_uninterrupted(method, sig, code, tiny_model_dir, tmp_path):
+    """A signal mid-run saves a checkpoint and exits 143/130 with how to resume; --resume then trains exactly the
+    steps an uninterrupted run trains (data order, dropout RNG, scheduler): same losses, same adapter."""
+    def cmd(out):  # 12 steps over 20 rows: the interruption and the resume cross an epoch boundary
+        return tiny_train(tiny_model_dir, out, "--method", method, "--max_steps", "12", "--max_train_samples", "20",
+                          "--gradient_accumulation_steps", "2", "--lora_dropout", "0.1")
+
+    whole = subprocess.run(cmd(tmp_path / "whole"), env=env(), capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "stopped"
+    rc, log = train_until(cmd(out), losses_seen=3, sig=sig)
+    record = read_json(out / "unitune_run.json")
+    step = record["global_step"]
+    assert rc == code and record["status"] == "interrupted" and 3 <= step < 12, log[-2000:]
+    assert f"stopped at step {step} with a checkpoint in {out / f'checkpoint-{step}'}; run the same command with " \
+           "--resume" in log
+    assert not (out / "adapter_model.safetensors").exists()  # not a finished run: the evaluator skips it
+    done = subprocess.run(cmd(out) + ["--resume"], env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert read_json(out / "unitune_run.json")["status"] == "finished"
+    logged = {name: [(e["step"], e["loss"]) for e in read_json(tmp_path / name / "trainer_state.json")["log_history"]
+                     if "loss" in e] for name in ("whole", "stopped")}
+    assert [s for s, _ in logged["stopped"]] == [s for s, _ in logged["whole"]] == list(range(1, 13))
+    assert [x for _, x in logged["stopped"]] == pytest.approx([x for _, x in logged["whole"]], abs=1e-6)
+    a, b = adapter(tmp_path / "whole"), adapter(out)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    rc, log = train_until(tiny_train(tiny_model_dir, out, "--max_steps", "200", "--max_train_samples", "64"),
+                          losses_seen=1, again=True)
+    assert rc == 143 and "send it again to stop at once" in log
+    assert read_json(out / "unitune_run.json")["status"] == "running"  # gone before it could record anything
+
+
+def test_resume_refuses_other_settings(capsys, tiny_args, tmp_path):
+    assert main(tiny_args("sft", "--save_steps", "1")) == 0
+    out = tmp_path / "sft_run"
+    code = main(tiny_args("sft", "--resume", "--max_steps", "3", "--per_device_train_batch_size", "4"))
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "the effective batch" in err and "it was trained with" in err
+    assert (out / "checkpoint-2").is_dir()
+    assert main(tiny_args("sft", "--resume_from_checkpoint", str(out / "checkpoint-2"), "--max_steps", "3")) == 0
+    assert read_json(out / "unitune_run.json")["global_step"] == 3
 
 
 def test_resume_without_checkpoint(capsys, tiny_args, tmp_path):
@@ -83,6 +159,41 @@ def test_merge_dtype(tiny_args, tmp_path):
     out = tmp_path / "merged16"
     assert main(["merge", "--run", str(tmp_path / "sft_run"), "--output", str(out), "--dtype", "bfloat16"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16
+
+
+def test_merge_overwrite_never_destroys_a_run(tiny_args, tmp_path, capsys, monkeypatch):
+    """--overwrite replaces an old merge only once the new one is complete, and never a run, its checkpoints, a
+    parent of the run, another run, the current folder, home or /."""
+    assert main(tiny_args("sft", "--max_steps", "1", "--save_steps", "1")) == 0
+    run = tmp_path / "sft_run"
+    before = sorted(p.name for p in run.rglob("*"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for output, why in [(run, "the run folder"), (tmp_path, "a parent of the run folder"),
+                        (run / "checkpoint-1", "inside the run's checkpoint checkpoint-1"), (".", "the current folder"),
+                        (Path.home(), "your home folder"), ("/", "the root folder")]:
+        assert main(["merge", "--run", str(run), "--output", str(output), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"is {why}" in err and "refused even with --overwrite" in err, (output, err)
+    assert sorted(p.name for p in run.rglob("*")) == before
+    other = tmp_path / "other_run"
+    shutil.copytree(run, other)
+    assert main(["merge", "--run", str(run), "--output", str(other), "--overwrite"]) == 2
+    assert "is a training run folder" in capsys.readouterr().err
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "old.txt").write_text("old merge")
+    assert main(["merge", "--run", str(run), "--output", str(merged), "--overwrite"]) == 0
+    assert not (merged / "old.txt").exists() and (merged / "model.safetensors").exists()
+    assert merged.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_merge_bad_run(capsys, tmp_path):
@@ -161,13 +272,3 @@ def test_accelerate_cpu_config_starts_two_processes(tiny_model_dir, tmp_path):
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_json(tmp_path / "acc" / "unitune_run.json")["hardware"]["world_size"] == 2
-
-
-@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "cpu"])
-def test_accelerate_configs_load(name):
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    config = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
-    expected = {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
-                "deepspeed_zero3": "DEEPSPEED", "cpu": "MULTI_GPU"}[name]
-    assert str(config.distributed_type).endswith(expected) and config.num_processes >= 2

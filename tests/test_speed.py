@@ -1,5 +1,6 @@
 """The speed-ups (speed.py, train.fit_memory) change nothing but speed: same losses, same updates, same dropout."""
 
+import pytest
 import torch
 import trl.trainer.utils as trl_utils
 from peft import LoraConfig, get_peft_model
@@ -9,6 +10,7 @@ from trl.trainer.utils import add_fused_lm_head
 from conftest import read_json
 from unitune.cli import main
 from unitune.config import TrainConfig
+from unitune.errors import UserError
 from unitune.models import Hardware, choose_hardware
 from unitune.runs import RUN_FILE
 from unitune.speed import FastDropout, compact_lm_head, fast_lora_dropout, keep_mask
@@ -40,15 +42,23 @@ def test_fast_dropout_matches_dropout_semantics():
 def test_fast_lora_dropout_swaps_every_lora_dropout(tiny_model_dir):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
-    assert fast_lora_dropout(model) == 14  # 2 layers x 7 linear layers
+    assert fast_lora_dropout(model, 0.1) == 14  # 2 layers x 7 linear layers
     assert not any(type(m) is torch.nn.Dropout for m in model.modules())
     model.train()
     model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()  # PEFT's forward runs with it
 
 
+def test_fast_lora_dropout_says_when_peft_moved_them(tiny_model_dir):
+    """A dropout asked for and none found to swap: PEFT changed, and the speed-up would silently vanish."""
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(UserError, match="found no LoRA dropout layers"):
+        fast_lora_dropout(plain, 0.05)
+    assert fast_lora_dropout(plain, 0.0) == 0  # no dropout: PEFT uses Identity, nothing to swap
+
+
 def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
     """TRL's fused head scores only labelled positions on CPU once patched; the loss and gradients must not move."""
-    original = getattr(trl_utils._use_triton, "original", trl_utils._use_triton)
+    original = trl_utils._use_triton
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     add_fused_lm_head(model)
     ids = torch.randint(0, 1000, (3, 12))
@@ -62,15 +72,26 @@ def test_compact_lm_head_gives_the_same_loss_and_gradients(tiny_model_dir, monke
         loss.backward()
         return loss.detach(), model.model.norm.weight.grad.clone()
 
-    monkeypatch.setattr(trl_utils, "_use_triton", original)
     assert not trl_utils._use_triton(torch.device("cpu"))  # TRL's own choice on CPU: every position
     full_loss, full_grad = loss_and_grad()
-    compact_lm_head()
-    assert trl_utils._use_triton(torch.device("cpu"))
-    compact_loss, compact_grad = loss_and_grad()
+    with compact_lm_head():
+        assert trl_utils._use_triton(torch.device("cpu"))
+        compact_loss, compact_grad = loss_and_grad()
+    assert trl_utils._use_triton is original  # restored once our trainer is done
     reference = model(input_ids=ids, labels=labels).loss  # transformers' own loss, full logits
     assert torch.allclose(compact_loss, full_loss, atol=1e-6) and torch.allclose(compact_loss, reference, atol=1e-5)
     assert torch.allclose(compact_grad, full_grad, atol=1e-6)
+
+
+def test_compact_lm_head_refuses_another_trl(monkeypatch):
+    import trl
+
+    original = trl_utils._use_triton
+    monkeypatch.setattr(trl, "__version__", "9.9.9")
+    with pytest.raises(UserError, match="measured on trl 1.16.0, found trl 9.9.9"):
+        with compact_lm_head():
+            pass
+    assert trl_utils._use_triton is original
 
 
 def cfg(**kw) -> TrainConfig:

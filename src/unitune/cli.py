@@ -15,7 +15,7 @@ import warnings
 from dataclasses import MISSING, fields
 
 from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, as_bool, base_type, closest, from_mapping
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .methods import METHODS
 
 
@@ -182,6 +182,9 @@ def run_command(command, argv: list[str], prog: str, debug: bool) -> int:
             raise
         print(f"{prog.split()[0]}: error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"{prog.split()[0]}: {stop}", file=sys.stderr)
+        return stop.code
     except KeyboardInterrupt:
         print(f"{prog.split()[0]}: interrupted", file=sys.stderr)
         return 130

@@ -98,7 +98,7 @@ class TrainConfig:
     temperature: float = opt(1.0, "GRPO: sampling temperature")
     reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
                                                "path/file.py:function or package.module:function")
-    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function")
+    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model")
     reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
     overwrite_output_dir: bool = opt(False, "train into an output_dir that already holds a finished run")
     resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
@@ -137,9 +137,12 @@ class TrainConfig:
             raise UserError(f"--use_qlora must be auto, true or false, got '{self.use_qlora}'")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be greater than 0, got {self.temperature}")
-        if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs or []):
-            raise UserError(f"--reward_weights has {len(self.reward_weights)} values but --reward_funcs has "
-                            f"{len(self.reward_funcs or [])}; give one weight per reward function")
+        rewards = len(self.reward_funcs or []) + bool(self.reward_model)
+        if self.reward_weights and rewards and len(self.reward_weights) != rewards:
+            model = " plus --reward_model" if self.reward_model else ""
+            raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {rewards} rewards "
+                            f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
+                            "function, then one for the reward model")
         _template_file(self.chat_template)
         parse_columns(self.columns)
         if not 0 <= self.max_bad_rows <= 1:
@@ -232,6 +235,11 @@ class EvalConfig:
     skip_base: bool = opt(False, "do not evaluate the base model")
     report: bool = opt(True, "write report.html and report.md after evaluating")
     columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
+    reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "
+                                               "package.module:function (default: the GRPO run's own)")
+    trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
+                                         "without it such runs get mean_reward null: a runs folder from someone "
+                                         "else must not run their Python")
 
     @property
     def column_map(self) -> dict[str, str]:

@@ -21,7 +21,8 @@ from .errors import UserError, warn
 from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
-from .runs import RUN_FILE, adapter_base, is_finished_run, read_run, write_json_atomic
+from .lifecycle import FINISHED, run_status, status_line
+from .runs import RUN_FILE, adapter_base, read_run, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 from .tasks import check_answer
 
@@ -40,14 +41,21 @@ class Entry:
     record: dict = field(default_factory=dict)
 
 
-def discover(cfg: EvalConfig) -> list[Entry]:
+def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
+    """The finished runs under --runs_dir, and the unfinished ones with why they are skipped."""
     root = Path(cfg.runs_dir)
     if not root.is_dir():
         raise UserError(f"runs folder not found: {root}; train first (`unitune train --method sft`) or pass "
                         "--runs_dir")
-    entries = []
+    entries, skipped = [], {}
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if not is_finished_run(folder):
+        status = run_status(folder)
+        if status is None:
+            continue
+        if status != FINISHED:
+            skipped[folder.name] = {"skipped": f"the run is {status_line(folder)}", "status": status,
+                                    "model_path": str(folder)}
+            warn(f"skipping {folder.name}: the run is {status_line(folder)}")
             continue
         try:
             record = read_run(folder) or {}
@@ -60,9 +68,10 @@ def discover(cfg: EvalConfig) -> list[Entry]:
         entries.append(Entry(folder.name, method, record.get("base_model") or adapter_base(folder) or cfg.base_model,
                              folder, record))
     if not entries:
-        raise UserError(f"no runs in {root} (a run is a folder with adapter_config.json or {RUN_FILE}); train "
-                        "one with `unitune train --method sft`, or point --runs_dir at your runs")
-    return entries
+        unfinished = f" ({len(skipped)} unfinished: {', '.join(skipped)})" if skipped else ""
+        raise UserError(f"no finished runs in {root}{unfinished} (a run is a folder with adapter_config.json or "
+                        f"{RUN_FILE}); train one with `unitune train --method sft`, or point --runs_dir at your runs")
+    return entries, skipped
 
 
 def training_metrics(folder: Path | None) -> dict:
@@ -136,12 +145,36 @@ def load_entry_model(entry: Entry, device: str):
     return model.to(device).eval()
 
 
-def grpo_rewards(entries: list[Entry]) -> list[str] | None:
-    """The reward functions of the first GRPO run ([] = its defaults), or None without a GRPO run."""
+@dataclass
+class RewardPlan:
+    """The rewards behind mean_reward, which entries get it, and why it is null where it is not computed."""
+
+    names: list[str] | None  # None: no mean_reward; []: the defaults for the data
+    every_entry: bool = False  # --reward_funcs on the eval command line: every entry; else GRPO runs and the base
+    withheld: str | None = None
+
+    def applies(self, entry: Entry) -> bool:
+        return self.names is not None and (self.every_entry or entry.method in ("grpo", None))
+
+
+def reward_plan(entries: list[Entry], cfg: EvalConfig) -> RewardPlan:
+    """--reward_funcs given here, else the first GRPO run's own rewards. Code a run record names (a file or a module)
+    is imported only with --trust_reward_code: a runs folder someone sent must not run their Python."""
+    from .rewards import BUILTINS
+
+    if cfg.reward_funcs:
+        return RewardPlan(cfg.reward_funcs, every_entry=True)
     for entry in entries:
         if entry.method == "grpo":
-            return (entry.record.get("settings") or {}).get("reward_funcs") or []
-    return None
+            names = (entry.record.get("settings") or {}).get("reward_funcs") or []
+            code = [n for n in names if n not in BUILTINS]
+            if code and not cfg.trust_reward_code:
+                why = (f"not computed: run {entry.name} names reward code ({', '.join(code)}), which runs only with "
+                       "--trust_reward_code")
+                warn(f"mean_reward {why}")
+                return RewardPlan(names, withheld=why)
+            return RewardPlan(names)
+    return RewardPlan(None)
 
 
 def common_base(entries: list[Entry], fallback: str | None) -> str | None:
@@ -151,7 +184,7 @@ def common_base(entries: list[Entry], fallback: str | None) -> str | None:
     return ranked[0] if ranked else fallback
 
 
-def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, reward_names, device: str) -> dict:
+def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardPlan, device: str) -> dict:
     started = time.time()
     model = load_entry_model(entry, device)
     tokenizer = load_tokenizer(str(entry.path) if entry.path else resolve_model(entry.base_model))
@@ -169,29 +202,32 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, reward_names, 
         result.update(preference_metrics(chosen, rejected))
     else:
         result.update(preference_metrics([], []))
-    result.update(generation_metrics(model, tokenizer, data, cfg, entry, reward_names))
+    result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards))
     result.update(model_name=entry.record.get("model_name", entry.base_model) if entry.path else entry.base_model,
                   model_path=str(entry.path) if entry.path else resolve_model(entry.base_model),
                   dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2))
     return result
 
 
-def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry, reward_names) -> dict:
-    """task_accuracy (rows with an answer), mean_reward (GRPO runs and base) and generation samples."""
+def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry, rewards: RewardPlan) -> dict:
+    """task_accuracy (rows with an answer), mean_reward (see RewardPlan) and generation samples."""
     rows = data.gen_rows
     if rows:
         prompts = [prompt_messages(row, data.gen_format) for row in rows]
     else:
         prompts = [p for p, _ in data.sft][: cfg.max_generation_samples]
     scored = rows and "answer" in rows[0]
-    wanted = prompts if scored or reward_names is not None else prompts[: cfg.max_generation_samples]
+    rewarded = rewards.applies(entry) and bool(rows)
+    wanted = prompts if scored or (rewarded and not rewards.withheld) else prompts[: cfg.max_generation_samples]
     replies = generate_replies(model, tokenizer, wanted, cfg.max_new_tokens, cfg.batch_size,
                                desc=f"{entry.name}: generating")
     out: dict = {"task_accuracy": None}
     if scored:
         out["task_accuracy"] = sum(check_answer(r, text) for r, text in zip(rows, replies)) / len(rows)
-    if reward_names is not None and rows:
-        out["mean_reward"] = mean_reward(reward_names, wanted, replies, rows)
+    if rewarded and rewards.withheld:
+        out.update(mean_reward=None, mean_reward_note=rewards.withheld)
+    elif rewarded:
+        out["mean_reward"] = mean_reward(rewards.names, wanted, replies, rows)
     out["generation_samples"] = [{"prompt": p[-1]["content"] if p else "", "response": r}
                                  for p, r in zip(wanted, replies)][: cfg.max_generation_samples]
     return out
@@ -212,9 +248,9 @@ def mean_reward(names: list[str], prompts, replies: list[str], rows: list[dict])
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    entries = discover(cfg)
+    entries, skipped = discover(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward_names = grpo_rewards(entries)
+    rewards = reward_plan(entries, cfg)
     if not cfg.skip_base:
         entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
     data_cache: dict[tuple[str, str], EvalData] = {}
@@ -231,15 +267,15 @@ def run_eval(cfg: EvalConfig) -> dict:
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
-            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg,
-                                                 reward_names if entry.method in ("grpo", None) else None, device)
+            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards, device)
         except Exception as err:  # a broken run must not stop the others
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             warn(f"{entry.name}: {message}")
             results[entry.name] = {"error": f"{type(err).__name__}: {message}",
                                    "model_path": str(entry.path) if entry.path else None}
+    results.update(skipped)
     write_json_atomic(Path(cfg.output), results)
     print(f"unitune eval: results written to {cfg.output}", flush=True)
-    if all("error" in r for r in results.values()):
+    if all("error" in results[e.name] for e in entries):
         raise UserError(f"no run could be evaluated (see the errors in {cfg.output}); check the run folders")
     return results

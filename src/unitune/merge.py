@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,7 +13,7 @@ import torch
 from .config import MERGE_DTYPES, MergeConfig
 from .errors import UserError
 from .models import load_tokenizer, resolve_model
-from .runs import adapter_base, read_run
+from .runs import adapter_base, guard_output, read_run, replace_dir, temp_dir_beside
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 
@@ -35,8 +33,11 @@ def merge_run(cfg: MergeConfig) -> Path:
     run, out = Path(cfg.run), Path(cfg.output)
     if not (run / "adapter_config.json").exists():
         raise UserError(f"{run} holds no adapter (adapter_config.json); pass a finished run folder to --run")
+    guard_output(out, "--output", run)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite or choose another --output")
+        raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output")
     base = resolve_model(run_base(run))
     print(f"unitune merge: {base} + {run} -> {out} ({cfg.dtype})", flush=True)
     # Merge in fp32 (exact for an fp32 base), then cast once for saving.
@@ -44,16 +45,13 @@ def merge_run(cfg: MergeConfig) -> Path:
     merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
     merged = merged.to(DTYPES[cfg.dtype])
     tokenizer = load_tokenizer(str(run))  # the run's tokenizer carries the chat template it trained with
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if (run / "generation_config.json").exists():  # its EOS ids stop generation at the end of a turn
             shutil.copy2(run / "generation_config.json", tmp / "generation_config.json")
-        if out.exists():
-            shutil.rmtree(out)  # only with --overwrite, after the new folder is complete
-        os.replace(tmp, out)
+        replace_dir(tmp, out)  # an old --output (only with --overwrite) goes once the new folder is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

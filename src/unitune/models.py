@@ -10,7 +10,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 
 from .errors import UserError
 from .hub import hub_reachable
+from .runs import temp_dir_beside
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,9 +47,8 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"unitune: converting {gguf.name} to a safetensors folder (once) -> {target}", flush=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Build in a temp folder beside the target and rename: an interrupted run never leaves a folder that loads.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = temp_dir_beside(target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -26,10 +26,25 @@ def load_results(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err}); rerun `unitune eval`") from None
 
 
+def not_evaluated(result: dict) -> str | None:
+    """Why an entry has no metrics: the error it hit, or why the evaluator skipped it (an unfinished run)."""
+    if "error" in result:
+        return f"error: {result['error']}"
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    return None
+
+
+def notes(entries: list[tuple[str, dict]]) -> list[str]:
+    """Lines explaining empty cells: why a metric was not computed for an entry."""
+    return [f"{name}: mean_reward {result['mean_reward_note']}" for name, result in entries
+            if result.get("mean_reward_note")]
+
+
 def ordered(results: dict) -> list[tuple[str, dict]]:
-    """Base first, then runs by name; errors last."""
-    good = sorted(((k, v) for k, v in results.items() if "error" not in v), key=lambda kv: (kv[0] != "base", kv[0]))
-    return good + sorted((k, v) for k, v in results.items() if "error" in v)
+    """Base first, then runs by name; errors and skipped runs last."""
+    good = sorted(((k, v) for k, v in results.items() if not not_evaluated(v)), key=lambda kv: (kv[0] != "base", kv[0]))
+    return good + sorted((k, v) for k, v in results.items() if not_evaluated(v))
 
 
 def fmt(value) -> str:
@@ -104,8 +119,8 @@ def metric_bars(entries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
 def markdown_table(entries: list[tuple[str, dict]]) -> str:
     lines = ["| run | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
     for name, result in entries:
-        if "error" in result:
-            lines.append(f"| {name} | error: {result['error']} |" + " |" * (len(TABLE_KEYS) - 1))
+        if not_evaluated(result):
+            lines.append(f"| {name} | {not_evaluated(result)} |" + " |" * (len(TABLE_KEYS) - 1))
         else:
             lines.append(f"| {name} | " + " | ".join(fmt(result.get(k)) for k in TABLE_KEYS) + " |")
     return "\n".join(lines)
@@ -115,8 +130,8 @@ def html_table(entries: list[tuple[str, dict]]) -> str:
     head = "".join(f"<th>{html.escape(k)}</th>" for k in ("run", *TABLE_KEYS))
     body = []
     for name, result in entries:
-        if "error" in result:
-            cells = f"<td colspan='{len(TABLE_KEYS)}' class='error'>{html.escape(result['error'])}</td>"
+        if not_evaluated(result):
+            cells = f"<td colspan='{len(TABLE_KEYS)}' class='error'>{html.escape(not_evaluated(result))}</td>"
         else:
             cells = "".join(f"<td>{html.escape(fmt(result.get(k)))}</td>" for k in TABLE_KEYS)
         body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
@@ -153,10 +168,12 @@ def write_report(runs_dir: str, results_path: str | None = None) -> Path:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unitune report</title><style>{STYLE}</style>"
             f"</head><body><h1>unitune report</h1><p>{len(entries)} entries from {html.escape(str(runs))}; "
             "the grey bar is the base model.</p><h2>Metrics</h2>" + html_table(entries) +
+            "".join(f"<p class='note'>{html.escape(line)}</p>" for line in notes(entries)) +
             "<h2>Charts</h2><div class='charts'>" + "".join(images) + "</div>"
             "<h2>Generation samples</h2>" + samples_table(entries) + "</body></html>")
     runs.mkdir(parents=True, exist_ok=True)
     write_text_atomic(runs / "report.html", page)
-    write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries) + "\n")
+    write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries) + "\n"
+                      + "".join(f"\n{line}\n" for line in notes(entries)))
     print(f"unitune report: {runs / 'report.html'}", flush=True)
     return runs / "report.html"

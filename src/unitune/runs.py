@@ -1,10 +1,11 @@
-"""The run folder: guarding it, recording the run, atomic writes."""
+"""Run folders and the files in them: the run record, atomic writes readable by others, guarded outputs."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -15,14 +16,28 @@ RUN_FILE = "unitune_run.json"
 LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def public_mode(path: Path, folder: bool = False) -> None:
+    """0644 for files, 0755 for folders, less what the umask removes (tempfile makes them 0600/0700)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temp file and a rename: a crash never leaves half a file over a good one."""
+    """Write through a temp file, fsync and a rename: a crash never leaves half a file over a good one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        public_mode(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,25 +48,54 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def is_finished_run(folder: Path) -> bool:
+def temp_dir_beside(target: Path) -> Path:
+    """A new, empty folder next to ``target`` (same file system, so a rename moves it into place)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    public_mode(tmp, folder=True)
+    return tmp
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``; an old ``target`` is removed only once ``new`` is in place."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def protected_folders(run: Path | None = None) -> dict[Path, str]:
+    """Folders an --output may never be, resolved, each with why."""
+    found = {Path("/").resolve(): "the root folder", Path.home().resolve(): "your home folder",
+             Path.cwd().resolve(): "the current folder"}
+    if run is not None:
+        run = run.resolve()
+        found.setdefault(run, "the run folder")
+        for parent in run.parents:
+            found.setdefault(parent, f"a parent of the run folder {run}")
+    return found
+
+
+def guard_output(out: Path, flag: str, run: Path | None = None) -> None:
+    """Refuse an --output whose replacement would destroy a run, its checkpoints or a folder that holds others."""
+    where = out.resolve()
+    why = protected_folders(run).get(where)
+    if why is None and run is not None and run.resolve() in where.parents:
+        inside = where.relative_to(run.resolve()).parts[0]
+        why = f"inside the run's checkpoint {inside}" if inside.startswith("checkpoint-") else None
+    if why is None and where.is_dir() and (is_run_folder(where) or any(where.glob("checkpoint-*"))):
+        why = "a training run folder"
+    if why:
+        raise UserError(f"{flag} {out} is {why}; replacing it would delete what is there, so this is refused even "
+                        f"with --overwrite; choose a new folder for {flag}")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder training wrote: a run record or an adapter."""
     return (folder / RUN_FILE).exists() or (folder / "adapter_config.json").exists()
-
-
-def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
-    """Refuse to train over a finished run (unless asked) and fail early if the folder is not writable."""
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output_dir {out} is a file; pass a folder path")
-    if out.is_dir() and is_finished_run(out) and not (overwrite or resume):
-        raise UserError(f"{out} already holds a finished run; pass --overwrite_output_dir to train over it, "
-                        "--resume to continue it, or choose another --output_dir")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UserError(f"cannot write to --output_dir {out} ({err.strerror}); choose a writable folder") from None
-    return out
 
 
 def library_versions() -> dict[str, str | None]:

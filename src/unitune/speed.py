@@ -10,26 +10,38 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+
+from .errors import UserError
 
 _BITS = 16  # random bits per element: the drop probability is rounded to a multiple of 2**-16
 
 
-def compact_lm_head() -> None:
-    """Make TRL's fused LM head skip positions without a label on CPU too (idempotent)."""
+TESTED_TRL = "1.16.0"  # compact_lm_head replaces a private TRL function: only the version it was measured on
+
+
+@contextlib.contextmanager
+def compact_lm_head():
+    """While the block runs, TRL's fused LM head skips positions without a label on CPU too; restored after."""
+    import trl
     import trl.trainer.utils as trl_utils
 
+    if trl.__version__ != TESTED_TRL:
+        raise UserError(f"unitune's CPU speed-up was measured on trl {TESTED_TRL}, found trl {trl.__version__}; "
+                        f"install trl=={TESTED_TRL} (`pip install trl=={TESTED_TRL}`)")
     original = trl_utils._use_triton
-    if getattr(original, "unitune", False):
-        return
 
     def compact(device: torch.device) -> bool:
         return device.type == "cpu" or original(device)
 
-    compact.unitune = True
-    compact.original = original
     trl_utils._use_triton = compact
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
@@ -65,8 +77,9 @@ class FastDropout(nn.Dropout):
         return _Dropout.apply(x, self.p)
 
 
-def fast_lora_dropout(model: nn.Module) -> int:
-    """Swap PEFT's LoRA ``nn.Dropout`` modules for ``FastDropout``; returns how many were swapped."""
+def fast_lora_dropout(model: nn.Module, p: float) -> int:
+    """Swap PEFT's LoRA ``nn.Dropout`` modules for ``FastDropout``; returns how many were swapped. With a dropout
+    (``p`` > 0) and nothing found to swap, PEFT has changed where it keeps them: say so rather than run slower."""
     swapped = 0
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
@@ -76,4 +89,9 @@ def fast_lora_dropout(model: nn.Module) -> int:
             if type(layer) is nn.Dropout:
                 dropouts[name] = FastDropout(layer.p)
                 swapped += 1
+    if p > 0 and not swapped:
+        import peft
+
+        raise UserError(f"found no LoRA dropout layers to speed up in peft {peft.__version__}; install the tested "
+                        "peft (see pyproject.toml)")
     return swapped

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -19,8 +18,10 @@ from .errors import UserError, warn
 from .methods import METHODS, MethodSpec
 from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
                      world_size)
+from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matches, end_process_group,
+                        is_main_process, prepare_output_dir, resume_target, write_status)
+from .runs import library_versions, machine
 from .speed import compact_lm_head, fast_lora_dropout
-from .runs import RUN_FILE, library_versions, machine, prepare_output_dir, write_json_atomic
 
 
 def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec, cfg: TrainConfig):
@@ -151,43 +152,16 @@ def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> 
 
 
 def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, tokenizer, train_ds, eval_ds, out: Path):
-    """The method's TRL trainer, with unitune's measured speed-ups applied (speed.py)."""
-    compact_lm_head()
-    trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
-                                training_args(cfg, hw, out, eval_ds is not None))
-    if hw.device == "cpu":
-        fast_lora_dropout(trainer.model)
-    return trainer
-
-
-def checkpoint_complete(folder: Path) -> bool:
-    """The Trainer writes trainer_state.json last: a checkpoint without a readable one died mid-save."""
+    """The method's TRL trainer; TRL's rejections of a flag combination become one line."""
     try:
-        step = json.loads((folder / "trainer_state.json").read_text())["global_step"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return folder.name == f"checkpoint-{step}" and any(folder.glob("*.safetensors"))
-
-
-def resume_target(cfg: TrainConfig, out: Path) -> str | None:
-    """The checkpoint to continue from: --resume_from_checkpoint, or the newest complete one with --resume."""
-    if cfg.resume_from_checkpoint:
-        folder = Path(cfg.resume_from_checkpoint)
-        if not folder.is_dir() or not checkpoint_complete(folder):
-            raise UserError(f"--resume_from_checkpoint {folder} is not a complete checkpoint folder; "
-                            f"pick one of the checkpoint-* folders in {out}")
-        return str(folder)
-    if not cfg.resume:
-        return None
-    found = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit()
-                   else -1, reverse=True)
-    for folder in found:
-        if checkpoint_complete(folder):
-            print(f"unitune: resuming from {folder}", flush=True)
-            return str(folder)
-        warn(f"skipping {folder}: incomplete (no readable trainer_state.json; the process likely died while "
-             "saving it)")
-    raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh")
+        trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
+                                    training_args(cfg, hw, out, eval_ds is not None))
+    except ValueError as err:
+        first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        raise UserError(f"TRL rejected these {cfg.method} settings: {first}; change the flags it names") from None
+    if hw.device == "cpu":
+        fast_lora_dropout(trainer.model, cfg.lora_dropout)
+    return trainer
 
 
 def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:
@@ -231,6 +205,27 @@ def save_generation_config(source: str, tokenizer, out: Path) -> None:
     config.save_pretrained(out)
 
 
+def run_record(cfg: TrainConfig, given: TrainConfig, hw: Hardware, source: str, dataset: str, split: str,
+               train_rows: int, tokenizer) -> dict:
+    """What unitune_run.json records of a run, known before training starts."""
+    return {
+        "method": cfg.method, "base_model": source, "model_name": cfg.model_name,
+        "dataset": dataset, "train_split": split, "eval_split": cfg.eval_split, "train_rows": train_rows,
+        "effective_batch": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size(),
+        "settings": vars(cfg), "hardware": {
+            "device": hw.device, "dtype": str(hw.dtype), "qlora": hw.qlora, "reason": hw.reason,
+            "world_size": world_size()},
+        "batch_merged_from": None if cfg is given else [given.per_device_train_batch_size,
+                                                        given.gradient_accumulation_steps],
+        "machine": machine(), "versions": library_versions(), "chat_template": template_record(tokenizer),
+    }
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     hw = choose_hardware(cfg.use_qlora)
@@ -259,31 +254,55 @@ def run_training(cfg: TrainConfig) -> Path:
         print("unitune: dry run: nothing trained")
         return out
 
-    resume = resume_target(cfg, out)  # before loading the model: a bad --resume fails fast
+    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer)
+    resume = resume_target(cfg.resume, cfg.resume_from_checkpoint, out)  # before the model: a bad --resume fails fast
+    if resume:
+        check_resume_matches(resume, record)
+    record = write_status(out, record, "running")
+    stop = GracefulStop()
+    try:
+        train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop)
+    except Interrupted:
+        raise
+    except BaseException as err:
+        write_status(out, record, "failed", error=one_line(err))
+        raise
+    finally:
+        stop.restore()
+        end_process_group()
+    return out
+
+
+def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str, tokenizer, train_ds, eval_ds,
+                   out: Path, resume: str | None, record: dict, stop: GracefulStop) -> None:
+    """Load the model, train (stopping cleanly on a signal), save the adapter and the finished run record."""
     model = load_model(source, hw)
     if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
         model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
     trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled \
+            and is_main_process():
+        warn("the accelerate config asks for FSDP, but accelerate runs CPU processes as plain DDP: each process "
+             "holds the whole model (FSDP shards across GPUs)")
+    trainer.add_callback(stop)
+    stop.install()
     started = time.time()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.time() - started
-    if eval_ds is not None:
-        trainer.evaluate()  # the final eval loss lands in trainer_state.json
+    with compact_lm_head():  # only while our trainer runs
+        trainer.train(resume_from_checkpoint=resume)
+        wall = time.time() - started
+        interrupted = stop.outcome(out)
+        if interrupted:
+            write_status(out, record, "interrupted", global_step=trainer.state.global_step,
+                         wall_time_seconds=round(wall, 2))
+            raise interrupted
+        if eval_ds is not None:
+            trainer.evaluate()  # the final eval loss lands in trainer_state.json
+    if trainer.is_fsdp_enabled:  # the Trainer saves no adapter from a sharded state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
+    if is_main_process():
         trainer.state.save_to_json(str(out / "trainer_state.json"))
         save_generation_config(source, tokenizer, out)
-        write_json_atomic(out / RUN_FILE, {
-            "method": cfg.method, "base_model": source, "model_name": cfg.model_name,
-            "dataset": dataset, "train_split": split, "eval_split": cfg.eval_split,
-            "train_rows": len(train_ds), "settings": vars(cfg), "hardware": {
-                "device": hw.device, "dtype": str(hw.dtype), "qlora": hw.qlora, "reason": hw.reason,
-                "world_size": trainer.args.world_size},
-            "batch_merged_from": None if cfg is given else [given.per_device_train_batch_size,
-                                                            given.gradient_accumulation_steps],
-            "machine": machine(), "versions": library_versions(),
-            "wall_time_seconds": round(wall, 2), "global_step": trainer.state.global_step,
-            "train_tokens_seen": tokens_seen(trainer.state), "chat_template": template_record(tokenizer),
-        })
+        write_status(out, record, FINISHED, wall_time_seconds=round(wall, 2), global_step=trainer.state.global_step,
+                     train_tokens_seen=tokens_seen(trainer.state))
         print(f"unitune: run written to {out} ({trainer.state.global_step} steps, {wall:.0f}s)")
-    return out

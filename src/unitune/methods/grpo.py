@@ -57,6 +57,9 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     if cfg.reward_model:
         funcs.append(cfg.reward_model)  # TRL loads it as a sequence-classification model
         why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
+    if cfg.reward_weights and len(cfg.reward_weights) != len(funcs):
+        raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
+                        f"{len(funcs)} weights, one per reward")
     print(f"unitune: GRPO rewards: {why}", flush=True)
     args = args | {"include_num_input_tokens_seen": "no"}  # TRL logs GRPO's own token count ("num_tokens")
     config = GRPOConfig(**args, beta=cfg.beta, num_generations=num_generations(cfg, world_size()),
