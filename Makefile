@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test test-fast bench clean
 
@@ -18,10 +19,15 @@ $(STAMP): pyproject.toml requirements/torch.txt requirements/embedded.txt
 	$(BIN)/pip install -q --no-deps -r requirements/embedded.txt
 	touch $(STAMP)
 
+# The full test suite also runs the DeepSpeed configs (kept out of `make demo`'s install).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[test,deepspeed]"
+	touch $(TEST_STAMP)
+
 demo: install
 	$(BIN)/unitune demo
 
-test: install
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: install

@@ -1,0 +1,174 @@
+"""Scaling out, run for real on CPU processes (gloo): two torchrun nodes, the shipped FSDP and DeepSpeed ZeRO-2/3
+accelerate configs. Each run must leave a complete run folder whose adapter loads, and train exactly as one
+2-process DDP launcher does (same seed, same global batch of 4 rows, same data order)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+STEPS = 3
+# Ports 2955x: no other test uses them, so these tests can run beside the rest.
+PORTS = {"reference": 29550, "nodes": 29551, "fsdp": 29552, "deepspeed_zero2": 29553, "deepspeed_zero3": 29554}
+
+# FSDP on CPU processes: accelerate 1.15 turns ACCELERATE_USE_FSDP into DistributedType.FSDP only for GPU-like
+# device types (AcceleratorState.__init__); CPU processes stay MULTI_CPU, i.e. plain DDP, silently. torch 2.13 itself
+# shards on CPU with gloo (FSDP2 fully_shard), so this shim does the promotion accelerate skips, nothing else: the
+# plugin, wrapping, sharding, checkpointing and saving are accelerate's and transformers' own, from fsdp.yaml.
+FSDP_ON_CPU = '''
+import sys
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+
+_init = AcceleratorState.__init__
+
+
+def init(self, *args, fsdp_plugin=None, **kwargs):
+    _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+
+
+AcceleratorState.__init__ = init
+from unitune.cli import main
+
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def env(**extra):
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def train_args(model_dir, out):
+    """The run every launcher below trains: 3 steps of 2 rows per process, 2 processes."""
+    return ["train", "--method", "sft", "--model_name", str(model_dir), "--output_dir", str(out),
+            "--max_steps", str(STEPS), "--seed", "3", "--learning_rate", "1e-3", "--max_train_samples", "12",
+            "--lora_dropout", "0", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"]
+
+
+def run(cmd, log: Path, timeout=600):
+    with open(log, "w") as out:
+        done = subprocess.run(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+    assert done.returncode == 0, log.read_text()[-3000:]
+
+
+def losses(out: Path) -> list[float]:
+    return [e["loss"] for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
+
+
+def check_run(out: Path, model_dir: Path, reference: Path) -> None:
+    """A complete run folder of 2 processes whose adapter loads on the base and equals the reference's."""
+    for name in ("unitune_run.json", "trainer_state.json", "adapter_config.json", "adapter_model.safetensors",
+                 "generation_config.json", f"checkpoint-{STEPS}/trainer_state.json"):
+        assert (out / name).is_file(), f"{name} missing from {sorted(p.name for p in out.iterdir())}"
+    assert not list(out.glob(".*")), "temp files left by racing ranks"
+    record = read_json(out / "unitune_run.json")
+    assert record["hardware"]["world_size"] == 2 and record["global_step"] == STEPS
+    assert len(losses(out)) == STEPS
+    # Same ranks, same rows, same loss reduction as the DDP reference; only the summation order of the gradient
+    # reductions differs (ZeRO-3's reduce-scatter most: losses 1e-7 relative, LoRA tensors 5e-5 relative in norm).
+    # Training anything else (other rows, one rank's gradients only) moves both by far more than 1e-5 / 1e-3.
+    assert losses(out) == pytest.approx(losses(reference), rel=1e-5), (losses(out), losses(reference))
+    saved, expected = load_file(out / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert saved.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.linalg.norm(saved[key] - tensor) <= 1e-3 * torch.linalg.norm(tensor), key
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out)
+    loaded = get_peft_model_state_dict(model)
+    assert loaded.keys() == saved.keys()  # every saved tensor landed in a LoRA layer, none missing
+    assert any(tensor.abs().max() > 0 for key, tensor in loaded.items() if "lora_B" in key)  # trained, not init
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, tmp_path_factory):
+    """One torchrun launcher, 2 processes, DDP: what every other launcher must reproduce."""
+    out = tmp_path_factory.mktemp("scaling") / "reference"
+    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["reference"]),
+         "-m", "unitune", *train_args(tiny_model_dir, out)], out.with_suffix(".log"))
+    assert read_json(out / "unitune_run.json")["hardware"]["world_size"] == 2
+    return out
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_run(tiny_model_dir, reference, tmp_path):
+    """Two torchrun launchers (--nnodes 2, one process each) on 127.0.0.1 train one run into a shared folder."""
+    out = tmp_path / "nodes"
+    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
+    procs = []
+    for rank, log in enumerate(logs):
+        with open(log, "w") as handle:
+            procs.append(subprocess.Popen(
+                [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                 "--master_addr", "127.0.0.1", "--master_port", str(PORTS["nodes"]),
+                 "-m", "unitune", *train_args(tiny_model_dir, out)],
+                env=env(), stdout=handle, stderr=subprocess.STDOUT))
+    try:
+        codes = [proc.wait(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for code, log in zip(codes, logs):
+        assert code == 0, f"{log.name}:\n{log.read_text()[-3000:]}"
+    check_run(out, tiny_model_dir, reference)
+    # One writer: the run line comes from global rank 0 (node 0) only.
+    assert "unitune: run written" in logs[0].read_text() and "unitune: run written" not in logs[1].read_text()
+
+
+@pytest.mark.slow
+def test_fsdp_config_shards_two_cpu_processes(tiny_model_dir, reference, tmp_path):
+    """examples/accelerate/fsdp.yaml (FSDP2, transformer wrap, full state dict) on 2 CPU processes."""
+    shim, out = tmp_path / "fsdp_on_cpu.py", tmp_path / "fsdp"
+    shim.write_text(FSDP_ON_CPU)
+    # --mixed_precision no: the config's bf16 is for GPUs; on CPU unitune trains in fp32.
+    run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "examples/accelerate/fsdp.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(PORTS["fsdp"]),
+         str(shim), *train_args(tiny_model_dir, out)], tmp_path / "fsdp.log")
+    # Written only by accelerate's save_fsdp_model: FSDP, not a silent DDP fallback, trained this run.
+    assert list((out / f"checkpoint-{STEPS}").glob("pytorch_model_fsdp*")), "FSDP did not run"
+    check_run(out, tiny_model_dir, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_deepspeed_config_two_cpu_processes(name, tiny_model_dir, reference, tmp_path):
+    """The shipped ZeRO-2/3 configs on 2 CPU processes (DeepSpeed's CPU accelerator, gloo). The first run on a
+    machine JIT-compiles DeepSpeed's shared-memory all-reduce op (g++, ~2 min on 2 cores, cached after)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+    out = tmp_path / name
+    run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / f"examples/accelerate/{name}.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(PORTS[name]),
+         "-m", "unitune", *train_args(tiny_model_dir, out)], tmp_path / f"{name}.log")
+    # DeepSpeed's engine wrote a ZeRO checkpoint, partitioned over both ranks.
+    for rank in (0, 1):
+        assert (out / f"checkpoint-{STEPS}" / f"global_step{STEPS}" /
+                f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").is_file()
+    check_run(out, tiny_model_dir, reference)
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "cpu"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "examples" / "accelerate" / f"{name}.yaml"))
+    expected = {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED",
+                "deepspeed_zero3": "DEEPSPEED", "cpu": "MULTI_GPU"}[name]
+    assert str(config.distributed_type).endswith(expected) and config.num_processes >= 2
+    if name == "fsdp":  # FSDP2; a sharded state dict would leave the run folder without an adapter
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    if name.startswith("deepspeed"):
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
