@@ -190,6 +190,8 @@ def pair_row(row: dict, fmt: str) -> dict:
         # UltraFeedback repeats the prompt turn at the start of chosen/rejected: drop it there.
         if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
             shared = len(prompt)
+        elif shared and chosen[:shared][-len(prompt):] == prompt:  # after a system turn (or earlier turns): keep them
+            prompt = chosen[:shared]
         elif shared and chosen[:shared] != prompt:
             shared = 0
     else:

@@ -8,11 +8,14 @@ never built for prompt or padding tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .chat_format import chat_format
+from .errors import warn
 
 
 def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
@@ -164,14 +167,21 @@ def token_weighted(scored: list[tuple[float, int]]) -> float:
 
 
 def preference_metrics(chosen: list[float], rejected: list[float]) -> dict:
-    """Pairs where the chosen reply has the lower mean loss; ties count as wrong."""
+    """Pairs where the chosen reply has the lower mean loss; ties and pairs with a NaN loss count as wrong.
+    The average losses and their margin are over the pairs whose two losses are numbers (``preference_unscored``
+    counts the others)."""
     total = len(chosen)
     correct = sum(c < r for c, r in zip(chosen, rejected))
-    avg_chosen = sum(chosen) / total if total else None
-    avg_rejected = sum(rejected) / total if total else None
+    scored = [(c, r) for c, r in zip(chosen, rejected) if not (math.isnan(c) or math.isnan(r))]
+    if len(scored) < total:
+        warn(f"{total - len(scored)} of {total} preference pairs have a NaN loss (a reply with no scored tokens, or "
+             "a model that overflows); they count as wrong and are left out of the average losses")
+    avg_chosen = sum(c for c, _ in scored) / len(scored) if scored else None
+    avg_rejected = sum(r for _, r in scored) / len(scored) if scored else None
     return {
         "preference_correct": correct, "preference_total": total,
         "preference_accuracy": correct / total if total else None,
         "avg_chosen_loss": avg_chosen, "avg_rejected_loss": avg_rejected,
-        "loss_margin": avg_rejected - avg_chosen if total else None,
+        "loss_margin": avg_rejected - avg_chosen if scored else None,
+        "preference_unscored": total - len(scored),
     }
