@@ -12,6 +12,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; Hub paths are exercised against local folders
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# `make test-fast` (-m "not slow") stays under a minute: a test that trains (it uses one of these fixtures), starts
+# a process, a browser, converts a GGUF file or loads the real model is slow; `make test` runs everything.
+TRAINING_FIXTURES = {"tiny_args", "runs", "evaluated", "arch_dirs"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:

@@ -13,6 +13,8 @@ import pytest
 
 from unitune.report import write_report
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # Appended to a copy of the page: after load, count images that decoded to a real bitmap.

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import save_tiny, with_template
 from unitune.chat_format import chat_format
 from unitune.cli import main
@@ -20,6 +22,7 @@ def check(capsys, *argv):
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_bundled_dataset_all_six_splits(capsys, tiny_model_dir):
     code, out, _ = check(capsys, "--model_name", str(tiny_model_dir), "--json")
     assert code == 0
@@ -88,6 +91,7 @@ def test_truncation_counts_rows_not_replies(capsys, tiny_model_dir):
     assert 0 < truncated["rows"] <= 200 and truncated["max_cut"] > 0
 
 
+@pytest.mark.slow
 def test_show_tokens_json_segments_rebuild_each_row(capsys, tokenizer, tmp_path):
     """--show_tokens with --json: segments concatenate to exactly the rendered row, multi-byte characters split
     by byte-level tokens included; the trained text is the replies and their end-of-turn tokens."""

@@ -15,6 +15,7 @@ def test_one_example_per_method():
     assert sorted(p.stem for p in TRAIN) == sorted(["sft", "dpo", "orpo", "kto", "grpo"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", TRAIN, ids=lambda p: p.stem)
 def test_train_example_validates_and_plans(path, tiny_model_dir, tmp_path, capsys):
     cfg = parse_config(TrainConfig, ["--config", str(path)], "unitune train")

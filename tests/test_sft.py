@@ -48,10 +48,14 @@ def test_seed_snippet_loads_the_run(tiny_args, tmp_path):
     base_name = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
     base = AutoModelForCausalLM.from_pretrained(base_name)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    model = PeftModel.from_pretrained(base, out)
     inputs = tokenizer("What is 2 + 2?", return_tensors="pt")
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+    model = PeftModel.from_pretrained(base, out)
     generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+    with torch.no_grad():  # the adapter loaded onto the base and changes its outputs
+        assert not torch.allclose(model(**inputs).logits, base_logits)
 
 
 def test_prompt_tokens_carry_no_loss(tiny_model_dir, tokenizer, tmp_path):

@@ -1,12 +1,14 @@
 """Every model family trains and scores correctly: TRL's 34 shipped text chat templates on the embedded tokenizer,
 and seven architectures built from a config (fast: tiny random models)."""
 
+import math
 import re
 
 import pytest
 import torch
 
 from conftest import ARCHITECTURES, TEXT_TEMPLATES, read_json, save_tiny, tiny_config, with_template
+from test_sft import lora_b_norm
 from unitune.chat_format import chat_format
 from unitune.cli import main
 from unitune.errors import UserError
@@ -133,6 +135,7 @@ def test_every_template_trains_sft_and_dpo(name, tokenizer, tmp_path):
         assert read_json(tmp_path / method / "unitune_run.json")["chat_template"]["system_folded"] == (name == "gemma")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gemma", "glm4moe", "llama3_2"])
 def test_merge_keeps_the_end_of_turn_stop(name, tokenizer, tmp_path):
     tok = with_template(tokenizer, name)
@@ -201,7 +204,10 @@ def test_each_method_trains_each_architecture(arch, method, arch_dirs, tmp_path)
     assert main(["train", "--method", method, "--model_name", str(arch_dirs[arch]), "--output_dir", str(out),
                  "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                  "--max_train_samples", "4", *extra]) == 0
-    assert read_json(out / "trainer_state.json")["global_step"] == 1
+    losses = [e["loss"] for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
+    assert len(losses) == 1 and math.isfinite(losses[0])
+    if method != "grpo":  # GRPO's default rewards on a random model give no advantage, hence no update
+        assert lora_b_norm(out) > 0, "the step did not move the adapter"
 
 
 def test_readme_template_table_matches_code(tokenizer):
