@@ -37,6 +37,32 @@ def test_unknown_method_subprocess():
     assert "Traceback" not in proc.stderr
 
 
+def test_help_explains_every_command(capsys):
+    from unitune.cli import COMMANDS
+
+    for flag in ("--help", "-h"):
+        assert main([flag]) == 0
+        out = capsys.readouterr().out
+        for name, (_, summary) in COMMANDS.items():
+            assert f"  {name}" in out and summary in out
+        assert "unitune demo" in out and "unitune train --method dpo --dataset" in out and "unitune eval" in out
+    assert main([]) == 2 and "commands:" in capsys.readouterr().out  # no command: the help, and a failure
+
+
+def test_version_names_the_libraries(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"unitune {version('unitune')} (") and f"trl {version('trl')}" in out
+    assert f"torch {version('torch')}" in out and "peft" in out and "transformers" in out
+
+
+def test_unknown_command_points_to_help(capsys):
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian' (did you mean 'train'?)" in capsys.readouterr().err
+
+
 def test_debug_shows_traceback(capsys):
     from unitune.errors import UserError
 
@@ -258,3 +284,34 @@ def test_unusable_data(capsys, tiny_args, tmp_path, rows, message):
 def test_max_bad_rows_range(capsys, tiny_args):
     code, line = run_cli(capsys, tiny_args("sft", "--max_bad_rows", "5"))
     assert code == 2 and "--max_bad_rows must be a share in [0, 1], got 5.0" in line
+
+
+# ---- nothing lost, nothing surprising (issue 14)
+
+
+def test_default_rewards_count_for_weights(tiny_args, capsys):
+    """No --reward_funcs: the weights must match the defaults the data choose (accuracy, format)."""
+    assert main(tiny_args("grpo", "--reward_weights", "1", "--max_completion_length", "4",
+                          "--num_generations", "2")) == 2
+    assert "--reward_weights has 1 values but the rewards are accuracy, format" in capsys.readouterr().err
+
+
+def test_trl_rejection_is_one_line(tiny_args, capsys):
+    """A flag combination TRL's config refuses becomes one line, not a ValueError traceback."""
+    # GRPO evaluates with the micro-batch (1 prompt), which cannot hold the 2 generations of a group
+    assert main(tiny_args("grpo", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                          "--num_generations", "2", "--eval_split", "test_gen")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("unitune: error: TRL rejected these grpo settings:")
+    assert "divisible by the number of generations used for evaluation (2); change the flags it names" in err
+
+
+def test_resume_refuses_other_settings(capsys, tiny_args, tmp_path):
+    assert main(tiny_args("sft", "--save_steps", "1")) == 0
+    out = tmp_path / "sft_run"
+    code = main(tiny_args("sft", "--resume", "--max_steps", "3", "--per_device_train_batch_size", "4"))
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "the effective batch" in err and "it was trained with" in err
+    assert (out / "checkpoint-2").is_dir()
+    assert main(tiny_args("sft", "--resume_from_checkpoint", str(out / "checkpoint-2"), "--max_steps", "3")) == 0
+    assert read_json(out / "unitune_run.json")["global_step"] == 3

@@ -1,6 +1,7 @@
 """DPO, ORPO, KTO and GRPO: two steps each on the tiny model, data formats, rewards."""
 
 import json
+import re
 
 import pytest
 
@@ -187,20 +188,19 @@ def test_grpo_reward_model_is_weighted_with_the_functions(tiny_args, tiny_model_
     assert "rewards/length/mean" in logs[0] and any(k.startswith("rewards/scorer") for k in logs[0]), logs[0]
 
 
-def test_default_rewards_count_for_weights(tiny_args, capsys):
-    """No --reward_funcs: the weights must match the defaults the data choose (accuracy, format)."""
-    assert main(tiny_args("grpo", "--reward_weights", "1", "--max_completion_length", "4",
-                          "--num_generations", "2")) == 2
-    assert "--reward_weights has 1 values but the rewards are accuracy, format" in capsys.readouterr().err
-
-
-def test_trl_rejection_is_one_line(tiny_args, capsys):
-    """A flag combination TRL's config refuses becomes one line, not a ValueError traceback."""
-    # GRPO evaluates with the micro-batch (1 prompt), which cannot hold the 2 generations of a group
-    assert main(tiny_args("grpo", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "2",
-                          "--num_generations", "2", "--eval_split", "test_gen")) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("unitune: error: TRL rejected these grpo settings:") and "divisible by the number of generations used for evaluation (2); change" in err
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft", "dpo", "orpo", "kto", "grpo"])
+@pytest.mark.parametrize("steps", [["--max_steps", "2"], ["--num_train_epochs", "1.5"]], ids=["max_steps", "epochs"])
+def test_plan_line_matches_the_steps_taken(method, steps, tiny_model_dir, tmp_path, capsys):
+    """The plan's optimizer steps are the trainer's: KTO's pairs count twice, GRPO's batch counts completions."""
+    out = tmp_path / "run"
+    extra = ["--max_completion_length", "4", "--num_generations", "2"] if method == "grpo" else []
+    assert main(["train", "--method", method, "--model_name", str(tiny_model_dir), "--output_dir", str(out),
+                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+                 "--max_train_samples", "8", *steps, *extra]) == 0
+    planned = re.search(r"plan: .*?, (\d+) optimizer (step|steps) \(", capsys.readouterr().out)
+    assert planned and (planned.group(2) == "step") == (planned.group(1) == "1")
+    assert int(planned.group(1)) == read_json(out / "trainer_state.json")["global_step"]
 
 
 def test_grpo_num_generations_must_divide(tiny_args, capsys):

@@ -151,22 +151,58 @@ def _merge(argv: list[str], prog: str) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "check": _check, "report": _report, "merge": _merge, "demo": _demo}
+COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
+    "train": (_train, "fine-tune a model with SFT, DPO, ORPO, KTO or GRPO (LoRA, or QLoRA on 4-bit weights)"),
+    "eval": (_eval, "evaluate every run in a runs folder and the base model; write the results and a report"),
+    "check": (_check, "check a dataset before training: its format, the methods it feeds, token lengths, "
+                      "problems"),
+    "report": (_report, "write report.html and report.md from evaluation_results.json"),
+    "merge": (_merge, "merge a run's LoRA adapter into its base model: one safetensors model folder"),
+    "demo": (_demo, "the main job: train all five methods on the embedded model and bundled data, then "
+                    "evaluate and report"),
+}
+
+EXAMPLES = """examples:
+  unitune demo                                            # the whole pipeline, offline, on a CPU
+  unitune train --method dpo --dataset prefs.jsonl --output_dir runs/dpo
+  unitune eval --runs_dir runs                            # compare every run in runs/"""
+
+
+def usage(prog: str) -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: {prog} COMMAND [flags]", "",
+             "Post-train causal LMs with SFT, DPO, ORPO, KTO and GRPO, then evaluate and compare the runs.", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", EXAMPLES, "", "options:", "  -h, --help  this help", "  --version   unitune's version and the "
+              "libraries it runs on", "",
+              f"`{prog} COMMAND --help` lists a command's flags; the README explains every command and output."]
+    return "\n".join(lines)
+
+
+def version_line() -> str:
+    from .runs import library_versions
+
+    found = library_versions()
+    libs = ", ".join(f"{name} {found[name] or 'not installed'}" for name in ("trl", "peft", "transformers", "torch"))
+    return f"unitune {found['unitune']} ({libs})"
 
 
 def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        names = ", ".join(COMMANDS)
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"unitune: error: unknown command '{argv[0]}'{closest(argv[0], COMMANDS)}; "
-                  f"use one of: {names}", file=sys.stderr)
-            return 2
-        print(f"usage: {prog} {{{names}}} [flags]   (`{prog} COMMAND --help` lists the flags)")
+    if argv and argv[0] == "--version":
+        print(version_line())
+        return 0
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(prog))
         return 0 if argv else 2
-    return run_command(COMMANDS[argv[0]], argv[1:], f"{prog} {argv[0]}", debug)
+    if argv[0] not in COMMANDS:
+        print(f"unitune: error: unknown command '{argv[0]}'{closest(argv[0], COMMANDS)}; "
+              f"use one of: {', '.join(COMMANDS)} (see `{prog} --help`)", file=sys.stderr)
+        return 2
+    return run_command(COMMANDS[argv[0]][0], argv[1:], f"{prog} {argv[0]}", debug)
 
 
 def run_command(command, argv: list[str], prog: str, debug: bool) -> int:

@@ -50,13 +50,34 @@ def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, 
     return spec.module.prepare(ds, fmt, cfg, tokenizer)
 
 
-def planned_steps(cfg: TrainConfig, rows: int) -> int:
-    """Optimizer steps the Trainer will take (its own formula: micro-batches per epoch, then accumulation)."""
-    if cfg.max_steps:
-        return cfg.max_steps
-    micro = math.ceil(rows / (cfg.per_device_train_batch_size * world_size()))
-    per_epoch = max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)
-    return math.ceil(cfg.num_train_epochs * per_epoch)
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def steps_per_epoch(cfg: TrainConfig, examples: int) -> int:
+    """Optimizer steps per epoch over ``examples`` (what the trainer iterates), by the trainers' own formulas.
+
+    Most methods: micro-batches per process, then accumulation, rounded up. GRPO: its batch counts completions,
+    so a step takes batch x accumulation x processes / num_generations prompts, and TRL's sampler drops a last
+    partial group of prompts.
+    """
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
+    if METHODS[cfg.method].samples_completions:
+        from .methods.grpo import num_generations
+
+        prompts = batch // num_generations(cfg, world_size())
+        if examples < prompts:
+            raise UserError(f"GRPO takes {prompts} prompts per optimizer step (batch x accumulation x processes / "
+                            f"num_generations) but the data have {examples}; use more rows or a smaller batch")
+        return examples // prompts
+    micro = math.ceil(examples / (cfg.per_device_train_batch_size * world_size()))
+    return max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)
+
+
+def planned_steps(cfg: TrainConfig, examples: int) -> int:
+    """Optimizer steps the trainer will take: --max_steps, else the epochs times steps_per_epoch."""
+    per_epoch = steps_per_epoch(cfg, examples)  # also checks GRPO has a full group of prompts
+    return cfg.max_steps or math.ceil(cfg.num_train_epochs * per_epoch)
 
 
 def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
@@ -101,7 +122,7 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per
     """
     budget = cfg.max_batch_tokens if cfg.max_batch_tokens is not None else (
         CPU_SFT_BATCH_TOKENS if hw.device == "cpu" and cfg.method == "sft" else 0)
-    if not budget or not longest or not bytes_per_token or cfg.method == "grpo":
+    if not budget or not longest or not bytes_per_token or METHODS[cfg.method].samples_completions:
         return cfg
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     fold = max((k for k in range(1, accum + 1) if accum % k == 0
@@ -164,13 +185,18 @@ def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, token
     return trainer
 
 
-def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, split: str, out: Path, lengths: dict) -> None:
-    steps = planned_steps(cfg, rows)
+def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, examples: int, split: str, out: Path,
+               lengths: dict) -> None:
+    """The plan: rows, optimizer steps over the ``examples`` the trainer iterates, batch, lr, output; lengths."""
+    steps = planned_steps(cfg, examples)
     merged = (f", merged from {given.per_device_train_batch_size} x {given.gradient_accumulation_steps} to fit "
               f"--max_batch_tokens" if cfg is not given else "")
-    print(f"unitune: plan: {cfg.method} on {rows} rows of '{split}', {steps} optimizer steps "
-          f"(batch {cfg.per_device_train_batch_size} x accumulation {cfg.gradient_accumulation_steps} x "
-          f"{world_size()} process(es){merged}), lr {cfg.learning_rate:g}, output {out}")
+    unit = " completions" if METHODS[cfg.method].samples_completions else ""
+    seen = f" ({examples} examples)" if examples != rows else ""
+    print(f"unitune: plan: {cfg.method} on {plural(rows, 'row')} of '{split}'{seen}, "
+          f"{plural(steps, 'optimizer step')} (batch {cfg.per_device_train_batch_size}{unit} x accumulation "
+          f"{cfg.gradient_accumulation_steps} x {plural(world_size(), 'process')}{merged}), lr {cfg.learning_rate:g}, "
+          f"output {out}")
     print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
     cut = lengths["truncated"]
     if cut["rows"]:
@@ -245,8 +271,8 @@ def run_training(cfg: TrainConfig) -> Path:
     cfg, hw = fit_memory(cfg, hw, lengths, source)
     if hw is not chosen:
         print(hw.line(), flush=True)
-    print_plan(cfg, given, len(raw), split, out, lengths)
     train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
+    print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
     eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
                              tokenizer)
                if cfg.eval_split else None)

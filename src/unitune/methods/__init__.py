@@ -21,6 +21,7 @@ class MethodSpec:
     split: str  # its natural split in UltraFeedback-style datasets
     beta: float | None  # default --beta, None when the method has none
     summary: str
+    samples_completions: bool = False  # its batch counts sampled completions (num_generations per prompt), not rows
 
     @property
     def module(self) -> ModuleType:
@@ -35,5 +36,5 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("orpo", _PAIRS, 8e-6, "train_prefs", 0.1, "odds-ratio preference optimisation, no reference"),
     MethodSpec("kto", ("unpaired", *_PAIRS), 5e-5, "train_prefs", 0.1, "Kahneman-Tversky optimisation"),
     MethodSpec("grpo", ("prompt_only", "preference", "prompt_completion", "unpaired", "conversational"), 5e-5,
-               "train_gen", 0.0, "group relative policy optimisation with reward functions"),
+               "train_gen", 0.0, "group relative policy optimisation with reward functions", samples_completions=True),
 ]}
