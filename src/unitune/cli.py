@@ -151,6 +151,14 @@ def _merge(argv: list[str], prog: str) -> int:
     return 0
 
 
+def _env(argv: list[str], prog: str) -> int:
+    _Parser(prog=prog, description="Print the environment for bug reports.").parse_args(argv)
+    from .env import report
+
+    print(report())
+    return 0
+
+
 COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
     "train": (_train, "fine-tune a model with SFT, DPO, ORPO, KTO or GRPO (LoRA, or QLoRA on 4-bit weights)"),
     "eval": (_eval, "evaluate every run in a runs folder and the base model; write the results and a report"),
@@ -160,6 +168,7 @@ COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
     "merge": (_merge, "merge a run's LoRA adapter into its base model: one safetensors model folder"),
     "demo": (_demo, "the main job: train all five methods on the embedded model and bundled data, then "
                     "evaluate and report"),
+    "env": (_env, "print versions (against the tested ones), devices, CPU flags and caches, for bug reports"),
 }
 
 EXAMPLES = """examples:
