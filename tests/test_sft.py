@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -85,3 +86,24 @@ def test_dry_run_trains_nothing(tiny_args, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "plan: sft on 8 rows of 'train_sft', 2 optimizer steps" in out and "tokens per epoch" in out
     assert not (tmp_path / "sft_run").exists()
+
+
+@pytest.mark.slow
+def test_library_noise_stays_out_unless_verbose(tiny_model_dir, tmp_path):
+    """Library warnings and weight-loading bars are hidden by default; --verbose shows them; unitune's lines stay."""
+    import os
+    import subprocess
+    import sys
+
+    def run(*extra):
+        cmd = [sys.executable, "-m", "unitune", "train", "--method", "sft", "--model_name", str(tiny_model_dir),
+               "--output_dir", str(tmp_path / f"run{len(extra)}"), "--max_steps", "1", "--max_train_samples", "4",
+               *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout + done.stderr
+
+    quiet, verbose = run(), run("--verbose")
+    for noise in ("FutureWarning", "Loading weights"):
+        assert noise not in quiet and noise in verbose, noise
+    assert "unitune: plan:" in quiet and "unitune: run written to" in quiet

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 import warnings
@@ -200,7 +201,8 @@ def version_line() -> str:
 def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    verbose = debug or "--verbose" in argv
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]
     if argv and argv[0] == "--version":
         print(version_line())
         return 0
@@ -211,15 +213,30 @@ def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
         print(f"unitune: error: unknown command '{argv[0]}'{closest(argv[0], COMMANDS)}; "
               f"use one of: {', '.join(COMMANDS)} (see `{prog} --help`)", file=sys.stderr)
         return 2
+    if not verbose:
+        quiet_libraries(loads_models=argv[0] not in ("report", "env"))
     return run_command(COMMANDS[argv[0]][0], argv[1:], f"{prog} {argv[0]}", debug)
+
+
+def quiet_libraries(loads_models: bool) -> None:
+    """Keep library chatter out of unitune's output (``--verbose`` keeps it): Python warnings from libraries
+    (deprecations of arguments we set on purpose), transformers' info logs and its weight loading/saving bars,
+    bitsandbytes failing to fetch an optional CPU kernel from the Hub. unitune's own warnings are printed lines,
+    not Python warnings, so they stay; so do the training, evaluation and data preparation bars. In a log file
+    (stdout not a terminal) tqdm bars refresh every 30 s instead of many times a second."""
+    warnings.simplefilter("ignore")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    if not sys.stdout.isatty():
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
+    if loads_models:  # importing transformers costs seconds: only for the commands that load it anyway
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()  # its weight loading/saving bars; Hub downloads keep theirs
 
 
 def run_command(command, argv: list[str], prog: str, debug: bool) -> int:
     """Run one command; user errors print as one line (traceback only with --debug)."""
-    # Library deprecation chatter about arguments we set on purpose; not actionable for users.
-    warnings.filterwarnings("ignore", message=".*deprecated and will be removed in v6.*")
-    # bitsandbytes tries to fetch an optional CPU kernel from the Hub at import and logs when it cannot.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     try:
         return command(argv, prog)
     except UserError as err:
