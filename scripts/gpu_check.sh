@@ -20,6 +20,10 @@ elif ! "$BIN/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_availabl
   echo "gpu_check: no CUDA device visible to torch; run this on a GPU machine" >&2
   exit 2
 fi
+case "$(realpath -m "$OUT")" in
+  /|"$HOME"|"$PWD") echo "gpu_check: refusing OUT_DIR=$OUT (it is replaced each time); pick a folder of its own" >&2
+    exit 2 ;;
+esac
 rm -rf "$OUT" && mkdir -p "$LOG"
 "$BIN/python" -c "import torch; p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None; \
 print(f'gpu_check: {p.name if p else \"CPU (smoke test)\"}, torch {torch.__version__}, CUDA {torch.version.cuda}')"

@@ -116,6 +116,9 @@ def test_discovery(tmp_path):
                                                            '"global_step": 7}')
     (tmp_path / "killed").mkdir()
     (tmp_path / "killed" / "checkpoint-2").mkdir()
+    shutil.copytree(tmp_path / "mine", tmp_path / "mine.old-20261129-101010")  # moved aside: not compared
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "unitune_run.json").write_text("[1, 2")  # unreadable record, no adapter: not a run
     entries, skipped = discover(EvalConfig(runs_dir=str(tmp_path)))
     assert [(e.name, e.method, e.base_model) for e in entries] == [("dpo_x", "dpo", "b"), ("mine", "kto", "c")]
     assert skipped["stopped"]["status"] == "interrupted" and "at step 7" in skipped["stopped"]["skipped"]

@@ -100,7 +100,8 @@ class TrainConfig:
                                                "path/file.py:function or package.module:function")
     reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model")
     reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
-    overwrite_output_dir: bool = opt(False, "train into an output_dir that already holds a finished run")
+    overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
+                                            "aside to <output_dir>.old-<timestamp>, never deleted")
     resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
     resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
     dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train",

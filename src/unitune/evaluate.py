@@ -21,7 +21,7 @@ from .errors import UserError, warn
 from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
-from .lifecycle import FINISHED, run_status, status_line
+from .lifecycle import ASIDE, FINISHED, run_status, status_line
 from .runs import RUN_FILE, adapter_base, read_run, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 from .tasks import check_answer
@@ -51,6 +51,10 @@ def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         status = run_status(folder)
         if status is None:
+            continue
+        if ASIDE in folder.name:  # kept by --overwrite_output_dir, not a run to compare
+            print(f"unitune eval: skipping {folder.name}: a previous run moved aside by --overwrite_output_dir",
+                  flush=True)
             continue
         if status != FINISHED:
             skipped[folder.name] = {"skipped": f"the run is {status_line(folder)}", "status": status,
@@ -160,9 +164,11 @@ class RewardPlan:
 def reward_plan(entries: list[Entry], cfg: EvalConfig) -> RewardPlan:
     """--reward_funcs given here, else the first GRPO run's own rewards. Code a run record names (a file or a module)
     is imported only with --trust_reward_code: a runs folder someone sent must not run their Python."""
-    from .rewards import BUILTINS
+    from .rewards import BUILTINS, load_reward
 
     if cfg.reward_funcs:
+        for name in cfg.reward_funcs:  # a bad name fails now, not after every entry has generated
+            load_reward(name)
         return RewardPlan(cfg.reward_funcs, every_entry=True)
     for entry in entries:
         if entry.method == "grpo":

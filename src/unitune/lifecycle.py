@@ -27,14 +27,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def run_status(folder: Path) -> str | None:
-    """finished / running / interrupted / failed; None when the folder holds no run. A record without a status was
-    written by unitune before statuses existed, at the end of a run: finished."""
+ASIDE = ".old-"  # <output_dir>.old-<timestamp>: a run --overwrite_output_dir moved aside
+
+
+def record_of(folder: Path) -> dict | None:
+    """The run record, None when there is none; {} when it cannot be read or is not a JSON object."""
     try:
         record = read_run(folder)
     except (OSError, ValueError):
-        record = None
-    if record is not None:
+        return {}
+    return record if isinstance(record, dict) or record is None else {}
+
+
+def run_status(folder: Path) -> str | None:
+    """finished / running / interrupted / failed; None when the folder holds no run. A record without a status was
+    written by unitune before statuses existed, at the end of a run: finished."""
+    record = record_of(folder)
+    if record:
         return record.get("status", FINISHED)
     if (folder / "adapter_config.json").exists():
         return FINISHED
@@ -43,7 +52,7 @@ def run_status(folder: Path) -> str | None:
 
 def status_line(folder: Path) -> str:
     """Why a run is not finished, for the evaluator's and report's skip lines."""
-    record = read_run(folder) or {}
+    record = record_of(folder) or {}
     status = run_status(folder)
     if status == "failed":
         return f"failed: {record.get('error', 'unknown error')}"
@@ -73,17 +82,32 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
             raise UserError(f"--output_dir {out} is {protected_folders()[out.resolve()]}; train into a folder of "
                             "its own")
         if is_main_process():
-            aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(out, aside)
-            print(f"unitune: moved the previous run in {out} aside to {aside} (nothing deleted)", flush=True)
+            move_aside(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".unitune-write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        if is_main_process():  # the other ranks' files would race rank 0's move
+            probe = out / f".unitune-write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to --output_dir {out} ({err.strerror}); choose a writable folder") from None
     return out
+
+
+def move_aside(out: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = out.with_name(f"{out.name}{ASIDE}{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}{ASIDE}{stamp}-{n}")
+    try:
+        os.replace(out, aside)
+    except OSError as err:
+        raise UserError(f"cannot move the previous run in {out} aside to {aside} ({err.strerror}); move it yourself "
+                        "or choose another --output_dir") from None
+    print(f"unitune: moved the previous run in {out} aside to {aside} (nothing deleted)", flush=True)
+    return aside
 
 
 def checkpoint_complete(folder: Path) -> bool:
@@ -119,21 +143,26 @@ def resume_target(resume: bool, resume_from_checkpoint: str | None, out: Path) -
     raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh")
 
 
-RESUME_KEYS = {"method": "--method", "base_model": "--model_name", "dataset": "--dataset",
-               "train_split": "--split", "effective_batch": "the effective batch (batch x accumulation x processes)"}
+def resume_signature(record: dict) -> dict:
+    """What must not change between a checkpoint and the command that continues it, by the flag that sets it:
+    settings as the user gave them (a resolved path differs across machines and installs)."""
+    settings = record.get("settings") or {}
+    return {"--method": record.get("method"), "--model_name": record.get("model_name"),
+            "--dataset": settings.get("dataset"), "--split": record.get("train_split"),
+            "--max_train_samples (rows)": record.get("train_rows"), "--seed": settings.get("seed"),
+            "--lora_r": settings.get("lora_r"), "--lora_alpha": settings.get("lora_alpha"),
+            "--max_length": settings.get("max_length"),
+            "the effective batch (batch x accumulation x processes)": record.get("effective_batch")}
 
 
 def check_resume_matches(checkpoint: str, record: dict) -> None:
     """Refuse to continue a checkpoint written by a run with other settings: its steps would mean something else."""
-    folder = Path(checkpoint).parent
-    try:
-        before = read_run(folder) or {}
-    except (OSError, ValueError):
-        before = {}
-    for key, flag in RESUME_KEYS.items():
-        if key in before and before[key] != record[key]:
-            raise UserError(f"cannot resume {checkpoint}: it was trained with {flag} {before[key]}, this command has "
-                            f"{record[key]}; use the original settings, or --overwrite_output_dir to start again")
+    before = record_of(Path(checkpoint).parent) or {}
+    now = resume_signature(record)
+    for flag, value in resume_signature(before).items():
+        if value is not None and now[flag] != value:
+            raise UserError(f"cannot resume {checkpoint}: it was trained with {flag} {value}, this command has "
+                            f"{now[flag]}; use the original settings, or --overwrite_output_dir to start again")
 
 
 class GracefulStop(TrainerCallback):
@@ -143,9 +172,14 @@ class GracefulStop(TrainerCallback):
     only one got the signal.
     """
 
-    def __init__(self):
+    DUPLICATE_WITHIN = 3.0  # seconds: SLURM signals every process of a step and torchrun forwards it again
+
+    def __init__(self, resume_hint: str = "run the same command with --resume to continue"):
         self.signal: int | None = None
+        self.received = 0.0
         self.stopped_at: int | None = None
+        self.finished = False
+        self.resume_hint = resume_hint
         self._previous: dict = {}
 
     def install(self) -> None:
@@ -159,8 +193,10 @@ class GracefulStop(TrainerCallback):
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:
+            if time.monotonic() - self.received < self.DUPLICATE_WITHIN:
+                return  # the same stop, delivered twice (SLURM + torchrun)
             os._exit(EXIT_CODES[signal.Signals(signum)])
-        self.signal = signum
+        self.signal, self.received = signum, time.monotonic()
         print(f"\nunitune: {signal.Signals(signum).name}: finishing this step and saving a checkpoint (send it again "
               "to stop at once)", file=sys.stderr, flush=True)
 
@@ -179,16 +215,18 @@ class GracefulStop(TrainerCallback):
         if agreed:
             self.signal = self.signal or agreed
             self.stopped_at = state.global_step
-            control.should_save = True
+            self.finished = state.global_step >= state.max_steps  # the last step: the run is complete anyway
+            control.should_save = control.should_save or not self.finished
+            control.should_evaluate = False  # the grace period is for the checkpoint
             control.should_training_stop = True
         return control
 
     def outcome(self, out: Path) -> Interrupted | None:
-        if self.stopped_at is None:
+        if self.stopped_at is None or self.finished:
             return None
         name = signal.Signals(self.signal).name
         return Interrupted(f"{name}: stopped at step {self.stopped_at} with a checkpoint in "
-                           f"{out / f'checkpoint-{self.stopped_at}'}; run the same command with --resume to continue",
+                           f"{out / f'checkpoint-{self.stopped_at}'}; {self.resume_hint}",
                            EXIT_CODES[signal.Signals(self.signal)])
 
 

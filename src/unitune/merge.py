@@ -26,6 +26,12 @@ def run_base(run: Path) -> str:
     return base
 
 
+def is_model_folder(folder: Path) -> bool:
+    """What an earlier merge wrote: a model's config and weights, no sub-folders (runs, checkpoints, anything else)."""
+    return ((folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+            and not any(p.is_dir() for p in folder.iterdir()))
+
+
 def merge_run(cfg: MergeConfig) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -36,8 +42,12 @@ def merge_run(cfg: MergeConfig) -> Path:
     guard_output(out, "--output", run)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; pass a folder path")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output")
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output")
+        if not is_model_folder(out):
+            raise UserError(f"--output {out} is not a merged model (config.json and *.safetensors, no sub-folders); "
+                            "--overwrite replaces only an earlier merge: choose a new folder for --output")
     base = resolve_model(run_base(run))
     print(f"unitune merge: {base} + {run} -> {out} ({cfg.dtype})", flush=True)
     # Merge in fp32 (exact for an fp32 base), then cast once for saving.

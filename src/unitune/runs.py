@@ -17,9 +17,14 @@ LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "acc
 
 
 def umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    """The process umask, read without changing it (os.umask would set it for a moment, racing other threads)."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("Umask:"))
+        return int(line.split()[1], 8)
+    except (OSError, StopIteration, ValueError):  # no /proc (macOS): the set-and-restore way
+        current = os.umask(0)
+        os.umask(current)
+        return current
 
 
 def public_mode(path: Path, folder: bool = False) -> None:

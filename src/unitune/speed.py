@@ -24,12 +24,16 @@ TESTED_TRL = "1.16.0"  # compact_lm_head replaces a private TRL function: only t
 
 
 @contextlib.contextmanager
-def compact_lm_head():
-    """While the block runs, TRL's fused LM head skips positions without a label on CPU too; restored after."""
+def compact_lm_head(device: str = "cpu"):
+    """While the block runs, TRL's fused LM head skips positions without a label on CPU too; restored after.
+    Elsewhere TRL already takes the compact path: nothing to patch."""
     import trl
     import trl.trainer.utils as trl_utils
 
-    if trl.__version__ != TESTED_TRL:
+    if device != "cpu":
+        yield
+        return
+    if trl.__version__.split("+")[0] != TESTED_TRL:
         raise UserError(f"unitune's CPU speed-up was measured on trl {TESTED_TRL}, found trl {trl.__version__}; "
                         f"install trl=={TESTED_TRL} (`pip install trl=={TESTED_TRL}`)")
     original = trl_utils._use_triton

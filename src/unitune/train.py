@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,12 +173,20 @@ def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> 
     )
 
 
+def raised_by_a_config(err: BaseException) -> bool:
+    """Whether a TRL/transformers config class (its __post_init__ checks) raised ``err``."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).name.endswith(("_config.py", "training_args.py"))
+
+
 def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, tokenizer, train_ds, eval_ds, out: Path):
     """The method's TRL trainer; TRL's rejections of a flag combination become one line."""
     try:
         trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
                                     training_args(cfg, hw, out, eval_ds is not None))
     except ValueError as err:
+        if not raised_by_a_config(err):  # data or model errors inside the trainer keep their own message
+            raise
         first = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise UserError(f"TRL rejected these {cfg.method} settings: {first}; change the flags it names") from None
     if hw.device == "cpu":
@@ -285,17 +294,19 @@ def run_training(cfg: TrainConfig) -> Path:
     if resume:
         check_resume_matches(resume, record)
     record = write_status(out, record, "running")
-    stop = GracefulStop()
+    stop = GracefulStop("run the same command with --resume" + (" instead of --overwrite_output_dir"
+                                                               if cfg.overwrite_output_dir else "") + " to continue")
     try:
         train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop)
     except Interrupted:
+        end_process_group()
         raise
-    except BaseException as err:
+    except BaseException as err:  # the process group is left alone: peers may be stuck in a collective
         write_status(out, record, "failed", error=one_line(err))
         raise
     finally:
         stop.restore()
-        end_process_group()
+    end_process_group()
     return out
 
 
@@ -313,7 +324,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
     trainer.add_callback(stop)
     stop.install()
     started = time.time()
-    with compact_lm_head():  # only while our trainer runs
+    with compact_lm_head(hw.device):  # only while our trainer runs
         trainer.train(resume_from_checkpoint=resume)
         wall = time.time() - started
         interrupted = stop.outcome(out)
@@ -321,7 +332,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
             write_status(out, record, "interrupted", global_step=trainer.state.global_step,
                          wall_time_seconds=round(wall, 2))
             raise interrupted
-        if eval_ds is not None:
+        if eval_ds is not None and stop.signal is None:  # a stop asked for during the last step skips it
             trainer.evaluate()  # the final eval loss lands in trainer_state.json
     if trainer.is_fsdp_enabled:  # the Trainer saves no adapter from a sharded state dict
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
