@@ -15,6 +15,12 @@ TABLE_KEYS = ("method", "test_loss", "perplexity", "preference_accuracy", "loss_
               "mean_reward", "initial_train_loss", "final_train_loss", "final_eval_loss", "total_steps",
               "training_time_seconds")
 BAR_KEYS = ("test_loss", "perplexity", "preference_accuracy", "loss_margin", "task_accuracy", "mean_reward")
+# Which way is better, for the table headers, the bold best values and the chart titles.
+LOWER, HIGHER = "↓ lower is better", "↑ higher is better"
+DIRECTION = {"test_loss": LOWER, "perplexity": LOWER, "preference_accuracy": HIGHER, "loss_margin": HIGHER,
+             "task_accuracy": HIGHER, "mean_reward": HIGHER, "final_train_loss": LOWER, "final_eval_loss": LOWER}
+# The training logs overlaid on one axis per key (runs differ in steps, so against progress, 0-100%).
+OVERLAY_KEYS = (("loss", "training loss", LOWER), ("eval_loss", "eval loss", LOWER), ("reward", "reward", HIGHER))
 
 
 def load_results(path: Path) -> dict:
@@ -71,11 +77,8 @@ def _png(fig) -> str:
 
 
 def loss_curves(entries: list[tuple[str, dict]]) -> str | None:
-    runs = []
-    for name, result in entries:
-        state = Path(result.get("model_path") or "") / "trainer_state.json"
-        if name != "base" and state.is_file():
-            runs.append((name, json.loads(state.read_text()).get("log_history", [])))
+    """One panel per run, against its own steps (below the overlay)."""
+    runs = run_histories(entries)
     if not runs:
         return None
     plt = _pyplot()
@@ -98,6 +101,41 @@ def loss_curves(entries: list[tuple[str, dict]]) -> str | None:
     return data
 
 
+def run_histories(entries: list[tuple[str, dict]]) -> list[tuple[str, list[dict]]]:
+    """Each run's log_history from its trainer_state.json (the base and runs without one are left out)."""
+    runs = []
+    for name, result in entries:
+        state = Path(result.get("model_path") or "") / "trainer_state.json"
+        if name != "base" and state.is_file():
+            runs.append((name, json.loads(state.read_text()).get("log_history", [])))
+    return runs
+
+
+def loss_overlay(entries: list[tuple[str, dict]]) -> str | None:
+    """One chart per logged key (training loss, eval loss, GRPO reward) with every run on it, against progress."""
+    runs = run_histories(entries)
+    keys = [(key, title, way) for key, title, way in OVERLAY_KEYS
+            if any(key in e for _, history in runs for e in history)]
+    if not keys:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.2), squeeze=False)
+    for ax, (key, title, way) in zip(axes.flat, keys):
+        for name, history in runs:
+            points = [(e["step"], e[key]) for e in history if key in e and "step" in e]
+            last = max((e.get("step", 0) for e in history), default=0) or 1
+            if points:
+                ax.plot([100 * s / last for s, _ in points], [v for _, v in points], "o-" if len(points) < 4 else "-",
+                        label=name, markersize=3)
+        ax.set_title(f"{title} ({way})", fontsize=10)
+        ax.set_xlabel("training progress (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    data = _png(fig)
+    plt.close(fig)
+    return data
+
+
 def metric_bars(entries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
     plt = _pyplot()
     charts = []
@@ -108,7 +146,7 @@ def metric_bars(entries: list[tuple[str, dict]]) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(max(3.5, 0.7 * len(points) + 1.2), 2.6))
         colors = ["#888888" if name == "base" else "#3b75af" for name, _ in points]
         ax.bar([n for n, _ in points], [v for _, v in points], color=colors)
-        ax.set_title(key.replace("_", " "))
+        ax.set_title(f"{key.replace('_', ' ')} ({DIRECTION[key]})", fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         fig.tight_layout()
         charts.append((key, _png(fig)))
@@ -126,16 +164,60 @@ def markdown_table(entries: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def best_values(entries: list[tuple[str, dict]]) -> dict[str, float]:
+    """The best value of each column that has a direction, over the evaluated entries."""
+    best = {}
+    for key, way in DIRECTION.items():
+        values = [r[key] for _, r in entries if not not_evaluated(r) and isinstance(r.get(key), (int, float))]
+        if values:
+            best[key] = min(values) if way == LOWER else max(values)
+    return best
+
+
 def html_table(entries: list[tuple[str, dict]]) -> str:
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in ("run", *TABLE_KEYS))
+    def header(key: str) -> str:
+        way = DIRECTION.get(key)
+        return (f"<th title='{way}'>{html.escape(key)} {way[0]}</th>" if way else f"<th>{html.escape(key)}</th>")
+
+    best = best_values(entries)
+    head = "<th>run</th>" + "".join(header(k) for k in TABLE_KEYS)
     body = []
     for name, result in entries:
         if not_evaluated(result):
             cells = f"<td colspan='{len(TABLE_KEYS)}' class='error'>{html.escape(not_evaluated(result))}</td>"
         else:
-            cells = "".join(f"<td>{html.escape(fmt(result.get(k)))}</td>" for k in TABLE_KEYS)
-        body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            cells = "".join(f"<td class='best'>{html.escape(fmt(result.get(k)))}</td>"
+                            if k in best and result.get(k) == best[k] else f"<td>{html.escape(fmt(result.get(k)))}</td>"
+                            for k in TABLE_KEYS)
+        label = f"{html.escape(name)} <small>(before training)</small>" if name == "base" else html.escape(name)
+        body.append(f"<tr{' class=base' if name == 'base' else ''}><th>{label}</th>{cells}</tr>")
+    return (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+            "<p class='note'>↓ lower is better, ↑ higher is better; the best value of each is in bold.</p>")
+
+
+def settings_sections(entries: list[tuple[str, dict]]) -> str:
+    """A collapsible block per run with the settings that made it differ, from its unitune_run.json."""
+    blocks = []
+    for name, result in entries:
+        path = Path(result.get("model_path") or "") / "unitune_run.json"
+        if name == "base" or not path.is_file():
+            continue
+        try:
+            record = json.loads(path.read_text())
+            settings, hardware = record.get("settings") or {}, record.get("hardware") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        rows = {"method": record.get("method"), "base model": record.get("model_name") or record.get("base_model"),
+                "dataset": f"{settings.get('dataset') or record.get('dataset')} ({record.get('train_split')}, "
+                           f"{record.get('train_rows')} rows)",
+                "learning rate": settings.get("learning_rate"), "effective batch": record.get("effective_batch"),
+                "steps": record.get("global_step"), "LoRA r / alpha / dropout":
+                    f"{settings.get('lora_r')} / {settings.get('lora_alpha')} / {settings.get('lora_dropout')}",
+                "dtype / QLoRA": f"{hardware.get('dtype')} / {hardware.get('qlora')}",
+                "wall time (s)": record.get("wall_time_seconds")}
+        cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(fmt(v))}</td></tr>" for k, v in rows.items())
+        blocks.append(f"<details><summary>{html.escape(name)}</summary><table>{cells}</table></details>")
+    return "".join(blocks) or "<p>No run records.</p>"
 
 
 def samples_table(entries: list[tuple[str, dict]]) -> str:
@@ -149,27 +231,33 @@ def samples_table(entries: list[tuple[str, dict]]) -> str:
         cells = "".join(f"<td><pre>{html.escape(r['generation_samples'][i]['response'])}</pre></td>"
                         if i < len(r["generation_samples"]) else "<td></td>" for _, r in good)
         rows.append(f"<tr><td><pre>{html.escape(prompt)}</pre></td>{cells}</tr>")
-    return f"<table class='samples'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return (f"<div class='scroll'><table class='samples'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}"
+            "</tbody></table></div>")
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;
 margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-pre{white-space:pre-wrap;margin:0;max-width:28em}.error{color:#b00}.charts img{margin:4px;border:1px solid #eee}"""
+pre{white-space:pre-wrap;margin:0;max-width:28em}.error{color:#b00}.charts img{margin:4px;border:1px solid #eee;
+max-width:100%}.scroll{overflow-x:auto;max-width:100%}.best{font-weight:bold}tr.base{background:#f3f3f3}
+.note{color:#555;font-size:13px}details{margin:.3em 0}summary{cursor:pointer}"""
 
 
 def write_report(runs_dir: str, results_path: str | None = None) -> Path:
     runs = Path(runs_dir)
     results = load_results(Path(results_path) if results_path else runs / "evaluation_results.json")
     entries = ordered(results)
-    curves = loss_curves(entries)
+    overlay, curves = loss_overlay(entries), loss_curves(entries)
     bars = metric_bars(entries)
-    images = ([f"<img alt='loss curves' src='data:image/png;base64,{curves}'>"] if curves else []) + [
-        f"<img alt='{key}' src='data:image/png;base64,{data}'>" for key, data in bars]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unitune report</title><style>{STYLE}</style>"
-            f"</head><body><h1>unitune report</h1><p>{len(entries)} entries from {html.escape(str(runs))}; "
-            "the grey bar is the base model.</p><h2>Metrics</h2>" + html_table(entries) +
+    images = ([f"<img alt='training curves, all runs' src='data:image/png;base64,{overlay}'>"] if overlay else []) + [
+        f"<img alt='{key}' src='data:image/png;base64,{data}'>" for key, data in bars] + (
+        [f"<img alt='loss curves per run' src='data:image/png;base64,{curves}'>"] if curves else [])
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+            f"<title>unitune report</title><style>{STYLE}</style></head><body><h1>unitune report</h1>"
+            f"<p>{len(entries)} entries from {html.escape(str(runs))}; the grey bar and row are the base model."
+            "</p><h2>Metrics</h2>" + html_table(entries) +
             "".join(f"<p class='note'>{html.escape(line)}</p>" for line in notes(entries)) +
             "<h2>Charts</h2><div class='charts'>" + "".join(images) + "</div>"
+            "<h2>Run settings</h2>" + settings_sections(entries) +
             "<h2>Generation samples</h2>" + samples_table(entries) + "</body></html>")
     runs.mkdir(parents=True, exist_ok=True)
     write_text_atomic(runs / "report.html", page)
