@@ -49,6 +49,18 @@ def test_help_explains_every_command(capsys):
     assert main([]) == 2 and "commands:" in capsys.readouterr().out  # no command: the help, and a failure
 
 
+def test_train_help_groups_its_flags(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "{% generation %}" in out  # a literal % in a help text must not break it
+    sections = ["what to train:", "training:", "LoRA and QLoRA:", "sequences, logging and checkpoints:",
+                "chat template and loss mask:", "method-specific (DPO, ORPO, KTO, GRPO):",
+                "output, resume and dry run:", "data columns and broken rows:"]
+    assert [out.index(s) for s in sections] == sorted(out.index(s) for s in sections)
+    assert out.index("--lora_r") > out.index("LoRA and QLoRA:") > out.index("--learning_rate")
+
+
 def test_version_names_the_libraries(capsys):
     from importlib.metadata import version
 

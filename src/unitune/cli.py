@@ -37,12 +37,15 @@ class _Parser(argparse.ArgumentParser):
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per dataclass field; absent flags stay absent (SUPPRESS) so YAML values can fill them."""
     hints = typing.get_type_hints(cls)
+    group = parser
     for f in fields(cls):
         kind = base_type(hints[f.name])
         meta = f.metadata
+        if "section" in meta:
+            group = parser.add_argument_group(meta["section"])
         default = None if f.default is MISSING else f.default
         shown = "" if default is None or "(default" in meta["help"] else f" [default: {default}]"
-        kwargs: dict = {"default": argparse.SUPPRESS, "help": meta["help"] + shown}
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": (meta["help"] + shown).replace("%", "%%")}
         if kind is bool:
             kwargs.update(nargs="?", const=True, type=_bool, metavar="BOOL")
         elif "const" in meta:
@@ -52,7 +55,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
         else:
             kwargs.update(type=kind, choices=None if f.name == "method" else meta.get("choices"))
         names = [f"--{f.name}", *meta.get("aliases", ())]
-        parser.add_argument(*names, dest=f.name, **kwargs)
+        group.add_argument(*names, dest=f.name, **kwargs)
 
 
 def load_yaml(path: str) -> dict:
@@ -74,9 +77,10 @@ def load_yaml(path: str) -> dict:
 
 def parse_config(cls, argv: list[str], prog: str):
     """CLI flags over YAML (--config) over the dataclass defaults."""
-    parser = _Parser(prog=prog, description=cls.__doc__, allow_abbrev=False)
+    parser = _Parser(prog=prog, description=cls.__doc__, allow_abbrev=False, usage="%(prog)s [--config FILE] [flags]")
     parser.add_argument("--config", help="YAML file of flags; flags on the command line override it")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (implies --verbose)")
+    parser.add_argument("--verbose", action="store_true", help="show library warnings and loading bars too")
     add_config_flags(parser, cls)
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -86,6 +90,7 @@ def parse_config(cls, argv: list[str], prog: str):
     values = vars(args)
     config_path = values.pop("config")
     values.pop("debug")
+    values.pop("verbose")
     merged = (load_yaml(config_path) if config_path else {}) | values
     return from_mapping(cls, merged, config_path or "flags")
 

@@ -18,7 +18,8 @@ from .methods import METHODS
 
 
 def opt(default, help: str, **extra):
-    """A config field: its default and its help line (shown by --help)."""
+    """A config field: its default and its help line (shown by --help). ``section="..."`` starts a group of flags
+    in --help: this field and the ones after it, until the next section."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -58,7 +59,8 @@ def _positive(cfg, *names: str) -> None:
 class TrainConfig:
     """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO or GRPO (embedded model and data by default)."""
 
-    method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS))
+    method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS),
+                      section="what to train")
     model_name: str | None = opt(None, "Hub id, local model folder or .gguf file (default: the embedded "
                                        "smollm2-135m-instruct)")
     dataset: str | None = opt(None, "Hub id, local folder in Hub layout, or .json/.jsonl/.csv/.parquet file "
@@ -68,7 +70,7 @@ class TrainConfig:
     eval_split: str | None = opt(None, "split to evaluate on during training (default: none)")
     max_train_samples: int | None = opt(None, "use only the first N training rows")
     max_eval_samples: int | None = opt(None, "use only the first N evaluation rows")
-    num_train_epochs: float = opt(3.0, "number of epochs")
+    num_train_epochs: float = opt(3.0, "number of epochs", section="training")
     max_steps: int | None = opt(None, "stop after N optimizer steps (overrides epochs)")
     per_device_train_batch_size: int = opt(4, "micro-batch size per device")
     gradient_accumulation_steps: int = opt(4, "micro-batches per optimizer step")
@@ -78,20 +80,24 @@ class TrainConfig:
     learning_rate: float | None = opt(None, "learning rate (default per method: "
                                       + ", ".join(f"{m.name} {m.learning_rate:g}" for m in METHODS.values()) + ")")
     use_qlora: str = opt("auto", "4-bit NF4 base weights: auto (on CUDA only), true or false; a bare "
-                                 "--use_qlora means true", choices=("auto", "true", "false"), const="true")
+                                 "--use_qlora means true", choices=("auto", "true", "false"), const="true",
+                         section="LoRA and QLoRA")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
     lora_dropout: float = opt(0.05, "LoRA dropout, in [0, 1)")
-    max_length: int = opt(1024, "truncate training sequences to N tokens")
+    max_length: int = opt(1024, "truncate training sequences to N tokens",
+                          section="sequences, logging and checkpoints")
     seed: int = opt(42, "random seed")
     logging_steps: int = opt(1, "log the loss every N steps")
     save_steps: int = opt(500, "save a checkpoint every N steps (and at the end)")
     eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
                                        "and at the end)")
-    train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)")
+    train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)",
+                                section="chat template and loss mask")
     chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
                                           "{% generation %} markers; it is saved with the run")
-    beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)")
+    beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)",
+                             section="method-specific (DPO, ORPO, KTO, GRPO)")
     loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)")
     num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)")
     max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens")
@@ -101,12 +107,13 @@ class TrainConfig:
     reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model")
     reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
-                                            "aside to <output_dir>.old-<timestamp>, never deleted")
+                                            "aside to <output_dir>.old-<timestamp>, never deleted",
+                                     section="output, resume and dry run")
     resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
     resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
     dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train",
                         aliases=("--dry-run",))
-    columns: str | None = opt(None, COLUMNS_HELP)
+    columns: str | None = opt(None, COLUMNS_HELP, section="data columns and broken rows")
     max_bad_rows: float = opt(0.05, "stop when more than this share of the rows cannot be used (below it they "
                                     "are dropped with one warning)")
 
