@@ -9,7 +9,7 @@ import pytest
 from packaging.requirements import Requirement
 
 from unitune.cli import main
-from unitune.env import tested_versions
+from unitune import env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def dependencies() -> list[Requirement]:
 
 def test_ranges_admit_the_tested_set_and_torch_is_not_pinned():
     """A user's own torch (a CUDA build) must satisfy us; the tested versions must satisfy every range."""
-    tested = tested_versions()
+    tested = env.tested_versions()
     for req in dependencies():
         assert req.name.lower() in tested, f"{req.name} is not in constraints.txt"
         assert req.specifier.contains(tested[req.name.lower()]), (req, tested[req.name.lower()])
@@ -41,12 +41,10 @@ def test_install_into_the_tested_set_changes_nothing():
 
 
 def test_env_compares_against_the_tested_versions(capsys, monkeypatch):
-    import unitune.env as env
-
     assert main(["env"]) == 0
     out = capsys.readouterr().out
     for name in ("unitune:", "Python:", "torch:", "transformers:", "trl:", "peft:", "CPU:", "UNITUNE_HOME:",
                  "CUDA available:"):
         assert name in out, name
     monkeypatch.setattr(env, "installed", lambda name: "0.0.1" if name == "peft" else "1.0")
-    assert f"peft: 0.0.1 (tested: {tested_versions()['peft']})" in env.report()
+    assert f"peft: 0.0.1 (tested: {env.tested_versions()['peft']})" in env.report()
