@@ -36,8 +36,8 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     cmd = tiny_train(tiny_model_dir, out, "--max_steps", "30", "--save_steps", "2", "--max_train_samples", "64")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and not (out / "checkpoint-4" / "trainer_state.json").exists():
+    deadline = time.time() + 600  # generous: a loaded 2-core machine starts slowly
+    while time.time() < deadline and proc.poll() is None and not (out / "checkpoint-4" / "trainer_state.json").exists():
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -210,7 +210,7 @@ def test_grpo_num_generations_must_divide(tiny_args, capsys):
 
 def test_grpo_needs_a_reward(tiny_args, tmp_path, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi"}] * 4)
-    assert main(tiny_args("grpo", "--dataset", data)) == 2
+    assert main(tiny_args("grpo", "--dataset", data, "--num_generations", "2")) == 2
     assert "no reward for GRPO" in capsys.readouterr().err
 
 

@@ -116,7 +116,7 @@ def test_two_nodes_train_one_run(tiny_model_dir, reference, tmp_path):
                  "-m", "unitune", *train_args(tiny_model_dir, out)],
                 env=env(), stdout=handle, stderr=subprocess.STDOUT))
     try:
-        codes = [proc.wait(timeout=300) for proc in procs]
+        codes = [proc.wait(timeout=900) for proc in procs]  # generous: a loaded 2-core machine
     finally:
         for proc in procs:
             if proc.poll() is None:
