@@ -15,6 +15,14 @@ class Interrupted(Exception):
         self.code = code
 
 
+def first_line(err: BaseException, typed: bool = True) -> str:
+    """An exception as one line: its type (unless ``typed`` is False) and the first line of its message."""
+    text = next(iter(str(err).strip().splitlines()), "")
+    if not typed:
+        return text
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def warn(message: str) -> None:
     """A warning for the user: one line on stderr (library warnings keep their own format)."""
     print(f"unitune: warning: {message}", file=sys.stderr, flush=True)

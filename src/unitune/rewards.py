@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .tasks import check_answer, format_score
 
 LENGTH_TARGET_WORDS = 40  # replies longer than this lose reward softly (the demo's answers are ~10 words)
@@ -78,12 +78,6 @@ def default_rewards(columns: list[str]) -> tuple[list[str], str]:
                     "or --reward_model")
 
 
-def _first_line(err: Exception, typed: bool = True) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    text = next(iter(str(err).splitlines()), "")
-    return f"{type(err).__name__}: {text}" if typed else text
-
-
 def load_reward(spec: str) -> Callable:
     """A built-in name, ``path/to/file.py:function`` or ``package.module:function``."""
     if spec in BUILTINS:
@@ -101,15 +95,15 @@ def load_reward(spec: str) -> Callable:
         try:
             module_spec.loader.exec_module(module)
         except Exception as err:
-            raise UserError(f"reward file {where} failed to import ({_first_line(err)}); fix it") from None
+            raise UserError(f"reward file {where} failed to import ({first_line(err)}); fix it") from None
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as err:
-            raise UserError(f"cannot import reward module '{where}' ({_first_line(err, typed=False)}); check "
+            raise UserError(f"cannot import reward module '{where}' ({first_line(err, typed=False)}); check "
                             "--reward_funcs") from None
         except Exception as err:
-            raise UserError(f"reward module '{where}' failed to import ({_first_line(err)}); fix it") from None
+            raise UserError(f"reward module '{where}' failed to import ({first_line(err)}); fix it") from None
     func = getattr(module, name, None)
     if not callable(func):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]

@@ -15,7 +15,7 @@ from .data import (FORMATS, check_labels, needs_chat_template, require_chat_temp
                    resolve_dataset, split_names)
 from .normalize import canonical, drop_bad_rows, load_rows
 from .chat_format import chat_format, use_template_file
-from .errors import UserError, warn
+from .errors import UserError, first_line, warn
 from .methods import METHODS, MethodSpec
 from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
                      world_size)
@@ -256,11 +256,6 @@ def run_record(cfg: TrainConfig, given: TrainConfig, hw: Hardware, source: str, 
     }
 
 
-def one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     hw = choose_hardware(cfg.use_qlora)
@@ -302,7 +297,7 @@ def run_training(cfg: TrainConfig) -> Path:
         end_process_group()
         raise
     except BaseException as err:  # the process group is left alone: peers may be stuck in a collective
-        write_status(out, record, "failed", error=one_line(err))
+        write_status(out, record, "failed", error=first_line(err))
         raise
     finally:
         stop.restore()
