@@ -240,8 +240,16 @@ def write_status(out: Path, record: dict, status: str, **extra) -> dict:
 
 def end_process_group() -> None:
     """Destroy torch.distributed's process group once training is over, as torch asks: left to interpreter exit,
-    gloo's threads were seen to abort a rank now and then ("terminate called without an active exception")."""
+    gloo's threads were seen to abort a rank now and then ("terminate called without an active exception").
+    First a barrier (gloo's waits for every collective still queued on this rank, e.g. FSDP's last gathers) and a
+    garbage collection (the trainer's reference cycles hold the sharded model and the work objects of its
+    collectives), so nothing of the group is left for the interpreter's own teardown: CI once saw a rank abort that
+    way after an FSDP run had been written, with the destroy alone."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
