@@ -110,3 +110,25 @@ def test_assistant_mask_covers_replies_only(tokenizer):
     assert trained == "Hello.<|im_end|>Go away.<|im_end|>"
     last = chat_format(tokenizer).encode(messages, last_only=True)
     assert tokenizer.decode([t for t, m in zip(ids, last["assistant_masks"]) if m]) == "Go away.<|im_end|>"
+
+
+def test_local_folder_is_read_once_until_a_file_changes(tmp_path, monkeypatch):
+    """A local folder's splits are built once per process (training and evaluation ask for several), and an
+    edited file is read again, never served stale from the datasets cache."""
+    import os
+
+    from unitune import data
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "one"}\n')
+    (folder / "test.jsonl").write_text('{"text": "two"}\n')
+    builds = []
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: builds.append(a) or load_dataset(*a, **k))
+    assert data.load_split(str(folder), "train")["text"] == ["one"]
+    assert data.load_split(str(folder), "test")["text"] == ["two"]
+    assert len(builds) == 1
+    (folder / "train.jsonl").write_text('{"text": "edited"}\n')
+    os.utime(folder / "train.jsonl", ns=(1, 1))  # a different time even on a coarse-grained clock
+    assert data.load_split(str(folder), "train")["text"] == ["edited"]
+    assert len(builds) == 2

@@ -173,6 +173,13 @@ def test_report_files(evaluated, runs):
     assert rows[0].startswith("| run | method |") and rows[1].startswith("| base | base |") and "sft_tiny" in md
 
 
+def test_report_command_rewrites_the_report_and_says_where(evaluated, runs, capsys):
+    (runs / "report.html").unlink()
+    assert main(["report", "--runs_dir", str(runs)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"unitune report: wrote {runs / 'report.html'}")
+    assert (runs / "report.html").is_file()
+
+
 def test_eval_config_rejects_bad_values():
     with pytest.raises(UserError, match="--max_samples must be greater than 0"):
         parse_config(EvalConfig, ["--max_samples", "0"], "unitune eval")

@@ -90,7 +90,8 @@ def test_dry_run_trains_nothing(tiny_args, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_library_noise_stays_out_unless_verbose(tiny_model_dir, tmp_path):
-    """Library warnings and weight-loading bars are hidden by default; --verbose shows them; unitune's lines stay."""
+    """Library warnings, weight-loading bars, the datasets bars of a short data preparation and the Trainer's log
+    dicts are hidden by default; --verbose shows them; unitune's lines stay, ending with the next command."""
     import os
     import subprocess
     import sys
@@ -104,6 +105,8 @@ def test_library_noise_stays_out_unless_verbose(tiny_model_dir, tmp_path):
         return done.stdout + done.stderr
 
     quiet, verbose = run(), run("--verbose")
-    for noise in ("FutureWarning", "Loading weights"):
+    for noise in ("FutureWarning", "Loading weights", "Generating train_sft split", "Tokenizing (assistant-only",
+                  "Truncating train dataset", "{'loss': "):
         assert noise not in quiet and noise in verbose, noise
     assert "unitune: plan:" in quiet and "unitune: run written to" in quiet
+    assert quiet.rstrip().splitlines()[-1].startswith(f"unitune: next: unitune eval --runs_dir {tmp_path}  ")

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
+import shlex
 import sys
 import typing
-import warnings
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, as_bool, base_type, closest, from_mapping
 from .errors import Interrupted, UserError
 from .methods import METHODS
+from .output import quiet_libraries
 
 
 def _bool(text: str) -> bool:
@@ -97,10 +97,23 @@ def parse_config(cls, argv: list[str], prog: str):
 
 def _train(argv: list[str], prog: str) -> int:
     cfg = parse_config(TrainConfig, argv, prog)
+    from .lifecycle import is_main_process
     from .train import run_training
 
-    run_training(cfg)
+    out = run_training(cfg)
+    if not cfg.dry_run and is_main_process():
+        print(f"unitune: next: {prog.split()[0]} eval --runs_dir {shell_path(out.parent)}  (scores this run, "
+              "the base model and the runs beside it, and writes a report)")
     return 0
+
+
+def shell_path(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it, quoted when needed."""
+    try:
+        path = path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.quote(str(path))
 
 
 def _demo(argv: list[str], prog: str) -> int:
@@ -123,7 +136,7 @@ def _eval(argv: list[str], prog: str) -> int:
     if cfg.report:
         from .report import write_report
 
-        write_report(cfg.runs_dir, cfg.output)
+        print(f"unitune eval: done; open {write_report(cfg.runs_dir, cfg.output)} in a browser to compare the runs")
     return 0
 
 
@@ -134,7 +147,7 @@ def _report(argv: list[str], prog: str) -> int:
     args = parser.parse_args(argv)
     from .report import write_report
 
-    write_report(args.runs_dir, args.results)
+    print(f"unitune report: wrote {write_report(args.runs_dir, args.results)} (and report.md beside it)")
     return 0
 
 
@@ -221,23 +234,6 @@ def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
     if not verbose:
         quiet_libraries(loads_models=argv[0] not in ("report", "env"))
     return run_command(COMMANDS[argv[0]][0], argv[1:], f"{prog} {argv[0]}", debug)
-
-
-def quiet_libraries(loads_models: bool) -> None:
-    """Keep library chatter out of unitune's output (``--verbose`` keeps it): Python warnings from libraries
-    (deprecations of arguments we set on purpose), transformers' info logs and its weight loading/saving bars,
-    bitsandbytes failing to fetch an optional CPU kernel from the Hub. unitune's own warnings are printed lines,
-    not Python warnings, so they stay; so do the training, evaluation and data preparation bars. In a log file
-    (stdout not a terminal) tqdm bars refresh every 30 s instead of many times a second."""
-    warnings.simplefilter("ignore")
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    if not sys.stdout.isatty():
-        os.environ.setdefault("TQDM_MININTERVAL", "30")
-    if loads_models:  # importing transformers costs seconds: only for the commands that load it anyway
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()  # its weight loading/saving bars; Hub downloads keep theirs
 
 
 def run_command(command, argv: list[str], prog: str, debug: bool) -> int:

@@ -10,7 +10,7 @@ import functools
 import json
 from pathlib import Path
 
-from datasets import Dataset, get_dataset_split_names, load_dataset
+from datasets import Dataset, DatasetDict, get_dataset_split_names, load_dataset
 
 from .errors import UserError, warn
 from .hub import hub_reachable
@@ -97,6 +97,25 @@ def split_names(dataset: str) -> tuple[str, ...]:
                         "or pass a local folder or file") from None
 
 
+def _stamp(path: Path) -> tuple:
+    """What identifies the current contents of a local dataset: its files' sizes and modification times."""
+    files = [path] if path.is_file() else sorted(
+        f for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts))
+    return tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+
+
+@functools.lru_cache(maxsize=4)
+def _local_splits(dataset: str, stamp: tuple) -> DatasetDict:
+    """Every split of a local file or folder, read once per process and contents (``stamp``): the datasets
+    library builds all of a folder's splits on each load, and training and evaluation ask for several. Always
+    re-read from the files, never from the datasets cache, which can serve a stale copy of edited local files."""
+    path = Path(dataset)
+    if path.is_file():
+        return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), download_mode="force_redownload")
+    return load_dataset(dataset, download_mode="force_redownload")
+
+
 def load_split(dataset: str, split: str) -> Dataset:
     """Load one split of a resolved dataset; unknown splits list the available ones."""
     path = Path(dataset)
@@ -104,13 +123,12 @@ def load_split(dataset: str, split: str) -> Dataset:
     if split not in available:
         raise UserError(f"split '{split}' not found in {dataset}; available splits: {', '.join(available)} "
                         "(choose one with --split / --eval_split)")
-    # Local data are re-read every time: the datasets cache can serve a stale copy of edited local files.
-    fresh = "force_redownload" if path.exists() else None
     try:
         if path.is_file():
             _check_file(path)
-            return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train", download_mode=fresh)
-        return load_dataset(dataset, split=split, download_mode=fresh)
+        if path.exists():
+            return _local_splits(dataset, _stamp(path))[split]
+        return load_dataset(dataset, split=split)
     except (ConnectionError, OSError) as err:
         raise UserError(f"could not load dataset '{dataset}' ({type(err).__name__}); check the name, "
                         "or pass a local folder or file") from None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from .chat_format import chat_format
+from .output import bar
 
 
 @torch.inference_mode()
@@ -20,7 +20,7 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     try:
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch"):
             idx = order[start: start + batch_size]
             batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)

@@ -263,5 +263,4 @@ def write_report(runs_dir: str, results_path: str | None = None) -> Path:
     write_text_atomic(runs / "report.html", page)
     write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries) + "\n"
                       + "".join(f"\n{line}\n" for line in notes(entries)))
-    print(f"unitune report: {runs / 'report.html'}", flush=True)
     return runs / "report.html"

@@ -12,10 +12,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .chat_format import chat_format
 from .errors import warn
+from .output import bar
 
 
 def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
@@ -123,7 +123,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+    for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = [packed[i] for i in order[start: start + batch_size]]
         width = max(len(r["ids"]) for r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)

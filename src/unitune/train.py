@@ -21,6 +21,7 @@ from .models import (Hardware, choose_hardware, generation_config, load_model, l
                      world_size)
 from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matches, end_process_group,
                         is_main_process, prepare_output_dir, resume_target, write_status)
+from .output import dataset_bars, use_training_bar
 from .runs import library_versions, machine
 from .speed import compact_lm_head, fast_lora_dropout
 
@@ -48,7 +49,8 @@ def prepare_split(dataset: str, split: str, limit: int | None, limit_flag: str, 
                   cfg: TrainConfig, tokenizer):
     """load_checked, then the method's conversion into what its TRL trainer takes."""
     ds, fmt = load_checked(dataset, split, limit, limit_flag, spec, cfg)
-    return spec.module.prepare(ds, fmt, cfg, tokenizer)
+    with dataset_bars(len(ds)):
+        return spec.module.prepare(ds, fmt, cfg, tokenizer)
 
 
 def plural(n: int, word: str) -> str:
@@ -275,7 +277,8 @@ def run_training(cfg: TrainConfig) -> Path:
     cfg, hw = fit_memory(cfg, hw, lengths, source)
     if hw is not chosen:
         print(hw.line(), flush=True)
-    train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
+    with dataset_bars(len(raw)):
+        train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
     print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
     eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
                              tokenizer)
@@ -311,7 +314,9 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
     model = load_model(source, hw)
     if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
         model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
-    trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
+    with dataset_bars(len(train_ds)):  # the trainer's own preparation (tokenizing, truncating) runs in here
+        trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
+    use_training_bar(trainer)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled \
             and is_main_process():
         warn("the accelerate config asks for FSDP, but accelerate runs CPU processes as plain DDP: each process "
