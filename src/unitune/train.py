@@ -342,4 +342,4 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
         save_generation_config(source, tokenizer, out)
         write_status(out, record, FINISHED, wall_time_seconds=round(wall, 2), global_step=trainer.state.global_step,
                      train_tokens_seen=tokens_seen(trainer.state))
-        print(f"unitune: run written to {out} ({trainer.state.global_step} steps, {wall:.0f}s)")
+        print(f"unitune: run written to {out} ({plural(trainer.state.global_step, 'step')}, {wall:.0f}s)")
