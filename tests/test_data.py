@@ -6,7 +6,8 @@ from datasets import Dataset, load_dataset
 
 from unitune.chat_format import chat_format
 from unitune.data import DEMO_DIR, detect_format, pair_row, to_conversations, to_pairs, to_unpaired
-from unitune.tasks import SPLIT_SIZES, check_answer, extract_answer, follows_format, generate_splits
+from unitune.answers import check_answer
+from unitune.tasks import SPLIT_SIZES, generate_splits
 
 COLUMNS = {"prompt", "prompt_id", "messages", "chosen", "rejected", "score_chosen", "score_rejected", "answer"}
 
@@ -19,7 +20,7 @@ def test_demo_split_loads_like_the_hub(split):
     row = ds[0]
     assert row["chosen"][0] == {"content": row["prompt"], "role": "user"}
     assert row["chosen"][1]["role"] == "assistant" and row["score_chosen"] > row["score_rejected"]
-    assert check_answer(row, row["chosen"][1]["content"])
+    assert check_answer(row["chosen"][1]["content"], row["answer"], "tagged")
 
 
 def test_committed_parquet_matches_generator():
@@ -33,18 +34,6 @@ def test_test_prompts_are_held_out():
     splits = generate_splits()
     train = {r["prompt"] for s in ("train_sft", "train_prefs", "train_gen") for r in splits[s]}
     assert not train & {r["prompt"] for s in ("test_sft", "test_prefs", "test_gen") for r in splits[s]}
-
-
-def test_check_answer():
-    row = {"answer": "42"}
-    assert check_answer(row, "6 * 7 = 42.\nAnswer: 42")
-    assert check_answer(row, "Answer: **42.0**")
-    assert not check_answer(row, "The answer is 42")  # the requested format is part of the task
-    assert not check_answer(row, "Answer: 41")
-    assert check_answer({"answer": "RIVER"}, "Answer: RIVER") and not check_answer({"answer": "RIVER"}, "Answer: river")
-    assert check_answer({"answer": "g"}, "answer: G")
-    assert extract_answer("Answer: 1\nAnswer: 2") == "2"
-    assert follows_format("x = 1.\nAnswer: 1") and not follows_format("Answer: 1\nmore text")
 
 
 @pytest.mark.parametrize("columns,expected", [

@@ -218,10 +218,25 @@ def test_rewards_builtins():
     from unitune.rewards import accuracy, format, length, reference
 
     completions = [[{"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}], [{"role": "assistant", "content": "4"}]]
-    assert accuracy(None, completions, answer=["4", "4"]) == [1.0, 0.0]
+    assert accuracy(None, completions, answer=["4", "4"], answer_format="tagged") == [1.0, 0.0]
+    assert accuracy(None, completions, answer=["4", "4"]) == [1.0, 1.0]  # auto: a bare reply's last number
     assert format(None, completions) == [1.0, 0.0]
     assert format(None, ["Answer: 4\nbecause 2 + 2 = 4", "Answer: 4\nAnswer: 4"]) == [0.5, 0.5]
     assert length(None, ["word " * 10, "word " * 80]) == [0.0, -1.0]
     chosen = [[USER, GOOD]] * 2
     scores = reference(None, completions, chosen=chosen)
     assert scores[0] == 1.0 and 0 < scores[1] < 1
+
+
+def test_grpo_reads_gsm8k_answers(tiny_args, tmp_path, capsys):
+    """GSM8K-style data: the accuracy reward reads '#### <value>', and the run says so before training."""
+    rows = [{"prompt": f"What is {i} + {i}?", "answer": f"{i} + {i} = <<{i}+{i}={2 * i}>>{2 * i}\n#### {2 * i}"}
+            for i in range(8)]
+    data = write_jsonl(tmp_path / "gsm.jsonl", rows)
+    assert main(tiny_args("grpo", "--dataset", data, "--num_generations", "2", "--max_completion_length", "4",
+                          "--max_steps", "1")) == 0
+    out = capsys.readouterr().out
+    assert "GRPO rewards: accuracy, format (the data have an 'answer' column)" in out
+    assert "answers checked as gsm8k (8 of 8 answers are written that way)" in out
+    assert main(tiny_args("grpo", "--answer_format", "boxd")) == 2
+    assert "unknown --answer_format 'boxd' (did you mean 'boxed'?)" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .answers import FORMATS as ANSWER_FORMATS
 from .errors import UserError
 from .methods import METHODS
 
@@ -46,6 +47,17 @@ def parse_columns(text) -> dict[str, str]:
 
 COLUMNS_HELP = ("map the data's columns to the keys unitune reads: KEY=COLUMN[,KEY=COLUMN...], e.g. "
                 "prompt=question,chosen=good,rejected=bad or messages=dialog")
+
+
+ANSWER_FORMAT_HELP = ("how answers are written, for task accuracy and the GRPO accuracy/format rewards: "
+                      f"{', '.join(ANSWER_FORMATS)} (auto: from the data's answer column and prompts; "
+                      "see unitune.answers)")
+
+
+def _answer_format(cfg) -> None:
+    if cfg.answer_format not in ANSWER_FORMATS:
+        raise UserError(f"unknown --answer_format '{cfg.answer_format}'"
+                        f"{closest(str(cfg.answer_format), ANSWER_FORMATS)}; use one of: {', '.join(ANSWER_FORMATS)}")
 
 
 def _positive(cfg, *names: str) -> None:
@@ -106,6 +118,7 @@ class TrainConfig:
                                                "path/file.py:function or package.module:function")
     reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model")
     reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
+    answer_format: str = opt("auto", "GRPO: " + ANSWER_FORMAT_HELP)
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
                                      section="output, resume and dry run")
@@ -151,6 +164,7 @@ class TrainConfig:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {rewards} rewards "
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
+        _answer_format(self)
         _template_file(self.chat_template)
         parse_columns(self.columns)
         if not 0 <= self.max_bad_rows <= 1:
@@ -248,6 +262,7 @@ class EvalConfig:
     trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
                                          "without it such runs get mean_reward null: a runs folder from someone "
                                          "else must not run their Python")
+    answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
 
     @property
     def column_map(self) -> dict[str, str]:
@@ -255,6 +270,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "max_samples", "batch_size", "max_new_tokens")
+        _answer_format(self)
         parse_columns(self.columns)
         if self.max_generation_samples < 0:
             raise UserError("--max_generation_samples must be 0 or more")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError, first_line
-from .tasks import check_answer, format_score
+from .answers import check_answer, format_score
 
 LENGTH_TARGET_WORDS = 40  # replies longer than this lose reward softly (the demo's answers are ~10 words)
 
@@ -27,15 +27,17 @@ def completion_text(completion) -> str:
     return "".join(str(m.get("content", "")) for m in completion)
 
 
-def accuracy(prompts, completions, answer, **_) -> list[float]:
-    """1.0 when the completion states the row's ``answer`` on an ``Answer: <value>`` line."""
-    return [float(check_answer({"answer": a}, completion_text(c))) for c, a in zip(completions, answer)]
+def accuracy(prompts, completions, answer, answer_format: str = "auto", **_) -> list[float]:
+    """1.0 when the completion gives the row's ``answer`` (unitune.answers.check_answer, in the run's
+    ``--answer_format``)."""
+    return [float(check_answer(completion_text(c), str(a), answer_format)) for c, a in zip(completions, answer)]
 
 
-def format(prompts, completions, **_) -> list[float]:  # noqa: A001 - the documented built-in name
-    """1.0 when the completion ends with exactly one ``Answer: <value>`` line, as the prompts ask; 0.5 when it
-    has an answer line elsewhere (partial credit gives GRPO a gradient toward the full format)."""
-    return [format_score(completion_text(c)) for c in completions]
+def format(prompts, completions, answer_format: str = "tagged", **_) -> list[float]:  # noqa: A001 - built-in name
+    """1.0 when the completion gives exactly one answer in the run's answer format, last (an ``Answer:`` or
+    ``####`` line); 0.5 when it gives one elsewhere or several (partial credit gives GRPO a gradient toward the
+    full format). See unitune.answers.format_score."""
+    return [format_score(completion_text(c), answer_format) for c in completions]
 
 
 def length(prompts, completions, **_) -> list[float]:
@@ -65,6 +67,7 @@ def reference(prompts, completions, chosen, **_) -> list[float]:
 
 BUILTINS: dict[str, Callable] = {"accuracy": accuracy, "format": format, "length": length, "reference": reference}
 BUILTIN_COLUMNS = {"accuracy": "answer", "reference": "chosen"}
+ANSWER_FORMATTED = ("accuracy", "format")  # the built-ins that read answers in the data's answer format
 
 
 def default_rewards(columns: list[str]) -> tuple[list[str], str]:
@@ -172,8 +175,10 @@ def _failing_row(func, prompts, completions, kwargs) -> int | None:
     return None
 
 
-def build_rewards(names: list[str] | None, columns: list[str], log: RewardLog) -> tuple[list[Callable], str]:
-    """Loaded, guarded reward functions and a line saying which and why."""
+def build_rewards(names: list[str] | None, columns: list[str], log: RewardLog,
+                  answer_format: str = "tagged") -> tuple[list[Callable], str]:
+    """Loaded, guarded reward functions and a line saying which and why; ``accuracy`` and ``format`` check answers
+    in ``answer_format`` (resolved for the data, see answer_format_of)."""
     why = "from --reward_funcs"
     if not names:
         names, why = default_rewards(columns)
@@ -184,4 +189,18 @@ def build_rewards(names: list[str] | None, columns: list[str], log: RewardLog) -
                             "choose another reward")
     labels = [n.rsplit(":", 1)[-1] for n in names]  # TRL logs rewards/<label>/mean
     log.start(labels)
-    return [guarded(load_reward(n), label, log) for n, label in zip(names, labels)], f"{', '.join(names)} ({why})"
+    funcs = [functools.partial(BUILTINS[n], answer_format=answer_format) if n in ANSWER_FORMATTED else load_reward(n)
+             for n in names]
+    return [guarded(f, label, log) for f, label in zip(funcs, labels)], f"{', '.join(names)} ({why})"
+
+
+def answer_format_of(answer_format: str, rows) -> tuple[str, str]:
+    """``--answer_format`` resolved for a dataset (rows with ``answer`` and/or ``prompt``): see
+    unitune.answers.resolve_format. Reads at most 200 rows."""
+    from .answers import resolve_format
+
+    rows = [rows[i] for i in range(min(len(rows), 200))]
+    references = [str(r["answer"]) for r in rows if r.get("answer") is not None]
+    prompts = [completion_text(r["prompt"][-1:]) if isinstance(r.get("prompt"), list) else str(r.get("prompt", ""))
+               for r in rows]
+    return resolve_format(answer_format, references, prompts)

@@ -1,7 +1,7 @@
-"""The bundled demo tasks: a deterministic generator and the answer checker.
+"""The bundled demo tasks: a deterministic generator of the demo data.
 
-Every prompt asks for a final line of the form ``Answer: <value>``; ``check_answer`` reads the value
-from that line. The dataset mirrors ``HuggingFaceH4/ultrafeedback_binarized`` (same splits and
+Every prompt asks for a final line of the form ``Answer: <value>`` (the ``tagged`` answer format, which
+``unitune.answers.check_answer`` reads). The dataset mirrors ``HuggingFaceH4/ultrafeedback_binarized`` (same splits and
 columns) plus an ``answer`` column, so everything that reads UltraFeedback reads it too.
 
 Regenerate the committed parquet files with ``python scripts/make_demo_data.py``.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 
 # Worded so the base model sometimes complies when sampling (measured: ~19% of samples have an answer
 # line against ~8% for "End with a line of the form 'Answer: <value>'."), which gives GRPO a signal,
@@ -133,44 +132,3 @@ def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
                 rows.append(row)
         splits[name] = rows
     return splits
-
-
-_ANSWER_RE = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
-
-
-def extract_answer(text: str) -> str | None:
-    """The value on the last ``Answer:`` line, without wrapping quotes, markup or a final period."""
-    matches = _ANSWER_RE.findall(text)
-    if not matches:
-        return None
-    return matches[-1].strip().strip("*`'\"[]()").rstrip(".").strip()
-
-
-def _same(expected: str, got: str) -> bool:
-    try:
-        return abs(float(expected) - float(got)) < 1e-9
-    except ValueError:
-        pass
-    if len(expected) > 1 and expected.isupper():  # the task asked for capitals
-        return got == expected
-    return got.lower() == expected.lower()
-
-
-def check_answer(row: dict, text: str) -> bool:
-    """True when ``text`` states ``row['answer']`` on an ``Answer: <value>`` line."""
-    got = extract_answer(text)
-    return got is not None and _same(str(row["answer"]).strip(), got)
-
-
-def follows_format(text: str) -> bool:
-    """True when the reply ends with exactly one ``Answer: <value>`` line (an answer line first is wrong)."""
-    return format_score(text) == 1.0
-
-
-def format_score(text: str) -> float:
-    """1.0: exactly one ``Answer: <value>`` line, and it is the last line; 0.5: an answer line elsewhere."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    found = len(_ANSWER_RE.findall(text))
-    if found == 1 and lines[-1].lower().startswith("answer:"):
-        return 1.0
-    return 0.5 if found else 0.0

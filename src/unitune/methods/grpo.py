@@ -17,7 +17,7 @@ from ..chat_format import chat_format
 from ..data import to_prompts
 from ..errors import UserError
 from ..models import lora_config, world_size
-from ..rewards import RewardLog, build_rewards
+from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -52,8 +52,9 @@ class _SaveCompletions(TrainerCallback):
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     log = RewardLog()
+    answer_format, because = answer_format_of(cfg.answer_format, train_ds)
     funcs, why = ([], "") if cfg.reward_model and not cfg.reward_funcs else build_rewards(
-        cfg.reward_funcs, train_ds.column_names, log)
+        cfg.reward_funcs, train_ds.column_names, log, answer_format)
     if cfg.reward_model:
         funcs.append(cfg.reward_model)  # TRL loads it as a sequence-classification model
         why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
@@ -61,6 +62,8 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
         raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
                         f"{len(funcs)} weights, one per reward")
     print(f"unitune: GRPO rewards: {why}", flush=True)
+    if any(getattr(f, "__name__", "") in ANSWER_FORMATTED for f in funcs):
+        print(f"unitune: answers checked as {answer_format} ({because})", flush=True)
     args = args | {"include_num_input_tokens_seen": "no"}  # TRL logs GRPO's own token count ("num_tokens")
     config = GRPOConfig(**args, beta=cfg.beta, num_generations=num_generations(cfg, world_size()),
                         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
