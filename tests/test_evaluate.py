@@ -244,3 +244,82 @@ def test_results_are_readable_by_others(tmp_path):
     assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o644
     assert folder.stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600  # the umask still rules
+
+
+def _as_grpo(source, folder, **settings):
+    """A copy of a finished run whose record says GRPO trained it with these reward settings."""
+    shutil.copytree(source, folder)
+    record = read_json(folder / "unitune_run.json")
+    record["method"] = "grpo"
+    record["settings"].update(settings)
+    (folder / "unitune_run.json").write_text(json.dumps(record))
+
+
+def test_mean_reward_follows_each_runs_own_rewards(runs, tiny_model_dir, tmp_path):
+    """Each GRPO run is scored with its own functions, weights and reward model; the base and other runs get no
+    mean_reward unless eval is given --reward_funcs; the report says which rewards made each number."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    root, code = tmp_path / "runs", tmp_path / "their_reward.py"
+    code.write_text(REWARD_CODE)  # every completion scores 2.0
+    scorer = tmp_path / "scorer"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(
+        AutoConfig.from_pretrained(tiny_model_dir, num_labels=1)).save_pretrained(scorer)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(scorer)
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    _as_grpo(runs / "sft_tiny", root / "grpo_half", reward_funcs=[f"{code}:score"], reward_weights=[0.5])
+    _as_grpo(runs / "sft_tiny", root / "grpo_two", reward_funcs=[f"{code}:score"] * 2, reward_weights=[1.0, 3.0])
+    _as_grpo(runs / "sft_tiny", root / "grpo_model_off", reward_funcs=[f"{code}:score"], reward_model=str(scorer),
+             reward_weights=[1.0, 0.0])
+    _as_grpo(runs / "sft_tiny", root / "grpo_model", reward_funcs=[f"{code}:score"], reward_model=str(scorer),
+             reward_weights=[1.0, 1.0])
+    assert main(["eval", "--runs_dir", str(root), "--skip_perplexity", "--trust_reward_code", *EVAL_FLAGS]) == 0
+    results = read_json(root / "evaluation_results.json")
+    assert results["grpo_half"]["mean_reward"] == 1.0 and results["grpo_two"]["mean_reward"] == 8.0
+    assert results["grpo_model_off"]["mean_reward"] == 2.0  # the model's weight 0 counts
+    with_model = results["grpo_model"]["mean_reward"]
+    assert with_model != 2.0 and abs(with_model) < 100  # 2.0 plus the model's mean score
+    assert "mean_reward" not in results["base"] and "mean_reward" not in results["sft_tiny"]
+    assert results["grpo_two"]["mean_reward_funcs"] == "score + score (the run's own, weights 1, 3)"
+    assert f"grpo_model: mean_reward = score + reward model {scorer} (the run's own, weights 1, 1)" in \
+        (root / "report.md").read_text()
+
+
+def test_a_failing_reward_leaves_the_other_metrics(runs, tmp_path):
+    root, code = tmp_path / "runs", tmp_path / "broken.py"
+    code.write_text("def score(prompts, completions, **_):\n    raise KeyError('solution')\n")
+    _as_grpo(runs / "sft_tiny", root / "grpo_broken", reward_funcs=[f"{code}:score"])
+    assert main(["eval", "--runs_dir", str(root), "--skip_base", "--trust_reward_code", "--report", "false",
+                 *EVAL_FLAGS]) == 0
+    result = read_json(root / "evaluation_results.json")["grpo_broken"]
+    assert "error" not in result and result["test_loss"] is not None and result["mean_reward"] is None
+    assert result["mean_reward_note"].startswith("not computed: reward function 'score' raised KeyError")
+
+
+@pytest.mark.parametrize("answer_format,references,right_reply", [
+    ("gsm8k", ["6 * 7 = <<6*7=42>>42\n#### 42", "3 + 4 = <<3+4=7>>7\n#### 7"], "{a} so the total is {a}."),
+    ("boxed", [r"$\boxed{42}$", r"$\boxed{\frac{7}{2}}$"], r"so $\boxed{{{a}}}$"),
+])
+def test_task_accuracy_reads_the_datas_answer_format(runs, tmp_path, monkeypatch, capsys, answer_format,
+                                                     references, right_reply):
+    """GSM8K- and MATH-style answers score right replies as right (they scored 0 against the demo's Answer: line)."""
+    from unitune import answers, evaluate
+
+    rows = [{"prompt": f"Question {i}?", "answer": ref} for i, ref in enumerate(references)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    values = {f"Question {i}?": ("3.5" if "frac" in ref else answers.reference_value(ref, answer_format))
+              for i, ref in enumerate(references)}
+    replies = {"right": lambda v: right_reply.format(a=v), "wrong": lambda v: right_reply.format(a=v + "1")}
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    for kind, make in replies.items():
+        monkeypatch.setattr(evaluate, "generate_replies", lambda model, tok, prompts, *a, **k: [
+            make(values[p[-1]["content"]]) for p in prompts])
+        assert main(["eval", "--runs_dir", str(root), "--skip_base", "--report", "false", "--dataset", str(data),
+                     "--gen_split", "train", *EVAL_FLAGS]) == 0
+        result = read_json(root / "evaluation_results.json")["sft_tiny"]
+        assert result["task_accuracy"] == (1.0 if kind == "right" else 0.0), (kind, result["generation_samples"])
+        assert result["answer_format"] == answer_format
+    assert f"answers checked as {answer_format} (2 of 2 answers are written that way)" in capsys.readouterr().out

@@ -47,7 +47,9 @@ def run_demo(runs_dir: str = "runs/demo", methods: list[str] | None = None) -> d
         run_training(cfg)
     print(f"\n=== unitune demo [{len(plan) + 1}/{len(plan) + 1}]: evaluate every run and the base model "
           f"({time.time() - started:.0f}s elapsed) ===", flush=True)
-    eval_cfg = EvalConfig(runs_dir=runs_dir, methods=list(plan), **DEMO_EVAL)
+    # GRPO's rewards score every entry, so the base and the other methods have a mean_reward to compare with.
+    rewards = {"reward_funcs": plan["grpo"]["reward_funcs"]} if "grpo" in plan else {}
+    eval_cfg = EvalConfig(runs_dir=runs_dir, methods=list(plan), **DEMO_EVAL, **rewards)
     results = run_eval(eval_cfg)
     report = write_report(runs_dir, eval_cfg.output)
     print("\n" + markdown_table(ordered(results)))

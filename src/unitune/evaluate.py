@@ -14,17 +14,17 @@ from pathlib import Path
 
 import torch
 
+from .answers import check_answer
 from .config import EvalConfig, parse_columns
 from .data import detect_format, prompt_messages, resolve_dataset, row_views, split_names
 from .normalize import canonical, drop_bad_rows, load_rows
-from .errors import UserError, warn
+from .errors import UserError, first_line, warn
 from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
 from .lifecycle import ASIDE, FINISHED, run_status, status_line
 from .runs import RUN_FILE, adapter_base, read_run, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
-from .tasks import check_answer
 
 TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
                  "training_time_seconds", "training_time_hours")
@@ -110,6 +110,19 @@ class EvalData:
         self.pairs = self._pairs(*self._usable(rows.get("prefs"), METHODS["dpo"].formats))
         gen, self.gen_format = self._usable(rows.get("gen"), None)
         self.gen_rows = list(gen) if gen is not None else []
+        self._answer_formats: dict[str, str] = {}
+
+    def answer_format(self, requested: str, prompts) -> str:
+        """--answer_format resolved on this data's generation rows (said once per format asked for)."""
+        if requested not in self._answer_formats:
+            from .answers import resolve_format
+
+            references = [str(row["answer"]) for row in self.gen_rows if row.get("answer") is not None]
+            texts = [str(p[-1]["content"]) if p else "" for p in prompts]
+            chosen, why = resolve_format(requested, references, texts)
+            print(f"unitune eval: answers checked as {chosen} ({why})", flush=True)
+            self._answer_formats[requested] = chosen
+        return self._answer_formats[requested]
 
     @staticmethod
     def _usable(ds, accepted):
@@ -150,37 +163,48 @@ def load_entry_model(entry: Entry, device: str):
 
 
 @dataclass
-class RewardPlan:
-    """The rewards behind mean_reward, which entries get it, and why it is null where it is not computed."""
+class RewardSetup:
+    """The rewards behind one entry's mean_reward, as its GRPO run trained with them (or --reward_funcs)."""
 
-    names: list[str] | None  # None: no mean_reward; []: the defaults for the data
-    every_entry: bool = False  # --reward_funcs on the eval command line: every entry; else GRPO runs and the base
-    withheld: str | None = None
+    names: list[str]  # []: the defaults for the data, as in training
+    weights: list[float] | None = None  # one per function, then one for the model; None: all 1
+    model: str | None = None  # a sequence-classification reward model
+    answer_format: str = "auto"
+    source: str = "the run's own"
+    withheld: str | None = None  # why mean_reward is not computed
 
-    def applies(self, entry: Entry) -> bool:
-        return self.names is not None and (self.every_entry or entry.method in ("grpo", None))
+    def label(self, names: list[str]) -> str:
+        parts = [n.rsplit(":", 1)[-1] for n in names] + ([f"reward model {self.model}"] if self.model else [])
+        weights = f", weights {', '.join(f'{w:g}' for w in self.weights)}" if self.weights else ""
+        return f"{' + '.join(parts)} ({self.source}{weights})"
 
 
-def reward_plan(entries: list[Entry], cfg: EvalConfig) -> RewardPlan:
-    """--reward_funcs given here, else the first GRPO run's own rewards. Code a run record names (a file or a module)
-    is imported only with --trust_reward_code: a runs folder someone sent must not run their Python."""
+def reward_setups(entries: list[Entry], cfg: EvalConfig) -> dict[str, RewardSetup]:
+    """Each entry's rewards for mean_reward. With --reward_funcs on the eval command line: those, for every entry
+    (one yardstick). Otherwise each GRPO run's own functions, weights, reward model and answer format; the base and
+    other runs get none. Code a run record names (a file or a module) is imported only with --trust_reward_code:
+    a runs folder someone sent must not run their Python."""
     from .rewards import BUILTINS, load_reward
 
     if cfg.reward_funcs:
         for name in cfg.reward_funcs:  # a bad name fails now, not after every entry has generated
             load_reward(name)
-        return RewardPlan(cfg.reward_funcs, every_entry=True)
+        shared = RewardSetup(list(cfg.reward_funcs), answer_format=cfg.answer_format, source="--reward_funcs")
+        return {entry.name: shared for entry in entries}
+    setups = {}
     for entry in entries:
-        if entry.method == "grpo":
-            names = (entry.record.get("settings") or {}).get("reward_funcs") or []
-            code = [n for n in names if n not in BUILTINS]
-            if code and not cfg.trust_reward_code:
-                why = (f"not computed: run {entry.name} names reward code ({', '.join(code)}), which runs only with "
-                       "--trust_reward_code")
-                warn(f"mean_reward {why}")
-                return RewardPlan(names, withheld=why)
-            return RewardPlan(names)
-    return RewardPlan(None)
+        if entry.method != "grpo":
+            continue
+        settings = entry.record.get("settings") or {}
+        setup = RewardSetup(list(settings.get("reward_funcs") or []), settings.get("reward_weights"),
+                            settings.get("reward_model"), settings.get("answer_format") or "auto")
+        code = [n for n in setup.names if n not in BUILTINS]
+        if code and not cfg.trust_reward_code:
+            setup.withheld = (f"not computed: run {entry.name} names reward code ({', '.join(code)}), which runs "
+                              "only with --trust_reward_code")
+            warn(f"mean_reward {setup.withheld}")
+        setups[entry.name] = setup
+    return setups
 
 
 def common_base(entries: list[Entry], fallback: str | None) -> str | None:
@@ -190,7 +214,8 @@ def common_base(entries: list[Entry], fallback: str | None) -> str | None:
     return ranked[0] if ranked else fallback
 
 
-def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardPlan, device: str) -> dict:
+def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardSetup | None,
+                   device: str) -> dict:
     started = time.time()
     model = load_entry_model(entry, device)
     tokenizer = load_tokenizer(str(entry.path) if entry.path else resolve_model(entry.base_model))
@@ -215,50 +240,89 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
     return result
 
 
-def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry, rewards: RewardPlan) -> dict:
-    """task_accuracy (rows with an answer), mean_reward (see RewardPlan) and generation samples."""
+def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry,
+                       rewards: RewardSetup | None) -> dict:
+    """task_accuracy (rows with an answer), mean_reward (see reward_setups) and generation samples."""
     rows = data.gen_rows
     if rows:
         prompts = [prompt_messages(row, data.gen_format) for row in rows]
     else:
         prompts = [p for p, _ in data.sft][: cfg.max_generation_samples]
     scored = rows and "answer" in rows[0]
-    rewarded = rewards.applies(entry) and bool(rows)
+    rewarded = rewards is not None and bool(rows)
     wanted = prompts if scored or (rewarded and not rewards.withheld) else prompts[: cfg.max_generation_samples]
     replies = generate_replies(model, tokenizer, wanted, cfg.max_new_tokens, cfg.batch_size,
                                desc=f"{entry.name}: generating")
     out: dict = {"task_accuracy": None}
     if scored:
-        out["task_accuracy"] = sum(check_answer(r, text) for r, text in zip(rows, replies)) / len(rows)
-    if rewarded and rewards.withheld:
-        out.update(mean_reward=None, mean_reward_note=rewards.withheld)
-    elif rewarded:
-        out["mean_reward"] = mean_reward(rewards.names, wanted, replies, rows)
+        answer_format = data.answer_format(cfg.answer_format, prompts)
+        out["task_accuracy"] = sum(check_answer(reply, str(row["answer"]), answer_format)
+                                   for row, reply in zip(rows, replies)) / len(rows)
+        out["answer_format"] = answer_format
+    if rewarded:
+        out.update(rewarded_metrics(rewards, data, wanted, replies, rows))
     out["generation_samples"] = [{"prompt": p[-1]["content"] if p else "", "response": r}
                                  for p, r in zip(wanted, replies)][: cfg.max_generation_samples]
     return out
 
 
-def mean_reward(names: list[str], prompts, replies: list[str], rows: list[dict]) -> float:
-    """Mean over replies of the run's reward functions summed with equal weights."""
-    from .rewards import default_rewards, load_reward
+def rewarded_metrics(setup: RewardSetup, data: EvalData, prompts, replies: list[str], rows: list[dict]) -> dict:
+    """mean_reward and which rewards made it; a reward that fails leaves it null with the reason (the entry's
+    other metrics stand)."""
+    from .rewards import RewardLog, build_rewards, default_rewards
 
-    names = names or default_rewards(list(rows[0]))[0]
+    if setup.withheld:
+        return {"mean_reward": None, "mean_reward_note": setup.withheld}
+    names = setup.names
+    try:
+        names = names or ([] if setup.model else default_rewards(list(rows[0]))[0])
+        answer_format = data.answer_format(setup.answer_format, prompts)
+        funcs = build_rewards(names, list(rows[0]), RewardLog(), answer_format)[0] if names else []
+        value = mean_reward(funcs, setup, prompts, replies, rows)
+    except Exception as err:  # guarded like training: one line naming the function, never a lost entry
+        why = f"not computed: {first_line(err, typed=not isinstance(err, UserError))}"
+        warn(f"mean_reward {why}")
+        return {"mean_reward": None, "mean_reward_note": why, "mean_reward_funcs": setup.label(names)}
+    return {"mean_reward": value, "mean_reward_funcs": setup.label(names)}
+
+
+def mean_reward(funcs, setup: RewardSetup, prompts, replies: list[str], rows: list[dict]) -> float:
+    """Mean over replies of the weighted sum of the reward functions (and the reward model), as GRPO sums them."""
     completions = [[{"role": "assistant", "content": r}] for r in replies]
     columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
-    totals = [0.0] * len(replies)
-    for name in names:
-        for i, value in enumerate(load_reward(name)(prompts=prompts, completions=completions, **columns)):
-            totals[i] += float(value)
+    scores = [list(func(prompts=prompts, completions=completions, **columns)) for func in funcs]
+    if setup.model:
+        scores.append(reward_model_scores(setup.model, prompts, replies))
+    weights = setup.weights or [1.0] * len(scores)
+    totals = [sum(w * float(s[i]) for w, s in zip(weights, scores)) for i in range(len(replies))]
     return sum(totals) / len(totals)
+
+
+@torch.inference_mode()
+def reward_model_scores(model_id: str, prompts, replies: list[str], batch_size: int = 16) -> list[float]:
+    """A sequence-classification reward model's score for each prompt + reply, as TRL's GRPOTrainer computes it:
+    the conversation through the reward tokenizer's chat template, right-padded, the first logit."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).eval()
+    texts = [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
+             for p, r in zip(prompts, replies)]
+    scores: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, padding_side="right",
+                          add_special_tokens=False)
+        scores += model(**batch).logits[:, 0].float().tolist()
+    return scores
 
 
 def run_eval(cfg: EvalConfig) -> dict:
     entries, skipped = discover(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rewards = reward_plan(entries, cfg)
     if not cfg.skip_base:
         entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
+    rewards = reward_setups(entries, cfg)
     data_cache: dict[tuple[str, str], EvalData] = {}
     recorded = [parse_columns((e.record.get("settings") or {}).get("columns")) for e in entries]
     results: dict = {}
@@ -273,7 +337,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
-            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards, device)
+            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device)
         except Exception as err:  # a broken run must not stop the others
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             warn(f"{entry.name}: {message}")

@@ -42,9 +42,14 @@ def not_evaluated(result: dict) -> str | None:
 
 
 def notes(entries: list[tuple[str, dict]]) -> list[str]:
-    """Lines explaining empty cells: why a metric was not computed for an entry."""
-    return [f"{name}: mean_reward {result['mean_reward_note']}" for name, result in entries
-            if result.get("mean_reward_note")]
+    """Lines saying what made mean_reward for each entry, or why it was not computed, and how answers were read."""
+    lines = [f"{name}: mean_reward {result['mean_reward_note']}" if result.get("mean_reward_note") else
+             f"{name}: mean_reward = {result['mean_reward_funcs']}" for name, result in entries
+             if result.get("mean_reward_note") or result.get("mean_reward_funcs")]
+    formats = sorted({result["answer_format"] for _, result in entries if result.get("answer_format")})
+    if formats:
+        lines.append(f"task_accuracy: answers checked as {', '.join(formats)} (unitune.answers.check_answer)")
+    return lines
 
 
 def ordered(results: dict) -> list[tuple[str, dict]]:
