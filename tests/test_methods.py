@@ -240,3 +240,43 @@ def test_grpo_reads_gsm8k_answers(tiny_args, tmp_path, capsys):
     assert "answers checked as gsm8k (8 of 8 answers are written that way)" in out
     assert main(tiny_args("grpo", "--answer_format", "boxd")) == 2
     assert "unknown --answer_format 'boxd' (did you mean 'boxed'?)" in capsys.readouterr().err
+
+
+def test_tensorboard_gets_the_training_logs(tiny_args, tmp_path):
+    """--report_to tensorboard writes event files with train/loss, offline, under the run folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(tiny_args("sft", "--report_to", "tensorboard", "--run_name", "tb-check")) == 0
+    events = list((tmp_path / "sft_run").glob("runs/*/events.out.tfevents.*"))
+    assert events, sorted(p.name for p in (tmp_path / "sft_run").rglob("*"))
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    assert len(accumulator.Scalars("train/loss")) == 2
+    assert read_json(tmp_path / "sft_run" / "unitune_run.json")["settings"]["run_name"] == "tb-check"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--report_to", "tensorbord"], "unknown tracker 'tensorbord' in --report_to (did you mean 'tensorboard'?)"),
+    (["--report_to", "none", "wandb"], "--report_to none wandb mixes 'none' with trackers"),
+    (["--report_to", "mlflow"], "--report_to mlflow needs the mlflow package, which is not installed; run "
+                                "`pip install mlflow`"),
+])
+def test_tracker_problems_are_one_line_before_loading(tiny_args, capsys, flags, message):
+    assert main(tiny_args("sft", *flags)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_wandb_without_a_login_is_one_line(monkeypatch, tmp_path):
+    from unitune import trackers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not trackers.wandb_ready()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password secret\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert trackers.wandb_ready()
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert trackers.wandb_ready()

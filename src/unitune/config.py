@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .answers import FORMATS as ANSWER_FORMATS
 from .errors import UserError
+from .trackers import check_names as check_trackers
 from .methods import METHODS
 
 
@@ -104,6 +105,9 @@ class TrainConfig:
     save_steps: int = opt(500, "save a checkpoint every N steps (and at the end)")
     eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
                                        "and at the end)")
+    report_to: list[str] | None = opt(None, "experiment trackers for the training logs: none (default), tensorboard, "
+                                            "trackio, wandb, mlflow, or several")
+    run_name: str | None = opt(None, "the run's name in the trackers (default: the output folder's name)")
     train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)",
                                 section="chat template and loss mask")
     chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
@@ -165,6 +169,7 @@ class TrainConfig:
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
         _answer_format(self)
+        check_trackers(self.report_to)
         _template_file(self.chat_template)
         parse_columns(self.columns)
         if not 0 <= self.max_bad_rows <= 1:

@@ -24,6 +24,7 @@ from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matche
 from .output import dataset_bars, use_training_bar
 from .runs import library_versions, machine
 from .speed import compact_lm_head, fast_lora_dropout
+from .trackers import trackers
 
 
 def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec, cfg: TrainConfig):
@@ -171,7 +172,8 @@ def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> 
         eval_strategy="steps" if has_eval else "no", eval_steps=cfg.eval_steps or cfg.save_steps,
         bf16=hw.dtype == torch.bfloat16, fp16=hw.dtype == torch.float16,
         gradient_checkpointing=hw.gradient_checkpointing, use_cpu=hw.device == "cpu",
-        include_num_input_tokens_seen="non_padding", report_to="none",
+        include_num_input_tokens_seen="non_padding", report_to=trackers(cfg.report_to) or "none",
+        run_name=cfg.run_name or out.name,
     )
 
 
@@ -260,6 +262,7 @@ def run_record(cfg: TrainConfig, given: TrainConfig, hw: Hardware, source: str, 
 
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
+    trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
     hw = choose_hardware(cfg.use_qlora)
     print(hw.line(), flush=True)
     dataset = resolve_dataset(cfg.dataset)
