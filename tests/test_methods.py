@@ -280,3 +280,45 @@ def test_wandb_without_a_login_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert trackers.wandb_ready()
+
+
+def test_eval_generation_logs_task_accuracy_at_each_evaluation(tiny_args, tmp_path, monkeypatch):
+    """--eval_generation: greedy replies to held-out prompts, scored at every evaluation, logged beside eval_loss
+    with the step (one eval entry per step: the final evaluation is not repeated)."""
+    from datasets import load_dataset
+
+    from unitune import generation_eval
+
+    answers = {row["prompt"]: row["answer"] for row in load_dataset(str(DEMO_DIR), split="test_gen")}
+    calls = []
+
+    def replies(model, tokenizer, prompts, *args, **kwargs):  # right on the first evaluation, wrong after
+        calls.append(len(prompts))
+        right = len(calls) == 1
+        return [f"Answer: {answers[p[-1]['content']] if right else 'nothing'}" for p in prompts]
+
+    monkeypatch.setattr(generation_eval, "generate_replies", replies)
+    assert main(tiny_args("sft", "--eval_split", "test_gen", "--eval_steps", "1", "--max_eval_samples", "4",
+                          "--eval_generation", "3")) == 0
+    evals = [e for e in read_json(tmp_path / "sft_run" / "trainer_state.json")["log_history"] if "eval_loss" in e]
+    assert [(e["step"], e["eval_task_accuracy"]) for e in evals] == [(1, 1.0), (2, 0.0)]
+    assert calls == [3, 3]
+
+
+def test_eval_generation_for_grpo_logs_the_mean_reward(tiny_args, tmp_path):
+    assert main(tiny_args("grpo", "--eval_split", "test_gen", "--eval_steps", "1", "--max_eval_samples", "2",
+                          "--eval_generation", "2", "--num_generations", "2", "--max_completion_length", "4",
+                          "--max_steps", "1", "--reward_funcs", "length", "format")) == 0
+    evals = [e for e in read_json(tmp_path / "grpo_run" / "trainer_state.json")["log_history"]
+             if "eval_mean_reward" in e]
+    assert len(evals) == 1 and evals[0]["step"] == 1 and -1.0 <= evals[0]["eval_mean_reward"] <= 1.0
+    assert 0.0 <= evals[0]["eval_task_accuracy"] <= 1.0
+
+
+def test_eval_generation_needs_an_eval_split_and_answers(tiny_args, tmp_path, capsys):
+    assert main(tiny_args("sft", "--eval_generation", "4")) == 2
+    assert "--eval_generation 4 needs --eval_split" in capsys.readouterr().err
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": "Say hi", "completion": "Hi"}] * 4)
+    assert main(tiny_args("sft", "--dataset", data, "--eval_split", "train", "--eval_generation", "2",
+                          "--dry-run")) == 2
+    assert "--eval_generation scores replies against an 'answer' column" in capsys.readouterr().err

@@ -105,6 +105,9 @@ class TrainConfig:
     save_steps: int = opt(500, "save a checkpoint every N steps (and at the end)")
     eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
                                        "and at the end)")
+    eval_generation: int = opt(0, "at each evaluation (--eval_split), greedy replies to the split's first N prompts, "
+                                  "logged as eval_task_accuracy (rows with an answer) and, for GRPO, eval_mean_reward; "
+                                  "replies are up to --max_completion_length tokens")
     report_to: list[str] | None = opt(None, "experiment trackers for the training logs: none (default), tensorboard, "
                                             "trackio, wandb, mlflow, or several")
     run_name: str | None = opt(None, "the run's name in the trackers (default: the output folder's name)")
@@ -116,7 +119,7 @@ class TrainConfig:
                              section="method-specific (DPO, ORPO, KTO, GRPO)")
     loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)")
     num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)")
-    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens")
+    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens (also --eval_generation's)")
     temperature: float = opt(1.0, "GRPO: sampling temperature")
     reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
                                                "path/file.py:function or package.module:function")
@@ -170,6 +173,9 @@ class TrainConfig:
                             "function, then one for the reward model")
         _answer_format(self)
         check_trackers(self.report_to)
+        if self.eval_generation < 0 or (self.eval_generation and not self.eval_split):
+            raise UserError(f"--eval_generation {self.eval_generation} needs --eval_split (the held-out prompts) and "
+                            "a count of 0 or more; e.g. --eval_split test_gen --eval_generation 32")
         _template_file(self.chat_template)
         parse_columns(self.columns)
         if not 0 <= self.max_bad_rows <= 1:

@@ -16,8 +16,8 @@ import torch
 
 from .answers import check_answer
 from .config import EvalConfig, parse_columns
-from .data import detect_format, prompt_messages, resolve_dataset, row_views, split_names
-from .normalize import canonical, drop_bad_rows, load_rows
+from .data import prompt_messages, resolve_dataset, row_views, split_names
+from .normalize import load_rows, usable_rows
 from .errors import UserError, first_line, warn
 from .generation import generate_replies
 from .methods import METHODS
@@ -106,9 +106,9 @@ class EvalData:
                        if split in available}
         rows = {kind: load_rows(dataset, split, columns or {}) for kind, split in self.splits.items()}
         rows = {kind: ds.select(range(min(cfg.max_samples, len(ds)))) for kind, ds in rows.items()}
-        self.sft = self._sft_items(*self._usable(rows.get("sft"), METHODS["sft"].formats))
-        self.pairs = self._pairs(*self._usable(rows.get("prefs"), METHODS["dpo"].formats))
-        gen, self.gen_format = self._usable(rows.get("gen"), None)
+        self.sft = self._sft_items(*usable_rows(rows.get("sft"), METHODS["sft"].formats, "a test split"))
+        self.pairs = self._pairs(*usable_rows(rows.get("prefs"), METHODS["dpo"].formats, "a test split"))
+        gen, self.gen_format = usable_rows(rows.get("gen"), None, "a test split")
         self.gen_rows = list(gen) if gen is not None else []
         self._answer_formats: dict[str, str] = {}
 
@@ -123,15 +123,6 @@ class EvalData:
             print(f"unitune eval: answers checked as {chosen} ({why})", flush=True)
             self._answer_formats[requested] = chosen
         return self._answer_formats[requested]
-
-    @staticmethod
-    def _usable(ds, accepted):
-        """(rows in their canonical format without the unusable ones, that format), or (None, None)."""
-        source = detect_format(ds.column_names, accepted) if ds is not None else None
-        if source is None:
-            return None, None
-        ds, fmt = canonical(ds, source)
-        return drop_bad_rows(ds, fmt, 1.0, "a test split"), fmt
 
     @staticmethod
     def _sft_items(ds, fmt):

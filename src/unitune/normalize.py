@@ -14,7 +14,7 @@ import re
 
 from datasets import Dataset
 
-from .data import FORMATS, as_text, load_split
+from .data import FORMATS, as_text, detect_format, load_split
 from .errors import UserError, warn
 
 # ShareGPT's speaker names -> roles
@@ -198,6 +198,16 @@ def bad_rows(ds: Dataset, fmt: str) -> dict[str, list[int]]:
 def describe(found: dict[str, list[int]]) -> str:
     return "; ".join(f"{len(rows)} {kind} (row{'s' if len(rows) > 1 else ''} "
                      f"{', '.join(map(str, rows[:5]))}{', ...' if len(rows) > 5 else ''})" for kind, rows in found.items())
+
+
+def usable_rows(ds: Dataset | None, accepted: tuple[str, ...] | None, where: str):
+    """A held-out split for scoring: (its rows in their canonical format without the unusable ones, that format),
+    or (None, None) when no format in ``accepted`` (None: any) fits it."""
+    source = detect_format(ds.column_names, accepted) if ds is not None else None
+    if source is None:
+        return None, None
+    ds, fmt = canonical(ds, source)
+    return drop_bad_rows(ds, fmt, 1.0, where), fmt
 
 
 def drop_bad_rows(ds: Dataset, fmt: str, max_fraction: float, where: str) -> Dataset:

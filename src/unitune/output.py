@@ -119,7 +119,8 @@ def _training_bar(base: type) -> type:
             if state.is_world_process_zero and self.training_bar is not None and logs:
                 shown = {name: f"{logs[key]:.4g}" for key, name in self.SHOWN.items()
                          if isinstance(logs.get(key), (int, float))}
-                if shown:
-                    self.training_bar.set_postfix(shown, refresh=False)
+                if shown:  # an eval log updates its numbers and keeps the training loss beside them
+                    self.shown = {**getattr(self, "shown", {}), **shown}
+                    self.training_bar.set_postfix(self.shown, refresh=False)
 
     return TrainingBar

@@ -20,7 +20,8 @@ LOWER, HIGHER = "↓ lower is better", "↑ higher is better"
 DIRECTION = {"test_loss": LOWER, "perplexity": LOWER, "preference_accuracy": HIGHER, "loss_margin": HIGHER,
              "task_accuracy": HIGHER, "mean_reward": HIGHER, "final_train_loss": LOWER, "final_eval_loss": LOWER}
 # The training logs overlaid on one axis per key (runs differ in steps, so against progress, 0-100%).
-OVERLAY_KEYS = (("loss", "training loss", LOWER), ("eval_loss", "eval loss", LOWER), ("reward", "reward", HIGHER))
+OVERLAY_KEYS = (("loss", "training loss", LOWER), ("eval_loss", "eval loss", LOWER), ("reward", "reward", HIGHER),
+                ("eval_task_accuracy", "eval task accuracy", HIGHER), ("eval_mean_reward", "eval mean reward", HIGHER))
 
 
 def load_results(path: Path) -> dict:

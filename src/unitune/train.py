@@ -25,6 +25,7 @@ from .output import dataset_bars, use_training_bar
 from .runs import library_versions, machine
 from .speed import compact_lm_head, fast_lora_dropout
 from .trackers import trackers
+from .generation_eval import generation_eval
 
 
 def load_checked(dataset: str, split: str, limit: int | None, limit_flag: str, spec: MethodSpec, cfg: TrainConfig):
@@ -286,6 +287,8 @@ def run_training(cfg: TrainConfig) -> Path:
     eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
                              tokenizer)
                if cfg.eval_split else None)
+    callbacks = [generation_eval(cfg, dataset, tokenizer, cfg.per_device_train_batch_size)] if cfg.eval_generation \
+        else []
     if cfg.dry_run:
         print("unitune: dry run: nothing trained")
         return out
@@ -298,7 +301,7 @@ def run_training(cfg: TrainConfig) -> Path:
     stop = GracefulStop("run the same command with --resume" + (" instead of --overwrite_output_dir"
                                                                if cfg.overwrite_output_dir else "") + " to continue")
     try:
-        train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop)
+        train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop, callbacks)
     except Interrupted:
         end_process_group()
         raise
@@ -312,7 +315,7 @@ def run_training(cfg: TrainConfig) -> Path:
 
 
 def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str, tokenizer, train_ds, eval_ds,
-                   out: Path, resume: str | None, record: dict, stop: GracefulStop) -> None:
+                   out: Path, resume: str | None, record: dict, stop: GracefulStop, callbacks: list) -> None:
     """Load the model, train (stopping cleanly on a signal), save the adapter and the finished run record."""
     model = load_model(source, hw)
     if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
@@ -320,6 +323,8 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
     with dataset_bars(len(train_ds)):  # the trainer's own preparation (tokenizing, truncating) runs in here
         trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
     use_training_bar(trainer)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled \
             and is_main_process():
         warn("the accelerate config asks for FSDP, but accelerate runs CPU processes as plain DDP: each process "
@@ -335,7 +340,9 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
             write_status(out, record, "interrupted", global_step=trainer.state.global_step,
                          wall_time_seconds=round(wall, 2))
             raise interrupted
-        if eval_ds is not None and stop.signal is None:  # a stop asked for during the last step skips it
+        evaluated = any("eval_loss" in e and e.get("step") == trainer.state.global_step
+                        for e in trainer.state.log_history)
+        if eval_ds is not None and stop.signal is None and not evaluated:  # a stop during the last step skips it
             trainer.evaluate()  # the final eval loss lands in trainer_state.json
     if trainer.is_fsdp_enabled:  # the Trainer saves no adapter from a sharded state dict
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
