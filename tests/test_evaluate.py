@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": i
                 "model_path": str, "dataset": str, "splits": dict, "eval_time_seconds": float,
                 "initial_train_loss": float, "final_train_loss": float, "total_steps": int,
                 "training_time_seconds": float, "training_time_hours": float}
+ROOT = Path(__file__).resolve().parents[1]
 EVAL_FLAGS = ["--max_samples", "6", "--max_new_tokens", "4", "--batch_size", "4", "--max_generation_samples", "2"]
 
 
@@ -323,3 +325,58 @@ def test_task_accuracy_reads_the_datas_answer_format(runs, tmp_path, monkeypatch
         assert result["task_accuracy"] == (1.0 if kind == "right" else 0.0), (kind, result["generation_samples"])
         assert result["answer_format"] == answer_format
     assert f"answers checked as {answer_format} (2 of 2 answers are written that way)" in capsys.readouterr().out
+
+
+LM_EVAL_TASK = ROOT / "examples" / "lm_eval" / "unitune_demo_gen.yaml"
+
+
+def test_lm_eval_task_reads_the_answer_line_of_right_replies():
+    """The shipped task's filter takes the value of the Answer: line: every chosen reply of test_gen scores."""
+    import re
+
+    import yaml
+    from datasets import load_dataset
+
+    task = yaml.safe_load(LM_EVAL_TASK.read_text())
+    pattern = re.compile(task["filter_list"][0]["filter"][0]["regex_pattern"])
+    rows = load_dataset(str(DEMO_DIR), split="test_gen")
+    for row in rows:
+        found = pattern.findall(row["chosen"][-1]["content"])
+        assert found and found[0].lower() == row["answer"].lower(), (row["chosen"][-1]["content"], found)
+
+
+def test_lm_eval_task_runs_on_the_base_and_every_run(runs, tmp_path, monkeypatch, capsys):
+    """unitune eval --lm_eval_tasks runs lm-eval offline on the base and each run (adapter as PEFT), merges the
+    task's metrics under "lm_eval" and shows them in the report."""
+    monkeypatch.chdir(ROOT)  # the task's data_files path is relative to the repository root
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    assert main(["eval", "--runs_dir", str(root), "--skip_perplexity", *EVAL_FLAGS, "--lm_eval_tasks",
+                 "unitune_demo_gen", "--lm_eval_include_path", "examples/lm_eval", "--lm_eval_limit", "3"]) == 0
+    results = read_json(root / "evaluation_results.json")
+    for name in ("base", "sft_tiny"):
+        metrics = results[name]["lm_eval"]["unitune_demo_gen"]
+        assert set(metrics) == {"exact_match,answer_line"} and 0.0 <= metrics["exact_match,answer_line"] <= 1.0
+    assert "lm-eval unitune_demo_gen on sft_tiny" in capsys.readouterr().out
+    assert "| run | unitune_demo_gen exact_match,answer_line |" in (root / "report.md").read_text()
+
+
+def test_lm_eval_problems_are_one_line_before_loading(runs, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    assert main(["eval", "--runs_dir", str(root), "--lm_eval_tasks", "unitune_demo_gem",
+                 "--lm_eval_include_path", str(ROOT / "examples" / "lm_eval")]) == 2
+    assert "unknown lm-eval task 'unitune_demo_gem' (did you mean 'unitune_demo_gen'?)" in capsys.readouterr().err
+    assert main(["eval", "--runs_dir", str(root), "--lm_eval_tasks", "x", "--lm_eval_include_path",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "--lm_eval_include_path" in capsys.readouterr().err and not (root / "evaluation_results.json").exists()
+
+
+def test_lm_eval_hub_task_offline_is_one_line_and_keeps_the_results(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    assert main(["eval", "--runs_dir", str(root), "--skip_base", "--skip_perplexity", *EVAL_FLAGS,
+                 "--lm_eval_tasks", "gsm8k", "--lm_eval_limit", "1"]) == 2
+    assert "lm-eval could not fetch a dataset for gsm8k" in capsys.readouterr().err
+    assert read_json(root / "evaluation_results.json")["sft_tiny"]["preference_accuracy"] is not None

@@ -274,14 +274,22 @@ class EvalConfig:
                                          "without it such runs get mean_reward null: a runs folder from someone "
                                          "else must not run their Python")
     answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
+    lm_eval_tasks: list[str] | None = opt(None, "lm-evaluation-harness tasks to run on the base model and every run "
+                                                "(needs the lm-eval extra), e.g. gsm8k or a task under "
+                                                "--lm_eval_include_path")
+    lm_eval_include_path: str | None = opt(None, "a folder of lm-eval task YAMLs (e.g. examples/lm_eval)")
+    lm_eval_limit: int | None = opt(None, "lm-eval: only the first N examples of each task")
 
     @property
     def column_map(self) -> dict[str, str]:
         return parse_columns(self.columns)
 
     def __post_init__(self) -> None:
-        _positive(self, "max_samples", "batch_size", "max_new_tokens")
+        _positive(self, "max_samples", "batch_size", "max_new_tokens", "lm_eval_limit")
         _answer_format(self)
+        if self.lm_eval_include_path and not Path(self.lm_eval_include_path).is_dir():
+            raise UserError(f"--lm_eval_include_path {self.lm_eval_include_path} is not a folder; point it at a "
+                            "folder of lm-eval task YAMLs")
         parse_columns(self.columns)
         if self.max_generation_samples < 0:
             raise UserError("--max_generation_samples must be 0 or more")

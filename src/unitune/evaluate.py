@@ -314,6 +314,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not cfg.skip_base:
         entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
     rewards = reward_setups(entries, cfg)
+    benchmarks = None
+    if cfg.lm_eval_tasks:  # an unknown task or a missing lm-eval fails now, before any model loads
+        from .harness import check_tasks, task_manager
+
+        benchmarks = task_manager(cfg.lm_eval_include_path)
+        check_tasks(benchmarks, cfg.lm_eval_tasks)
     data_cache: dict[tuple[str, str], EvalData] = {}
     recorded = [parse_columns((e.record.get("settings") or {}).get("columns")) for e in entries]
     results: dict = {}
@@ -335,8 +341,23 @@ def run_eval(cfg: EvalConfig) -> dict:
             results[entry.name] = {"error": f"{type(err).__name__}: {message}",
                                    "model_path": str(entry.path) if entry.path else None}
     results.update(skipped)
-    write_json_atomic(Path(cfg.output), results)
-    print(f"unitune eval: results written to {cfg.output}", flush=True)
+    try:
+        if benchmarks is not None:
+            run_benchmarks(benchmarks, entries, results, cfg, device)
+    finally:  # what was measured is kept, even when lm-eval stops with an error
+        write_json_atomic(Path(cfg.output), results)
+        print(f"unitune eval: results written to {cfg.output}", flush=True)
     if all("error" in results[e.name] for e in entries):
         raise UserError(f"no run could be evaluated (see the errors in {cfg.output}); check the run folders")
     return results
+
+
+def run_benchmarks(manager, entries: list[Entry], results: dict, cfg: EvalConfig, device: str) -> None:
+    """lm-eval's tasks on every entry that evaluated, merged into its results under "lm_eval"."""
+    from .harness import run_tasks
+
+    for entry in (e for e in entries if "error" not in results[e.name]):
+        print(f"unitune eval: lm-eval {', '.join(cfg.lm_eval_tasks)} on {entry.name}", flush=True)
+        results[entry.name]["lm_eval"] = run_tasks(manager, cfg.lm_eval_tasks, resolve_model(entry.base_model),
+                                                   str(entry.path) if entry.path else None, cfg.lm_eval_limit,
+                                                   cfg.batch_size, device)

@@ -201,6 +201,39 @@ def html_table(entries: list[tuple[str, dict]]) -> str:
             "<p class='note'>↓ lower is better, ↑ higher is better; the best value of each is in bold.</p>")
 
 
+def lm_eval_rows(entries: list[tuple[str, dict]]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """lm-eval's metrics as (columns "task metric", rows of (entry, cells)); no columns when lm-eval did not run."""
+    columns = sorted({f"{task} {metric}" for _, result in entries
+                      for task, metrics in (result.get("lm_eval") or {}).items() for metric in metrics})
+    rows = []
+    for name, result in entries:
+        values = {f"{task} {metric}": value for task, metrics in (result.get("lm_eval") or {}).items()
+                  for metric, value in metrics.items()}
+        if values:
+            rows.append((name, [fmt(values.get(column)) for column in columns]))
+    return columns, rows
+
+
+def lm_eval_html(entries: list[tuple[str, dict]]) -> str:
+    columns, rows = lm_eval_rows(entries)
+    if not columns:
+        return ""
+    head = "<th>run</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells)
+                   + "</tr>" for name, cells in rows)
+    return (f"<h2>lm-evaluation-harness</h2><div class='scroll'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def lm_eval_markdown(entries: list[tuple[str, dict]]) -> str:
+    columns, rows = lm_eval_rows(entries)
+    if not columns:
+        return ""
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows]
+    return "\n## lm-evaluation-harness\n\n" + "\n".join(lines) + "\n"
+
+
 def settings_sections(entries: list[tuple[str, dict]]) -> str:
     """A collapsible block per run with the settings that made it differ, from its unitune_run.json."""
     blocks = []
@@ -261,12 +294,12 @@ def write_report(runs_dir: str, results_path: str | None = None) -> Path:
             f"<title>unitune report</title><style>{STYLE}</style></head><body><h1>unitune report</h1>"
             f"<p>{len(entries)} entries from {html.escape(str(runs))}; the grey bar and row are the base model."
             "</p><h2>Metrics</h2>" + html_table(entries) +
-            "".join(f"<p class='note'>{html.escape(line)}</p>" for line in notes(entries)) +
+            "".join(f"<p class='note'>{html.escape(line)}</p>" for line in notes(entries)) + lm_eval_html(entries) +
             "<h2>Charts</h2><div class='charts'>" + "".join(images) + "</div>"
             "<h2>Run settings</h2>" + settings_sections(entries) +
             "<h2>Generation samples</h2>" + samples_table(entries) + "</body></html>")
     runs.mkdir(parents=True, exist_ok=True)
     write_text_atomic(runs / "report.html", page)
     write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries) + "\n"
-                      + "".join(f"\n{line}\n" for line in notes(entries)))
+                      + "".join(f"\n{line}\n" for line in notes(entries)) + lm_eval_markdown(entries))
     return runs / "report.html"
