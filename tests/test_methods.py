@@ -322,3 +322,18 @@ def test_eval_generation_needs_an_eval_split_and_answers(tiny_args, tmp_path, ca
     assert main(tiny_args("sft", "--dataset", data, "--eval_split", "train", "--eval_generation", "2",
                           "--dry-run")) == 2
     assert "--eval_generation scores replies against an 'answer' column" in capsys.readouterr().err
+
+
+def test_trackio_keeps_the_training_logs_offline(tiny_args, tmp_path, monkeypatch):
+    """--report_to trackio: a local Trackio store (TRACKIO_DIR) holds the run, named by --run_name, with its loss."""
+    import uuid
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is first imported
+    from trackio.sqlite_storage import SQLiteStorage
+
+    name = f"tk-{uuid.uuid4().hex[:8]}"  # unique, should an earlier import have fixed the default store
+    assert main(tiny_args("sft", "--report_to", "trackio", "--run_name", name)) == 0
+    logs = SQLiteStorage.get_logs("huggingface", name)
+    assert [round(entry["train/loss"], 4) for entry in logs if "train/loss" in entry] == \
+        [round(e["loss"], 4) for e in read_json(tmp_path / "sft_run" / "trainer_state.json")["log_history"]
+         if "loss" in e]
