@@ -380,3 +380,19 @@ def test_lm_eval_hub_task_offline_is_one_line_and_keeps_the_results(runs, tmp_pa
                  "--lm_eval_tasks", "gsm8k", "--lm_eval_limit", "1"]) == 2
     assert "lm-eval could not fetch a dataset for gsm8k" in capsys.readouterr().err
     assert read_json(root / "evaluation_results.json")["sft_tiny"]["preference_accuracy"] is not None
+
+
+def test_report_charts_the_eval_generation_curves(tmp_path):
+    """--eval_generation's metrics, logged beside eval_loss, get an overlaid chart each, with their direction."""
+    from unitune.report import overlay_keys, run_histories
+
+    run = tmp_path / "sft_x"
+    run.mkdir()
+    history = [{"step": 1, "loss": 1.0}, {"step": 1, "eval_loss": 0.9, "eval_task_accuracy": 0.25},
+               {"step": 2, "eval_loss": 0.8, "eval_task_accuracy": 0.5, "eval_mean_reward": 0.1}]
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    runs = run_histories([("base", {}), ("sft_x", {"model_path": str(run)})])
+    assert overlay_keys(runs) == [("loss", "training loss", "↓ lower is better"),
+                                  ("eval_loss", "eval loss", "↓ lower is better"),
+                                  ("eval_task_accuracy", "eval task accuracy", "↑ higher is better"),
+                                  ("eval_mean_reward", "eval mean reward", "↑ higher is better")]

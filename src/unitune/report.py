@@ -117,11 +117,17 @@ def run_histories(entries: list[tuple[str, dict]]) -> list[tuple[str, list[dict]
     return runs
 
 
-def loss_overlay(entries: list[tuple[str, dict]]) -> str | None:
-    """One chart per logged key (training loss, eval loss, GRPO reward) with every run on it, against progress."""
-    runs = run_histories(entries)
-    keys = [(key, title, way) for key, title, way in OVERLAY_KEYS
+def overlay_keys(runs: list[tuple[str, list[dict]]]) -> list[tuple[str, str, str]]:
+    """The logged keys some run has, each drawn as one chart: (key, title, direction)."""
+    return [(key, title, way) for key, title, way in OVERLAY_KEYS
             if any(key in e for _, history in runs for e in history)]
+
+
+def loss_overlay(entries: list[tuple[str, dict]]) -> str | None:
+    """One chart per logged key (training and eval loss, GRPO reward, the --eval_generation metrics) with every run
+    on it, against progress."""
+    runs = run_histories(entries)
+    keys = overlay_keys(runs)
     if not keys:
         return None
     plt = _pyplot()
