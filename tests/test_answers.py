@@ -23,6 +23,8 @@ CASES = [
     ("42", "tagged", "Answer: 42\nAnswer: 43", False),  # the last answer line counts
     ("RIVER", "tagged", "Answer: river", False),  # capitals were asked for
     ("cab", "tagged", "Answer: abc", False),  # words are never algebra (c*a*b = a*b*c)
+    ("cab.", "tagged", "Answer: abc", False),  # not even with a period on the reference
+    ("B", "tagged", "Answer: (B)", True),  # a multiple-choice letter in parentheses
     # gsm8k: "#### <value>" in the reference; the reply's #### line, else its last number
     (GSM8K_REFERENCE, "gsm8k", "48 / 2 = 24, and 48 + 24 = 72.\n#### 72", True),
     (GSM8K_REFERENCE, "gsm8k", "She sold 24 in May, so 72 clips in total.", True),
@@ -45,6 +47,9 @@ CASES = [
     ("42", "last_number", "First 40, then 42", True),
     ("0.5", "last_number", "It is 1/2", True),
     ("42", "last_number", "42, or rather 43", False),
+    ("23", "last_number", "the roots are 2,3", False),  # a comma joins thousands only
+    ("1000000", "last_number", "one million: 1,000,000", True),
+    ("42 apples", "last_number", "42", True),  # a reference with words: its last number
     # exact
     ("Paris", "exact", "  Paris\n", True),
     ("Paris", "exact", "paris", False),

@@ -121,3 +121,6 @@ def test_local_folder_is_read_once_until_a_file_changes(tmp_path, monkeypatch):
     os.utime(folder / "train.jsonl", ns=(1, 1))  # a different time even on a coarse-grained clock
     assert data.load_split(str(folder), "train")["text"] == ["edited"]
     assert len(builds) == 2
+    (folder / "validation.jsonl").write_text('{"text": "three"}\n')  # a split added while the process runs
+    assert set(data.split_names(str(folder))) == {"train", "test", "validation"}
+    assert data.load_split(str(folder), "validation")["text"] == ["three"]

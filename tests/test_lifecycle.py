@@ -59,8 +59,10 @@ def test_resume_after_sigkill(tiny_model_dir, tmp_path):
 
 
 def train_until(cmd, losses_seen: int, sig=signal.SIGTERM) -> tuple[int, str]:
-    """Run ``cmd``; once it has logged ``losses_seen`` losses, send ``sig``. (exit code, output)"""
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Run ``cmd``; once it has logged ``losses_seen`` losses, send ``sig``. (exit code, output) --verbose makes
+    the Trainer print its per-step log dicts, which show how far it is."""
+    proc = subprocess.Popen(cmd + ["--verbose"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     seen, sent, lines = 0, False, []
     for line in proc.stdout:
         lines.append(line)

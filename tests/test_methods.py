@@ -283,8 +283,8 @@ def test_wandb_without_a_login_is_one_line(monkeypatch, tmp_path):
 
 
 def test_eval_generation_logs_task_accuracy_at_each_evaluation(tiny_args, tmp_path, monkeypatch):
-    """--eval_generation: greedy replies to held-out prompts, scored at every evaluation, logged beside eval_loss
-    with the step (one eval entry per step: the final evaluation is not repeated)."""
+    """--eval_generation: greedy replies to held-out prompts, scored at every evaluation, logged with its step
+    (and the final evaluation is not repeated when the last step had one)."""
     from datasets import load_dataset
 
     from unitune import generation_eval
@@ -300,18 +300,25 @@ def test_eval_generation_logs_task_accuracy_at_each_evaluation(tiny_args, tmp_pa
     monkeypatch.setattr(generation_eval, "generate_replies", replies)
     assert main(tiny_args("sft", "--eval_split", "test_gen", "--eval_steps", "1", "--max_eval_samples", "4",
                           "--eval_generation", "3")) == 0
-    evals = [e for e in read_json(tmp_path / "sft_run" / "trainer_state.json")["log_history"] if "eval_loss" in e]
-    assert [(e["step"], e["eval_task_accuracy"]) for e in evals] == [(1, 1.0), (2, 0.0)]
+    history = read_json(tmp_path / "sft_run" / "trainer_state.json")["log_history"]
+    assert [e["step"] for e in history if "eval_loss" in e] == [1, 2]
+    assert [(e["step"], e["eval_task_accuracy"]) for e in history if "eval_task_accuracy" in e] == [(1, 1.0), (2, 0.0)]
     assert calls == [3, 3]
 
 
-def test_eval_generation_for_grpo_logs_the_mean_reward(tiny_args, tmp_path):
+def test_eval_generation_for_grpo_logs_the_weighted_mean_reward(tiny_args, tmp_path):
+    """eval_mean_reward sums the run's reward functions with its --reward_weights (each function here gives a
+    constant, so the mean is known: 0.5 x 2 + 3 x 1 = 4)."""
+    code = tmp_path / "constant.py"
+    code.write_text("def two(prompts, completions, **_):\n    return [2.0] * len(completions)\n\n\n"
+                    "def one(prompts, completions, **_):\n    return [1.0] * len(completions)\n")
     assert main(tiny_args("grpo", "--eval_split", "test_gen", "--eval_steps", "1", "--max_eval_samples", "2",
                           "--eval_generation", "2", "--num_generations", "2", "--max_completion_length", "4",
-                          "--max_steps", "1", "--reward_funcs", "length", "format")) == 0
+                          "--max_steps", "1", "--reward_funcs", f"{code}:two", f"{code}:one",
+                          "--reward_weights", "0.5", "3")) == 0
     evals = [e for e in read_json(tmp_path / "grpo_run" / "trainer_state.json")["log_history"]
              if "eval_mean_reward" in e]
-    assert len(evals) == 1 and evals[0]["step"] == 1 and -1.0 <= evals[0]["eval_mean_reward"] <= 1.0
+    assert [(e["step"], e["eval_mean_reward"]) for e in evals] == [(1, 4.0)]
     assert 0.0 <= evals[0]["eval_task_accuracy"] <= 1.0
 
 

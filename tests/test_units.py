@@ -183,6 +183,7 @@ def test_dataset_bars_only_for_long_preparations(monkeypatch):
     from unitune import output
 
     monkeypatch.setattr(output, "_quiet", True)
+    was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
         with output.dataset_bars(output.LONG_DATA_ROWS - 1):
@@ -191,4 +192,5 @@ def test_dataset_bars_only_for_long_preparations(monkeypatch):
             assert not datasets.are_progress_bars_disabled()
         assert datasets.are_progress_bars_disabled()
     finally:
-        datasets.enable_progress_bars()
+        if not was_disabled:
+            datasets.enable_progress_bars()

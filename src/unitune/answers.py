@@ -33,7 +33,9 @@ PARSE_TIMEOUT_S, VERIFY_TIMEOUT_S = 5, 5
 
 _TAGGED = re.compile(r"answer\s*:\s*(.+)", re.IGNORECASE)
 _HASHES = re.compile(r"####\s*(.+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# A number: thousands grouping (1,000,000.5) only, so "roots 2,3" ends in 3, not 23; decimals; fractions.
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?!\d)|-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_GROUPED = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _WORDS = re.compile(r"[A-Za-z][A-Za-z '\-]*")
 
 
@@ -88,8 +90,8 @@ def reference_value(reference: str, answer_format: str) -> str:
     reference = str(reference).strip()
     read = {"gsm8k": hashes_value, "boxed": boxed_value, "tagged": tagged_value}.get(answer_format)
     value = read(reference) if read else None
-    if value is None and answer_format == "last_number" and not _is_value(reference):
-        value = last_number(reference)
+    if value is None and answer_format == "last_number" and len(reference.split()) > 1:
+        value = last_number(reference)  # "42 apples", "about 42"; a single token ("x+1", "1/2") is the value
     return value if value is not None else reference
 
 
@@ -125,16 +127,14 @@ def check_answer(reply: str, reference: str, answer_format: str = "auto") -> boo
     return got is not None and same_value(reference_value(reference, answer_format), got)
 
 
-def _is_value(text: str) -> bool:
-    return "\n" not in text and len(text.split()) <= 3
-
-
 def same_value(expected: str, got: str) -> bool:
     """Equal answers: words as text (an all-capitals reference asks for capitals), anything else by math-verify,
     falling back to text when it cannot parse either side."""
     expected, got = expected.strip(), got.strip()
-    if _WORDS.fullmatch(expected):
-        return got == expected if len(expected) > 1 and expected.isupper() else got.lower() == expected.lower()
+    words = _clean(expected)
+    if _WORDS.fullmatch(words):  # "(B)", "**Paris**." give their word; never algebra
+        got = _clean(got).strip("()").strip()
+        return got == words if len(words) > 1 and words.isupper() else got.lower() == words.lower()
     if expected == got:
         return True
     plain = _plain_numbers(expected, got)
@@ -147,7 +147,7 @@ def same_value(expected: str, got: str) -> bool:
 def _plain_numbers(expected: str, got: str) -> bool | None:
     """Both plain decimal numbers (thousands commas allowed): compared here, without sympy's cost."""
     try:
-        a, b = float(expected.replace(",", "")), float(got.replace(",", ""))
+        a, b = (float(v.replace(",", "") if _GROUPED.fullmatch(v) else v) for v in (expected, got))
     except ValueError:
         return None
     return abs(a - b) <= 1e-9 * max(1.0, abs(a))
@@ -195,7 +195,8 @@ def format_score(reply: str, answer_format: str) -> float:
     """How well a reply keeps the answer format (the GRPO ``format`` reward): 1.0 for exactly one answer in the
     format, on the last line (tagged, gsm8k) or anywhere (boxed); 0.5 for answers elsewhere or several (partial
     credit gives GRPO a gradient toward the full format); 0.0 for none. ``last_number``, ``exact`` and a bare
-    ``auto`` have no format beyond the answer: 1.0 when the reply gives one."""
+    ``auto`` have no format beyond the answer: 1.0 when the reply gives one (any number will do, so the reward
+    then says little; pick a format the prompts ask for)."""
     lines = [line for line in reply.strip().splitlines() if line.strip()]
     if answer_format in ("tagged", "gsm8k"):
         pattern = _TAGGED if answer_format == "tagged" else _HASHES

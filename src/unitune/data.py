@@ -12,7 +12,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, get_dataset_split_names, load_dataset
 
-from .errors import UserError, warn
+from .errors import UserError, first_line, warn
 from .hub import hub_reachable
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
@@ -80,16 +80,24 @@ def _check_file(path: Path) -> None:
                                     "fix or remove that line") from None
 
 
-@functools.lru_cache(maxsize=64)
 def split_names(dataset: str) -> tuple[str, ...]:
-    """Split names of a resolved dataset. A single file has one split, ``train``.
-
-    Cached: training and evaluation ask several times per dataset, and on the Hub each ask is a request."""
+    """Split names of a resolved dataset. A single file has one split, ``train``; a local folder's are those of
+    its current files (read once per contents, see _local_splits)."""
     path = Path(dataset)
     if path.is_file():
         return ("train",)
-    if not path.exists():
-        _require_hub(dataset)
+    if path.is_dir():
+        try:
+            return tuple(_local_splits(dataset, _stamp(path)))
+        except Exception as err:  # datasets' errors for unreadable files vary (ValueError, DatasetGenerationError...)
+            raise UserError(f"could not read dataset folder '{dataset}': {first_line(err)}; check its files") from None
+    return _hub_split_names(dataset)
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_split_names(dataset: str) -> tuple[str, ...]:
+    """Cached: training and evaluation ask several times per dataset, and on the Hub each ask is a request."""
+    _require_hub(dataset)
     try:
         return tuple(get_dataset_split_names(dataset))
     except (ConnectionError, OSError) as err:

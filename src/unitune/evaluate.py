@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -285,25 +286,39 @@ def mean_reward(funcs, setup: RewardSetup, prompts, replies: list[str], rows: li
     if setup.model:
         scores.append(reward_model_scores(setup.model, prompts, replies))
     weights = setup.weights or [1.0] * len(scores)
+    if len(weights) != len(scores):
+        raise UserError(f"the run's {len(weights)} reward weights do not match its {len(scores)} rewards on this "
+                        "data; pass --reward_funcs to score with other functions")
     totals = [sum(w * float(s[i]) for w, s in zip(weights, scores)) for i in range(len(replies))]
     return sum(totals) / len(totals)
+
+
+@functools.lru_cache(maxsize=2)
+def reward_model(model_id: str):
+    """A reward model and its tokenizer, loaded once per evaluation (every GRPO run may name the same one), with
+    TRL's padding fix: a tokenizer without a pad token pads with EOS."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(model_id)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.inference_mode()
 def reward_model_scores(model_id: str, prompts, replies: list[str], batch_size: int = 16) -> list[float]:
     """A sequence-classification reward model's score for each prompt + reply, as TRL's GRPOTrainer computes it:
     the conversation through the reward tokenizer's chat template, right-padded, the first logit."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    source = resolve_model(model_id)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).eval()
+    tokenizer, model = reward_model(model_id)
     texts = [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
              for p, r in zip(prompts, replies)]
     scores: list[float] = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, padding_side="right",
-                          add_special_tokens=False)
+                          add_special_tokens=False).to(model.device)
         scores += model(**batch).logits[:, 0].float().tolist()
     return scores
 

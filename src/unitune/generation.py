@@ -10,8 +10,9 @@ from .output import bar
 
 @torch.inference_mode()
 def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
-                     batch_size: int = 16, desc: str = "Generating") -> list[str]:
-    """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches."""
+                     batch_size: int = 16, desc: str | None = "Generating") -> list[str]:
+    """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches.
+    ``desc`` None: no progress bar (another rank shows it)."""
     chat = chat_format(tokenizer)
     texts = [chat.generation_prompt(p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -20,7 +21,7 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
     try:
-        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch"):
+        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
             idx = order[start: start + batch_size]
             batch = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)

@@ -1,6 +1,6 @@
 """``--eval_generation N``: at each evaluation during training, greedy replies to N held-out prompts of the eval
 split, scored into ``eval_task_accuracy`` (rows with an ``answer``) and, for GRPO, ``eval_mean_reward`` (the run's
-reward functions and weights), logged beside ``eval_loss`` with the step in trainer_state.json."""
+reward functions and weights), logged with the evaluation's step in trainer_state.json and to the trackers."""
 
 from __future__ import annotations
 
@@ -8,22 +8,27 @@ from transformers import TrainerCallback
 
 from .answers import check_answer
 from .generation import generate_replies
-from .rewards import RewardLog, build_rewards, completion_text
+from .rewards import RewardLog, build_rewards
 
 
 class GenerationEval(TrainerCallback):
-    """Scores greedy replies after each of the Trainer's evaluations. Every rank generates the same prompts (a
-    sharded model needs them all in its collectives); the numbers land in the eval entry of the log history."""
+    """Scores greedy replies after each of the Trainer's evaluations and logs them through the Trainer (so the
+    trackers get them too), as their own entry with the evaluation's step. Every rank generates the same prompts
+    (a sharded model needs them all in its collectives); rank 0 shows the bar."""
 
     def __init__(self, prompts: list[list[dict]], rows: list[dict], answer_format: str, tokenizer,
-                 max_new_tokens: int, batch_size: int, rewards: tuple[list[str], list[float] | None] | None = None):
+                 max_new_tokens: int, batch_size: int, rewards: tuple[list, list[float] | None] | None = None):
         self.prompts, self.rows, self.answer_format = prompts, rows, answer_format
         self.tokenizer, self.max_new_tokens, self.batch_size = tokenizer, max_new_tokens, batch_size
+        self.log = None  # the Trainer's log method, set by attach()
         self.rewards = None
         if rewards is not None:
-            names, weights = rewards
-            funcs, _ = build_rewards(names, list(rows[0]), RewardLog(), answer_format)
+            funcs, weights = rewards
             self.rewards = funcs, (weights or [])[: len(funcs)] or [1.0] * len(funcs)  # the model's weight is last
+
+    def attach(self, trainer) -> None:
+        self.log = trainer.log
+        trainer.add_callback(self)
 
     def scores(self, replies: list[str]) -> dict[str, float]:
         out = {}
@@ -44,18 +49,13 @@ class GenerationEval(TrainerCallback):
         model.eval()
         try:
             replies = generate_replies(model, self.tokenizer, self.prompts, self.max_new_tokens, self.batch_size,
-                                       desc="eval generation")
+                                       desc="eval generation" if state.is_world_process_zero else None)
         finally:
             model.train(training)
         found = {key: round(value, 4) for key, value in self.scores(replies).items()}
         if metrics is not None:
             metrics.update(found)
-        entry = next((e for e in reversed(state.log_history) if "eval_loss" in e and e.get("step") == state.global_step),
-                     None)
-        if entry is not None:
-            entry.update(found)
-        else:
-            state.log_history.append({**found, "step": state.global_step, "epoch": state.epoch})
+        self.log(found)
 
 
 def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> GenerationEval:
@@ -64,6 +64,7 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
     second model at each evaluation costs more than it tells)."""
     from .data import prompt_messages
     from .errors import UserError
+    from .lifecycle import is_main_process
     from .normalize import load_rows, usable_rows
     from .rewards import answer_format_of
 
@@ -81,7 +82,14 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
     prompts = [prompt_messages(row, fmt) for row in rows]
     answer_format, why = answer_format_of(cfg.answer_format, [{"prompt": p, "answer": r.get("answer")}
                                                               for p, r in zip(prompts, rows)])
-    print(f"unitune: eval generation: {len(rows)} prompts of '{cfg.eval_split}' at each evaluation, answers "
-          f"checked as {answer_format} ({why})", flush=True)
-    return GenerationEval(prompts, rows, answer_format, tokenizer, cfg.max_completion_length, batch_size,
-                          (cfg.reward_funcs, cfg.reward_weights) if grpo else None)
+    rewards = None
+    if grpo:
+        try:
+            rewards = build_rewards(cfg.reward_funcs, list(rows[0]), RewardLog(), answer_format)[0], \
+                cfg.reward_weights
+        except UserError as err:
+            raise UserError(f"--eval_generation on split '{cfg.eval_split}': {err}") from None
+    if is_main_process():
+        print(f"unitune: eval generation: {len(rows)} prompts of '{cfg.eval_split}' at each evaluation, answers "
+              f"checked as {answer_format} ({why})", flush=True)
+    return GenerationEval(prompts, rows, answer_format, tokenizer, cfg.max_completion_length, batch_size, rewards)

@@ -48,6 +48,9 @@ def run_tasks(manager, tasks: list[str], base_model: str, adapter: str | None, l
         out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=tasks, limit=limit, task_manager=manager,
                                       batch_size=batch_size, device=device, apply_chat_template=chat,
                                       log_samples=False)
+    except FileNotFoundError as err:
+        raise UserError(f"lm-eval: a file is missing ({first_line(err, typed=False)}); a task's relative data_files "
+                        "are read from the current folder (run examples/lm_eval from the repository root)") from None
     except (ConnectionError, OSError) as err:
         raise UserError(f"lm-eval could not fetch a dataset for {', '.join(tasks)} ({first_line(err)}); tasks "
                         "whose data live on the Hugging Face Hub need internet access; a local task (see "

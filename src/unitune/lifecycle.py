@@ -28,6 +28,7 @@ def is_main_process() -> bool:
 
 
 ASIDE = ".old-"  # <output_dir>.old-<timestamp>: a run --overwrite_output_dir moved aside
+END_BARRIER_S = 300  # see end_process_group
 
 
 def record_of(folder: Path) -> dict | None:
@@ -244,12 +245,18 @@ def end_process_group() -> None:
     First a barrier (gloo's waits for every collective still queued on this rank, e.g. FSDP's last gathers) and a
     garbage collection (the trainer's reference cycles hold the sharded model and the work objects of its
     collectives), so nothing of the group is left for the interpreter's own teardown: CI once saw a rank abort that
-    way after an FSDP run had been written, with the destroy alone."""
+    way after an FSDP run had been written, with the destroy alone. The barrier waits END_BARRIER_S at most: a rank
+    that failed after training (writing its files) never arrives, and the others must not wait for the group's
+    30-minute timeout."""
     import gc
+    from datetime import timedelta
 
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        try:
+            dist.barrier(async_op=True).wait(timeout=timedelta(seconds=END_BARRIER_S))
+        except RuntimeError:  # timed out: a peer is gone; its launcher reports why
+            pass
         gc.collect()
         dist.destroy_process_group()

@@ -95,6 +95,7 @@ def use_training_bar(trainer) -> None:
 def _training_bar(base: type) -> type:
     """TrainingBar, built on transformers' ProgressCallback only when a trainer needs it (importing transformers
     costs seconds, and `unitune report` or `unitune env` never do)."""
+    from transformers.trainer_utils import has_length
 
     class TrainingBar(base):
         """The Trainer's progress bar with the latest loss (and reward, for GRPO) in it, instead of one printed
@@ -109,7 +110,7 @@ def _training_bar(base: type) -> type:
             self.current_step = 0
 
         def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-            if state.is_world_process_zero and self.prediction_bar is None and eval_dataloader is not None:
+            if state.is_world_process_zero and self.prediction_bar is None and has_length(eval_dataloader):
                 self.prediction_bar = bar(total=len(eval_dataloader), desc="evaluating", unit="batch", leave=False,
                                           dynamic_ncols=True)
             if self.prediction_bar is not None:

@@ -324,7 +324,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
         trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
     use_training_bar(trainer)
     for callback in callbacks:
-        trainer.add_callback(callback)
+        callback.attach(trainer)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not trainer.is_fsdp_enabled \
             and is_main_process():
         warn("the accelerate config asks for FSDP, but accelerate runs CPU processes as plain DDP: each process "
