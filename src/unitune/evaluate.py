@@ -116,11 +116,10 @@ class EvalData:
     def answer_format(self, requested: str, prompts) -> str:
         """--answer_format resolved on this data's generation rows (said once per format asked for)."""
         if requested not in self._answer_formats:
-            from .answers import resolve_format
+            from .rewards import answer_format_of
 
-            references = [str(row["answer"]) for row in self.gen_rows if row.get("answer") is not None]
-            texts = [str(p[-1]["content"]) if p else "" for p in prompts]
-            chosen, why = resolve_format(requested, references, texts)
+            chosen, why = answer_format_of(requested, [{"prompt": p, "answer": row.get("answer")}
+                                                       for p, row in zip(prompts, self.gen_rows)])
             print(f"unitune eval: answers checked as {chosen} ({why})", flush=True)
             self._answer_formats[requested] = chosen
         return self._answer_formats[requested]
@@ -280,17 +279,12 @@ def rewarded_metrics(setup: RewardSetup, data: EvalData, prompts, replies: list[
 
 def mean_reward(funcs, setup: RewardSetup, prompts, replies: list[str], rows: list[dict]) -> float:
     """Mean over replies of the weighted sum of the reward functions (and the reward model), as GRPO sums them."""
-    completions = [[{"role": "assistant", "content": r}] for r in replies]
-    columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
-    scores = [list(func(prompts=prompts, completions=completions, **columns)) for func in funcs]
+    from .rewards import reward_columns, weighted_mean
+
+    scores = reward_columns(funcs, prompts, replies, rows)
     if setup.model:
         scores.append(reward_model_scores(setup.model, prompts, replies))
-    weights = setup.weights or [1.0] * len(scores)
-    if len(weights) != len(scores):
-        raise UserError(f"the run's {len(weights)} reward weights do not match its {len(scores)} rewards on this "
-                        "data; pass --reward_funcs to score with other functions")
-    totals = [sum(w * float(s[i]) for w, s in zip(weights, scores)) for i in range(len(replies))]
-    return sum(totals) / len(totals)
+    return weighted_mean(scores, setup.weights)
 
 
 @functools.lru_cache(maxsize=2)

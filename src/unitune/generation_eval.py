@@ -8,7 +8,7 @@ from transformers import TrainerCallback
 
 from .answers import check_answer
 from .generation import generate_replies
-from .rewards import RewardLog, build_rewards
+from .rewards import RewardLog, build_rewards, reward_columns, weighted_mean
 
 
 class GenerationEval(TrainerCallback):
@@ -37,11 +37,7 @@ class GenerationEval(TrainerCallback):
                                             for row, reply in zip(self.rows, replies)) / len(replies)
         if self.rewards is not None:
             funcs, weights = self.rewards
-            completions = [[{"role": "assistant", "content": r}] for r in replies]
-            columns = {k: [row[k] for row in self.rows] for k in self.rows[0] if k != "prompt"}
-            values = [list(f(prompts=self.prompts, completions=completions, **columns)) for f in funcs]
-            out["eval_mean_reward"] = sum(w * float(v[i]) for w, v in zip(weights, values)
-                                          for i in range(len(replies))) / len(replies)
+            out["eval_mean_reward"] = weighted_mean(reward_columns(funcs, self.prompts, replies, self.rows), weights)
         return out
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):

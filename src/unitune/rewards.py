@@ -194,6 +194,24 @@ def build_rewards(names: list[str] | None, columns: list[str], log: RewardLog,
     return [guarded(f, label, log) for f, label in zip(funcs, labels)], f"{', '.join(names)} ({why})"
 
 
+def reward_columns(funcs, prompts, replies: list[str], rows: list[dict]) -> list[list[float]]:
+    """Each reward function's scores for greedy ``replies`` to ``prompts``, called as GRPO calls it (assistant-message
+    completions, the rows' other columns as keyword arguments)."""
+    completions = [[{"role": "assistant", "content": r}] for r in replies]
+    columns = {k: [row[k] for row in rows] for k in rows[0] if k != "prompt"}
+    return [[float(v) for v in func(prompts=prompts, completions=completions, **columns)] for func in funcs]
+
+
+def weighted_mean(scores: list[list[float]], weights: list[float] | None) -> float:
+    """The mean over replies of the rewards summed with their weights (None: all 1), as GRPO sums them."""
+    weights = weights or [1.0] * len(scores)
+    if len(weights) != len(scores):
+        raise UserError(f"{len(weights)} reward weights for {len(scores)} rewards on this data; pass --reward_funcs "
+                        "to score with other functions")
+    replies = len(scores[0]) if scores else 0
+    return sum(w * s[i] for w, s in zip(weights, scores) for i in range(replies)) / max(replies, 1)
+
+
 def answer_format_of(answer_format: str, rows) -> tuple[str, str]:
     """``--answer_format`` resolved for a dataset (rows with ``answer`` and/or ``prompt``): see
     unitune.answers.resolve_format. Reads at most 200 rows."""
