@@ -187,6 +187,10 @@ def test_eval_config_rejects_bad_values():
         parse_config(EvalConfig, ["--max_samples", "0"], "unitune eval")
     with pytest.raises(UserError, match="unknown method 'sfx' in --methods"):
         parse_config(EvalConfig, ["--methods", "sfx"], "unitune eval")
+    with pytest.raises(UserError, match="--lm_eval_limit must be greater than 0"):
+        parse_config(EvalConfig, ["--lm_eval_limit", "0"], "unitune eval")
+    with pytest.raises(UserError, match="unknown --answer_format 'gsm8' \\(did you mean 'gsm8k'\\?\\)"):
+        parse_config(EvalConfig, ["--answer_format", "gsm8"], "unitune eval")
 
 
 REWARD_CODE = '''
