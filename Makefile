@@ -20,9 +20,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/embedded.txt
 	$(BIN)/pip install -q --no-deps -r requirements/embedded.txt
 	touch $(STAMP)
 
-# The full test suite also runs the DeepSpeed configs (kept out of `make demo`'s install).
+# The full test suite also runs the DeepSpeed configs and loads GGUF exports in llama.cpp (llama-cpp-python, built
+# from source without its multimodal library, which the tests do not use), kept out of `make demo`'s install.
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,deepspeed]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,deepspeed,llamacpp]"
 	touch $(TEST_STAMP)
 
 demo: install

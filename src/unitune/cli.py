@@ -14,7 +14,8 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import CheckConfig, EvalConfig, MergeConfig, TrainConfig, as_bool, base_type, closest, from_mapping
+from .config import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, as_bool, base_type,
+                     closest, from_mapping)
 from .errors import Interrupted, UserError
 from .methods import METHODS
 from .output import quiet_libraries
@@ -170,6 +171,25 @@ def _merge(argv: list[str], prog: str) -> int:
     return 0
 
 
+def _export(argv: list[str], prog: str) -> int:
+    cfg = parse_config(ExportConfig, argv, prog)
+    from .export import run_export
+
+    path = run_export(cfg)
+    if path.suffix == ".gguf":
+        print(f"unitune: next: {prog.split()[0]} chat --run {shell_path(path)}  (or llama.cpp: llama-cli -m "
+              f"{shell_path(path)}; Ollama: ollama create NAME -f {shell_path(path.parent / 'Modelfile')})")
+    return 0
+
+
+def _chat(argv: list[str], prog: str) -> int:
+    cfg = parse_config(ChatConfig, argv, prog)
+    from .chat import run_chat
+
+    run_chat(cfg)
+    return 0
+
+
 def _env(argv: list[str], prog: str) -> int:
     _Parser(prog=prog, description="Print the environment for bug reports.").parse_args(argv)
     from .env import report
@@ -185,6 +205,9 @@ COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
                       "problems"),
     "report": (_report, "write report.html and report.md from evaluation_results.json"),
     "merge": (_merge, "merge a run's LoRA adapter into its base model: one safetensors model folder"),
+    "export": (_export, "export a run for llama.cpp and Ollama: a GGUF file (f16, bf16, q8_0, k-quants) and a "
+                        "Modelfile"),
+    "chat": (_chat, "chat with a run, a merged model, a GGUF or the base model in the terminal (or from a pipe)"),
     "demo": (_demo, "the main job: train all five methods on the embedded model and bundled data, then "
                     "evaluate and report"),
     "env": (_env, "print versions (against the tested ones), devices, CPU flags and caches, for bug reports"),

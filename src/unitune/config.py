@@ -333,6 +333,17 @@ class CheckConfig:
 
 
 MERGE_DTYPES = ("float32", "bfloat16", "float16")
+MERGE_BASES = ("quantized", "original")
+MERGE_BASE_HELP = ("for a QLoRA run: merge into the dequantised 4-bit base it trained on (quantized: the model that "
+                   "was trained and evaluated) or into the full-precision weights (original); LoRA runs ignore it")
+GGUF_QUANTS = ("f16", "bf16", "q8_0", "f32")  # written by the gguf package
+K_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m", "q2_k")  # need llama.cpp's llama-quantize
+EXPORT_FORMATS = ("gguf", "safetensors")
+
+
+def _choice(value: str, flag: str, choices) -> None:
+    if value not in choices:
+        raise UserError(f"unknown {flag} '{value}'{closest(value, choices)}; choose from: {', '.join(choices)}")
 
 
 @dataclass
@@ -342,8 +353,47 @@ class MergeConfig:
     run: str = opt(None, "run folder holding the adapter", required=True)
     output: str = opt(None, "folder for the merged model", required=True)
     dtype: str = opt("float32", "dtype of the saved weights", choices=MERGE_DTYPES)
+    merge_base: str = opt("quantized", MERGE_BASE_HELP, choices=MERGE_BASES)
     overwrite: bool = opt(False, "replace a non-empty --output folder (only once the new one is complete)")
 
     def __post_init__(self) -> None:
-        if self.dtype not in MERGE_DTYPES:
-            raise UserError(f"--dtype must be float32, bfloat16 or float16, got '{self.dtype}'")
+        _choice(self.dtype, "--dtype", MERGE_DTYPES)
+        _choice(self.merge_base, "--merge_base", MERGE_BASES)
+
+
+@dataclass
+class ExportConfig:
+    """Merge a run's adapter and export the model for llama.cpp and Ollama (GGUF + Modelfile) or as safetensors."""
+
+    run: str = opt(None, "run folder holding the adapter", required=True)
+    output: str = opt(None, "folder for the export (model-<quant>.gguf and a Modelfile)", required=True)
+    format: str = opt("gguf", "gguf (llama.cpp, Ollama) or safetensors (a merged model folder)",
+                      choices=EXPORT_FORMATS)
+    quant: str = opt("f16", "GGUF weights: f16, bf16, q8_0 or f32 (written here), or a k-quant "
+                            f"({', '.join(K_QUANTS)}) made by llama.cpp's llama-quantize when it is on PATH")
+    merge_base: str = opt("quantized", MERGE_BASE_HELP, choices=MERGE_BASES)
+    overwrite: bool = opt(False, "replace an earlier export in --output (only once the new one is complete)")
+
+    def __post_init__(self) -> None:
+        _choice(self.format, "--format", EXPORT_FORMATS)
+        self.quant = self.quant.lower()
+        _choice(self.quant, "--quant", GGUF_QUANTS + K_QUANTS)
+        _choice(self.merge_base, "--merge_base", MERGE_BASES)
+
+
+@dataclass
+class ChatConfig:
+    """Chat with a model in the terminal, streaming; one prompt per line when stdin is not a terminal."""
+
+    run: str | None = opt(None, "run folder, merged model folder, .gguf file or Hub id "
+                                "(default: the embedded base model; 'base' means the run's base)")
+    compare: str | None = opt(None, "a second model answering each prompt after the first: a run, folder, .gguf, "
+                                    "or 'base' for --run's base model")
+    max_new_tokens: int = opt(256, "longest reply, in tokens")
+    temperature: float = opt(0.0, "sampling temperature; 0 is greedy")
+    system: str | None = opt(None, "system prompt (also /system TEXT in the chat)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_new_tokens")
+        if self.temperature < 0:
+            raise UserError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")

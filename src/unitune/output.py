@@ -19,6 +19,11 @@ LOG_INTERVAL_S = 30  # a bar in a log file prints at most one line this often
 _quiet = False
 
 
+def is_quiet() -> bool:
+    """Whether library chatter is kept out (every command, unless --verbose)."""
+    return _quiet
+
+
 def quiet_libraries(loads_models: bool) -> None:
     """Keep library chatter out of unitune's output (``--verbose`` keeps it): Python warnings from libraries
     (deprecations of arguments we set on purpose), transformers' info logs and its weight loading/saving bars,

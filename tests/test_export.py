@@ -1,0 +1,390 @@
+"""From run to running model: GGUF export checked by llama.cpp itself and by transformers, QLoRA merges, chat."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_json, save_tiny
+from unitune.cli import main
+
+PROMPTS = ["What is 12345 + 678?", "Name three colors of the rainbow.", "Write one sentence about the sea.",
+           "Translate 'good morning' into French.", "Give me a tip for learning to cook."]
+NEW_TOKENS = 32
+
+
+def llama_cpp():
+    return pytest.importorskip("llama_cpp", reason="the llamacpp extra (make test installs it)")
+
+
+def hf_greedy(model, tokenizer, text: str, n: int = NEW_TOKENS) -> list[int]:
+    """transformers' greedy continuation of ``text`` for exactly ``n`` tokens (no stop), as llama.cpp is run below."""
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, temperature=None,
+                             top_p=None, top_k=None, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def cpp_greedy(llm, tokenizer, text: str, n: int = NEW_TOKENS) -> list[int]:
+    prompt = llm.tokenize(text.encode(), add_bos=False, special=True)
+    assert prompt == tokenizer(text, add_special_tokens=False)["input_ids"], "llama.cpp tokenizes the prompt differently"
+    llm.reset()
+    out = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1):
+        out.append(token)
+        if len(out) == n:
+            return out
+    return out
+
+
+def chat_text(tokenizer, prompt: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    """The embedded model after 2 SFT steps with a learning rate high enough to move it."""
+    out = tmp_path_factory.mktemp("real") / "sft_run"
+    assert main(["train", "--method", "sft", "--output_dir", str(out), "--max_steps", "2",
+                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+                 "--max_train_samples", "8", "--learning_rate", "1e-3"]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_gguf_metadata_matches_the_shipped_gguf(embedded_dir, tokenizer, tmp_path):
+    """The writer, on the embedded model, reproduces what llama.cpp's converter wrote into the shipped file: every
+    hyper-parameter, the 49,152 tokens with their types, the merges, the special ids, the chat template and the
+    tensor names and shapes."""
+    import gguf
+    from transformers import AutoModelForCausalLM
+
+    from unitune.gguf_file import write_gguf
+    from unitune.models import embedded_gguf_path
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
+    write_gguf(model, tokenizer, tmp_path / "tok", tmp_path / "m.gguf", "f16", "smollm2")
+    ours, shipped = gguf.GGUFReader(tmp_path / "m.gguf"), gguf.GGUFReader(embedded_gguf_path())
+    keys = [k for k in shipped.fields if k.startswith(("llama.", "tokenizer."))]
+    # pre: the embedded folder's tokenizer.json (transformers' conversion of the GGUF) has GPT-2's split only;
+    # SmolLM2's vocabulary has single digits only, so SmolLM's extra digit split changes no token (checked by
+    # llama.cpp on "12345" below). add_space_prefix is a SentencePiece flag.
+    differ = {"tokenizer.ggml.pre": "gpt-2", "tokenizer.ggml.add_space_prefix": None}
+    for key in keys:
+        expected = differ[key] if key in differ else shipped.fields[key].contents()
+        got = ours.fields[key].contents() if key in ours.fields else None
+        assert got == expected, key
+    assert len(ours.fields["tokenizer.ggml.tokens"].contents()) == 49152
+    assert ours.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert {t.name: list(t.shape) for t in ours.tensors} == {t.name: list(t.shape) for t in shipped.tensors}
+    assert {t.tensor_type.name for t in ours.tensors} == {"F16", "F32"}
+
+
+@pytest.mark.slow
+def test_export_runs_in_llama_cpp_like_transformers(real_run, tmp_path, capsys):
+    """The issue's proof: llama.cpp loads the export and its greedy tokens equal the merged model's for 5 chat
+    prompts x 32 tokens at f16; transformers reads the f16 file back with the same output; the chat template and
+    the stop token survive into llama.cpp's chat completion; the Modelfile is written.
+    q8_0: the file is byte for byte what llama.cpp's own quantizer makes of the f32 export; its greedy tokens
+    agree with the fp32 model's on 86% of the 160 positions (measured: 3 prompts equal, 2 part at a near-tie after
+    12 and 13 tokens), short of the issue's 90%, which Q8_0 itself does not reach on this model."""
+    llama_cpp_module = llama_cpp()
+    import ctypes
+
+    import gguf
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    from unitune.merge import merge_adapter
+
+    for quant in ("f16", "q8_0", "f32"):
+        assert main(["export", "--run", str(real_run), "--output", str(tmp_path / quant), "--quant", quant]) == 0
+    assert "ollama create" in capsys.readouterr().out
+    modelfile = (tmp_path / "f16" / "Modelfile").read_text()
+    assert "FROM ./model-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    record = read_json(tmp_path / "f16" / "unitune_export.json")
+    assert record["quant"] == "f16" and record["merge_base"] == "original" and record["stop"] == ["<|im_end|>"]
+
+    params = llama_cpp_module.llama_model_quantize_default_params()
+    params.ftype = llama_cpp_module.LLAMA_FTYPE_MOSTLY_Q8_0
+    assert llama_cpp_module.llama_model_quantize(str(tmp_path / "f32" / "model-f32.gguf").encode(),
+                                                 str(tmp_path / "cpp-q8_0.gguf").encode(), ctypes.byref(params)) == 0
+    theirs = {t.name: t for t in gguf.GGUFReader(tmp_path / "cpp-q8_0.gguf").tensors}
+    for ours in gguf.GGUFReader(tmp_path / "q8_0" / "model-q8_0.gguf").tensors:
+        assert ours.tensor_type == theirs[ours.name].tensor_type, ours.name
+        assert np.array_equal(np.asarray(ours.data), np.asarray(theirs[ours.name].data)), ours.name
+
+    merged = merge_adapter(real_run)
+    tokenizer = merged.tokenizer
+    expected = {p: hf_greedy(merged.model, tokenizer, chat_text(tokenizer, p)) for p in PROMPTS}
+    agree = {}
+    for quant in ("f16", "q8_0"):
+        llm = llama_cpp_module.Llama(model_path=str(tmp_path / quant / f"model-{quant}.gguf"), n_ctx=512,
+                                     n_threads=2, verbose=False)
+        try:
+            got = {p: cpp_greedy(llm, tokenizer, chat_text(tokenizer, p)) for p in PROMPTS}
+            if quant == "f16":
+                reply = llm.create_chat_completion([{"role": "user", "content": "Say hello."}], max_tokens=64,
+                                                   temperature=0.0)
+        finally:
+            llm.close()
+        agree[quant] = sum(a == b for p in PROMPTS for a, b in zip(got[p], expected[p])) / (len(PROMPTS) * NEW_TOKENS)
+        if quant == "f16":
+            assert got == expected
+    assert agree["q8_0"] >= 0.75, agree
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"].strip()
+    assert "<|im_end|>" not in choice["message"]["content"] and "<|im_start|>" not in choice["message"]["content"]
+
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "f16", gguf_file="model-f16.gguf", dtype=torch.float32)
+    assert hf_greedy(back, tokenizer, chat_text(tokenizer, PROMPTS[0])) == expected[PROMPTS[0]]
+
+
+@pytest.mark.slow
+def test_k_quant_through_llama_cpp(real_run, tmp_path):
+    """Without llama-quantize on PATH, --quant q4_k_m uses llama.cpp's quantizer through llama-cpp-python; the
+    file is Q4_K_M and llama.cpp answers with it."""
+    llama_cpp_module = llama_cpp()
+    import gguf
+
+    assert main(["export", "--run", str(real_run), "--output", str(tmp_path / "k"), "--quant", "q4_k_m"]) == 0
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["Modelfile", "model-q4_k_m.gguf",
+                                                                  "unitune_export.json"]
+    reader = gguf.GGUFReader(tmp_path / "k" / "model-q4_k_m.gguf")
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    assert "Q4_K" in {t.tensor_type.name for t in reader.tensors}
+    llm = llama_cpp_module.Llama(model_path=str(tmp_path / "k" / "model-q4_k_m.gguf"), n_ctx=256, n_threads=2,
+                                 verbose=False)
+    try:
+        reply = llm.create_chat_completion([{"role": "user", "content": "What is 2+3?"}], max_tokens=24,
+                                           temperature=0.0)
+    finally:
+        llm.close()
+    assert reply["choices"][0]["message"]["content"].strip()
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,quant,tolerance", [("llama", "f16", 2e-3), ("qwen2", "f16", 2e-3),
+                                                  ("llama3-rope", "f32", 1e-3)])
+def test_tiny_export_logits_match_llama_cpp(arch, quant, tolerance, tokenizer, tmp_path):
+    """Llama (q/k permuted, tied embeddings), Qwen2 (biases, untied output, no permutation) and Llama 3.1's rope
+    scaling (per-frequency factors in rope_freqs): llama.cpp's logits on a chat prompt equal the merged model's
+    within rounding. Measured max differences: 4e-4 at f16 (logits of std 0.16); 2e-4 with llama3 rope at f32,
+    5e-3 without the factors. Greedy tokens of a random model flip on near-ties, so logits are compared."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from conftest import tiny_config
+    from unitune.merge import merge_adapter
+
+    Llama = llama_cpp().Llama
+    base = tmp_path / "base"
+    if arch == "llama3-rope":
+        torch.manual_seed(0)
+        config = tiny_config("llama", tokenizer, rope_parameters=LLAMA3_ROPE)
+        assert isinstance(config, LlamaConfig) and config.rope_parameters["rope_type"] == "llama3"
+        AutoModelForCausalLM.from_config(config).save_pretrained(base)
+        tokenizer.save_pretrained(base)
+    else:
+        save_tiny(base, arch, tokenizer)
+    run = tmp_path / "run"
+    assert main(["train", "--method", "sft", "--model_name", str(base), "--output_dir", str(run), "--max_steps", "2",
+                 "--per_device_train_batch_size", "2", "--max_train_samples", "8", "--learning_rate", "1e-2"]) == 0
+    assert main(["export", "--run", str(run), "--output", str(tmp_path / "out"), "--quant", quant]) == 0
+    merged = merge_adapter(run)
+    prompt = "Write a long sentence about the sea, the sky and the wind blowing over the water."
+    ids = merged.tokenizer(chat_text(merged.tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    assert len(ids) > LLAMA3_ROPE["original_max_position_embeddings"]
+    with torch.inference_mode():
+        expected = merged.model(torch.tensor([ids])).logits[0].numpy()
+    llm = Llama(model_path=str(tmp_path / "out" / f"model-{quant}.gguf"), n_ctx=256, n_threads=2, logits_all=True,
+                verbose=False)
+    try:
+        llm.eval(ids)
+        got = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    assert np.abs(got - expected).max() < tolerance, np.abs(got - expected).max()
+
+
+def test_qlora_merges_into_the_quantized_base(tiny_args, tiny_model_dir, tmp_path):
+    """A QLoRA adapter corrected the 4-bit weights: merged into the dequantised 4-bit base (the default) the model
+    equals base-4bit + adapter (measured 3e-7 on logits of scale 0.8); merged into the original weights it is off
+    by the quantisation error (measured 2e-2). The merge records which base it used."""
+    from peft import PeftModel
+
+    from unitune.merge import merge_adapter
+    from unitune.models import Hardware, load_model, load_tokenizer
+
+    run = tmp_path / "sft_run"
+    assert main(tiny_args("sft", "--use_qlora", "true", "--learning_rate", "5e-2", "--max_steps", "3")) == 0
+    assert read_json(run / "unitune_run.json")["hardware"]["qlora"] is True
+    tokenizer = load_tokenizer(str(run))
+    batch = tokenizer(["What is 2+3? Answer briefly.", "Name three colors of the rainbow."], return_tensors="pt",
+                      padding=True)
+    trained = PeftModel.from_pretrained(load_model(str(tiny_model_dir), Hardware("cpu", torch.float32, True, False,
+                                                                                 "test")), str(run)).eval()
+    with torch.inference_mode():
+        reference = trained(**batch).logits
+        quantized = merge_adapter(run).model(**batch).logits
+        original = merge_adapter(run, "original").model(**batch).logits
+    near, far = (quantized - reference).abs().max().item(), (original - reference).abs().max().item()
+    assert near < 1e-4 and far > 100 * near, (near, far)
+
+    assert main(["merge", "--run", str(run), "--output", str(tmp_path / "m")]) == 0
+    assert read_json(tmp_path / "m" / "unitune_merge.json")["merge_base"] == "quantized"
+    assert main(["merge", "--run", str(run), "--output", str(tmp_path / "o"), "--merge_base", "original"]) == 0
+    assert read_json(tmp_path / "o" / "unitune_merge.json")["merge_base"] == "original"
+
+
+def test_export_errors_are_one_line(tiny_args, tiny_model_dir, tokenizer, tmp_path, capsys, monkeypatch):
+    """Not a run, an unknown quant, an existing --output, an --output that is the run or its parent, a k-quant
+    without llama-quantize, an architecture GGUF export does not know: one line each, nothing written or lost."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "sft_run"
+    assert main(tiny_args("sft")) == 0
+    capsys.readouterr()
+
+    def fails(*argv: str) -> str:
+        assert main(["export", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        return err
+
+    assert "holds no adapter" in fails("--run", str(tmp_path), "--output", str(tmp_path / "x"))
+    assert "unknown --quant 'q4_k_x'" in fails("--run", str(run), "--output", str(tmp_path / "x"), "--quant", "q4_k_x")
+    assert "the run folder" in fails("--run", str(run), "--output", str(run), "--overwrite")
+    assert "a parent of the run folder" in fails("--run", str(run), "--output", str(tmp_path), "--overwrite")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # neither llama-quantize nor llama-cpp-python
+    assert "needs llama.cpp's quantizer: llama-quantize on PATH" in fails("--run", str(run), "--output", str(tmp_path / "k"),
+                                                              "--quant", "q4_k_m")
+    assert not (tmp_path / "k").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert "pass --overwrite" in fails("--run", str(run), "--output", str(tmp_path / "taken"))
+    assert "not an earlier export" in fails("--run", str(run), "--output", str(tmp_path / "taken"), "--overwrite")
+    assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+    phi = save_tiny(tmp_path / "phi3", "phi3", tokenizer)
+    adapter = tmp_path / "phi_run"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(phi), LoraConfig(target_modules="all-linear")).save_pretrained(
+        adapter)
+    tokenizer.save_pretrained(adapter)
+    err = fails("--run", str(adapter), "--output", str(tmp_path / "p"))
+    assert "GGUF export supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM" in err and "Phi3" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_k_quants_go_through_llama_quantize(tiny_args, tmp_path, monkeypatch):
+    """With llama-quantize on PATH, --quant q4_k_m hands it the f16 file as `llama-quantize IN OUT Q4_K_M` and keeps
+    only its output (a stand-in binary records the call: llama.cpp's tools are not built here; the real quantizer
+    is tested through llama-cpp-python above)."""
+    run = tmp_path / "sft_run"
+    assert main(tiny_args("sft")) == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "llama-quantize"
+    tool.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'called'}\ncp \"$1\" \"$2\"\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert main(["export", "--run", str(run), "--output", str(tmp_path / "k"), "--quant", "q4_k_m"]) == 0
+    source, target, kind = (tmp_path / "called").read_text().split()
+    assert Path(source).name == "model-f16.gguf" and Path(target).name == "model-q4_k_m.gguf" and kind == "Q4_K_M"
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["Modelfile", "model-q4_k_m.gguf",
+                                                                  "unitune_export.json"]
+    assert "FROM ./model-q4_k_m.gguf" in (tmp_path / "k" / "Modelfile").read_text()
+
+
+def test_export_safetensors_and_overwrite(tiny_args, tmp_path):
+    """--format safetensors writes the merged folder; --overwrite replaces an earlier export only."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "sft_run"
+    assert main(tiny_args("sft")) == 0
+    out = tmp_path / "st"
+    assert main(["export", "--run", str(run), "--output", str(out), "--format", "safetensors"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+    assert read_json(out / "unitune_export.json")["format"] == "safetensors"
+    assert main(["export", "--run", str(run), "--output", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "unitune_export.json"]
+
+
+# ---------------------------------------------------------------- chat
+
+def chat_cli(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "unitune", "chat", *argv]
+
+
+@pytest.mark.slow
+def test_chat_from_a_pipe_with_compare(real_run):
+    """Piped prompts: each reply in order, labelled by model with --compare; commands work; an unknown command
+    is a note on stderr, not the end of the chat."""
+    lines = "What is 2+3? Answer with the number.\n/bogus\n/system Answer in French.\nSay hello.\n/quit\nnever\n"
+    done = subprocess.run(chat_cli("--run", str(real_run), "--compare", "base", "--max_new_tokens", "24"),
+                          input=lines, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    labels = [line.split(">")[0] for line in out if line.startswith(("sft_run>", "base>"))]
+    assert labels == ["sft_run", "base", "sft_run", "base"], done.stdout
+    assert "5" in out[0] and "unknown command /bogus" in done.stderr
+    assert "never" not in done.stdout
+
+
+@pytest.mark.slow
+def test_chat_in_a_terminal_streams(tmp_path):
+    """In a terminal (a pty): a banner with the commands, a `you>` prompt, the reply, /reset, /quit."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(chat_cli("--max_new_tokens", "16"), stdin=slave, stdout=slave, stderr=slave,
+                            close_fds=True)  # input() writes its prompt to stderr
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, count: int = 1, timeout: float = 300) -> None:
+        nonlocal seen
+        end = time.time() + timeout
+        while seen.count(marker) < count:
+            assert time.time() < end, seen.decode(errors="replace")
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 4096)
+
+    try:
+        read_until(b"you> ")
+        assert b"/reset" in seen and b"/system" in seen and b"/quit" in seen
+        os.write(master, b"What is 2+3?\n")
+        read_until(b"you> ", count=2)
+        reply = seen.split(b"base> ")[1].split(b"you> ")[0]
+        assert reply.strip(), seen
+        os.write(master, b"/reset\n")
+        read_until(b"conversation reset")
+        os.write(master, b"/quit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        os.close(master)
+
+
+def test_chat_bad_input(tmp_path, capsys):
+    assert main(["chat", "--temperature", "-1"]) == 2
+    assert "--temperature must be 0" in capsys.readouterr().err
+    model = tmp_path / "model"
+    model.mkdir()
+    assert main(["chat", "--run", str(model), "--compare", "base"]) == 2
+    assert "--compare base needs --run to be a run folder" in capsys.readouterr().err
