@@ -176,32 +176,64 @@ def test_k_quant_through_llama_cpp(real_run, tmp_path):
 
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+PROBES = ["Hello world", " leading space", "Ünïcödé ü 🚀", "a\n\nb  c\t", "12345 + 678 = ?"]
+
+
+def sentencepiece_style_tokenizer(chat_template: str):
+    """A tokenizer laid out as Llama 2's and Mistral's tokenizer.json are: BPE with byte fallback, the 256 <0xNN>
+    byte pieces after <unk>/<s>/</s>, a Prepend('\u2581') + Replace(' ', '\u2581') normalizer, BOS added by the
+    post-processor; trained on the bundled data (1,000 pieces), with ChatML tokens for the chat template."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from unitune.data import load_split, resolve_dataset
+
+    texts = [m["content"] for row in load_split(resolve_dataset(None), "train_sft") for m in row["messages"]]
+    spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    spm.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    spm.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    spm.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<unk>", "<s>", "</s>", *bytes_],
+                                                       limit_alphabet=200, show_progress=False))
+    spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template, tokenizer.eos_token, tokenizer.pad_token = chat_template, "<|im_end|>", "<unk>"
+    return tokenizer
+
+
+def save_base(folder: Path, kind: str, tokenizer) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    from conftest import tiny_config
+
+    if kind in ("llama", "qwen2"):
+        return save_tiny(folder, kind, tokenizer)
+    if kind == "llama-spm":
+        tokenizer = sentencepiece_style_tokenizer(tokenizer.chat_template)
+    torch.manual_seed(0)
+    extra = {"rope_parameters": LLAMA3_ROPE} if kind == "llama3-rope" else {}
+    AutoModelForCausalLM.from_config(tiny_config("llama", tokenizer, **extra)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,quant,tolerance", [("llama", "f16", 2e-3), ("qwen2", "f16", 2e-3),
-                                                  ("llama3-rope", "f32", 1e-3)])
-def test_tiny_export_logits_match_llama_cpp(arch, quant, tolerance, tokenizer, tmp_path):
-    """Llama (q/k permuted, tied embeddings), Qwen2 (biases, untied output, no permutation) and Llama 3.1's rope
-    scaling (per-frequency factors in rope_freqs): llama.cpp's logits on a chat prompt equal the merged model's
-    within rounding. Measured max differences: 4e-4 at f16 (logits of std 0.16); 2e-4 with llama3 rope at f32,
-    5e-3 without the factors. Greedy tokens of a random model flip on near-ties, so logits are compared."""
+@pytest.mark.parametrize("kind,quant,tolerance", [("llama", "f16", 2e-3), ("qwen2", "f16", 2e-3),
+                                                  ("llama3-rope", "f32", 1e-3), ("llama-spm", "f16", 2e-3)])
+def test_tiny_export_logits_match_llama_cpp(kind, quant, tolerance, tokenizer, tmp_path):
+    """Llama (q/k permuted, tied embeddings), Qwen2 (biases, untied output, no permutation), Llama 3.1's rope
+    scaling (per-frequency factors in rope_freqs) and a SentencePiece-style tokenizer (Llama 2, Mistral): llama.cpp
+    tokenizes as transformers does and its logits on a chat prompt equal the merged model's within rounding.
+    Measured max differences: 4e-4 at f16 (logits of std 0.16); 2e-4 with llama3 rope at f32, 5e-3 without the
+    factors. Greedy tokens of a random model flip on near-ties, so logits are compared."""
     import numpy as np
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from conftest import tiny_config
     from unitune.merge import merge_adapter
 
     Llama = llama_cpp().Llama
-    base = tmp_path / "base"
-    if arch == "llama3-rope":
-        torch.manual_seed(0)
-        config = tiny_config("llama", tokenizer, rope_parameters=LLAMA3_ROPE)
-        assert isinstance(config, LlamaConfig) and config.rope_parameters["rope_type"] == "llama3"
-        AutoModelForCausalLM.from_config(config).save_pretrained(base)
-        tokenizer.save_pretrained(base)
-    else:
-        save_tiny(base, arch, tokenizer)
+    base = save_base(tmp_path / "base", kind, tokenizer)
     run = tmp_path / "run"
     assert main(["train", "--method", "sft", "--model_name", str(base), "--output_dir", str(run), "--max_steps", "2",
                  "--per_device_train_batch_size", "2", "--max_train_samples", "8", "--learning_rate", "1e-2"]) == 0
@@ -215,6 +247,9 @@ def test_tiny_export_logits_match_llama_cpp(arch, quant, tolerance, tokenizer, t
     llm = Llama(model_path=str(tmp_path / "out" / f"model-{quant}.gguf"), n_ctx=256, n_threads=2, logits_all=True,
                 verbose=False)
     try:
+        for probe in PROBES:
+            assert llm.tokenize(probe.encode(), add_bos=False, special=True) == \
+                merged.tokenizer(probe, add_special_tokens=False)["input_ids"], probe
         llm.eval(ids)
         got = np.array(llm.scores[: len(ids)])
     finally:
@@ -388,3 +423,18 @@ def test_chat_bad_input(tmp_path, capsys):
     model.mkdir()
     assert main(["chat", "--run", str(model), "--compare", "base"]) == 2
     assert "--compare base needs --run to be a run folder" in capsys.readouterr().err
+
+
+def test_chat_needs_a_chat_template(tiny_model_dir, tmp_path, capsys):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    tokenizer.save_pretrained(plain)
+    assert main(["chat", "--run", str(plain)]) == 2
+    assert "has no chat template, so it cannot be chatted with" in capsys.readouterr().err

@@ -61,10 +61,15 @@ def load_speaker(source: str | None) -> Speaker:
     print(f"unitune chat: loading {source or 'the embedded model'}", file=sys.stderr, flush=True)
     if source and is_run(source):
         merged = merge_adapter(Path(source))
-        return Speaker(Path(source).name, merged.model, merged.tokenizer)
-    path = resolve_model(source)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return Speaker(Path(source).name if source else "base", model, load_tokenizer(path))
+        speaker = Speaker(Path(source).name, merged.model, merged.tokenizer)
+    else:
+        path = resolve_model(source)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        speaker = Speaker(Path(source).name if source else "base", model, load_tokenizer(path))
+    if not speaker.tokenizer.chat_template:
+        raise UserError(f"{source} has no chat template, so it cannot be chatted with; use an instruct (chat) "
+                        "model, or a run trained from one")
+    return speaker
 
 
 def is_run(source: str) -> bool:

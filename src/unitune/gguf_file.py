@@ -76,6 +76,46 @@ def pre_tokenizer(tokenizer_json: dict) -> str:
                     "tokenizers; use --format safetensors and llama.cpp's convert_hf_to_gguf.py")
 
 
+def vocab_table(tokenizer, n_vocab: int, byte_tokens: bool = False) -> tuple[list[str], list]:
+    """Every token id's text and llama.cpp token type: special added tokens are CONTROL, other added tokens
+    USER_DEFINED, SentencePiece's <0xNN> byte pieces BYTE, ids the tokenizer never produces UNUSED padding."""
+    import re
+
+    import gguf
+
+    reverse = {i: token for token, i in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(n_vocab):
+        token = reverse.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            continue
+        tokens.append(token)
+        if byte_tokens and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+            types.append(gguf.TokenType.BYTE)
+        elif i in added:
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def prepends_space(tokenizer_json: dict) -> bool:
+    """Whether the tokenizer puts '\u2581' before the text (Llama 2's Prepend normalizer, Mistral's Metaspace)."""
+    def steps(part: dict | None) -> list[dict]:
+        part = part or {}
+        return part.get("normalizers") or part.get("pretokenizers") or [part]
+
+    for step in steps(tokenizer_json.get("normalizer")) + steps(tokenizer_json.get("pre_tokenizer")):
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") in ("first", "always"):
+            return True
+    return False
+
+
 def add_vocab(writer, tokenizer, folder: Path, n_vocab: int) -> None:
     """Tokens with their types, the tokenizer model, merges, special ids, add-BOS/EOS and the chat template."""
     import gguf
@@ -83,29 +123,20 @@ def add_vocab(writer, tokenizer, folder: Path, n_vocab: int) -> None:
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     model = data.get("model") or {}
     if model.get("type") == "BPE" and model.get("byte_fallback"):  # Llama 2, Mistral: SentencePiece-style BPE
-        vocab = gguf.LlamaHfVocab(folder)
-        tokens, scores, types = zip(*vocab.all_tokens())
-        pad = n_vocab - len(tokens)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
-        writer.add_token_list([*tokens, *(f"[PAD{i}]".encode() for i in range(len(tokens), n_vocab))])
-        writer.add_token_scores([*scores, *([-1000.0] * pad)])
-        writer.add_token_types([*types, *([gguf.TokenType.UNUSED] * pad)])
+        writer.add_add_space_prefix(prepends_space(data))
+        tokens, types = vocab_table(tokenizer, n_vocab, byte_tokens=True)
+        writer.add_token_list(tokens)
+        # llama.cpp's SentencePiece tokenizer merges the pair whose merged piece scores highest; pieces are numbered
+        # in merge order (as SentencePiece's own scores are, -id), so -id keeps transformers' merge priority.
+        writer.add_token_scores([-float(i) if kind == gguf.TokenType.NORMAL else 0.0 for i, kind in enumerate(types)])
+        writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=n_vocab)
     elif model.get("type") == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel":
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre_tokenizer(data))
-        reverse = {i: token for token, i in tokenizer.get_vocab().items()}
-        added = tokenizer.added_tokens_decoder
-        tokens, types = [], []
-        for i in range(n_vocab):
-            if i not in reverse:  # the model's embedding has rows the tokenizer never produces
-                tokens.append(f"[PAD{i}]")
-                types.append(gguf.TokenType.UNUSED)
-            else:
-                tokens.append(reverse[i])
-                types.append(gguf.TokenType.NORMAL if i not in added else
-                             gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+        tokens, types = vocab_table(tokenizer, n_vocab)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
