@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: on a CUDA machine, run all five methods with QLoRA (4-bit base) on the embedded model for a few steps,
-# then evaluate, merge and (when `unitune export` exists) export, printing one summary line per step.
+# then evaluate, merge (into the dequantized 4-bit base) and export to GGUF (f16 and q8_0), printing one summary
+# line per step.
 # Not part of `make test` (it needs a GPU). Record what it prints in NOTES.md.
 #
 #   make install && scripts/gpu_check.sh            # runs into runs/gpu_check (replaced each time)
@@ -61,8 +62,7 @@ for method in sft dpo orpo kto grpo; do
 done
 step eval "$BIN/unitune" eval --runs_dir "$OUT" --max_samples 32 ${MODEL:+--base_model "$MODEL"}
 step merge "$BIN/unitune" merge --run "$OUT/sft" --output "$OUT/merged/sft" --dtype bfloat16
-if "$BIN/unitune" export --help >/dev/null 2>&1; then
-  step export "$BIN/unitune" export --run "$OUT/sft" --output "$OUT/export/sft"
-fi
+step export "$BIN/unitune" export --run "$OUT/sft" --output "$OUT/export/sft"
+step export_q8 "$BIN/unitune" export --run "$OUT/sft" --output "$OUT/export/sft-q8" --quant q8_0
 echo "gpu_check: $failures failure(s); logs in $LOG"
 exit $((failures > 0))

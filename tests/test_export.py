@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -113,6 +114,8 @@ def test_export_runs_in_llama_cpp_like_transformers(real_run, tmp_path, capsys):
     assert "ollama create" in capsys.readouterr().out
     modelfile = (tmp_path / "f16" / "Modelfile").read_text()
     assert "FROM ./model-f16.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    # the template's default system prompt, which every trained and evaluated conversation carried
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in modelfile
     record = read_json(tmp_path / "f16" / "unitune_export.json")
     assert record["quant"] == "f16" and record["merge_base"] == "original" and record["stop"] == ["<|im_end|>"]
 
@@ -174,15 +177,17 @@ def test_k_quant_through_llama_cpp(real_run, tmp_path):
     assert reply["choices"][0]["message"]["content"].strip()
 
 
+# original 64: wavelengths 6.3 (kept), 32.4 (blended: between 64/4 and 64/1) and 167+ (divided by the factor).
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 PROBES = ["Hello world", " leading space", "Ünïcödé ü 🚀", "a\n\nb  c\t", "12345 + 678 = ?"]
 
 
-def sentencepiece_style_tokenizer(chat_template: str):
-    """A tokenizer laid out as Llama 2's and Mistral's tokenizer.json are: BPE with byte fallback, the 256 <0xNN>
-    byte pieces after <unk>/<s>/</s>, a Prepend('\u2581') + Replace(' ', '\u2581') normalizer, BOS added by the
-    post-processor; trained on the bundled data (1,000 pieces), with ChatML tokens for the chat template."""
+def sentencepiece_style_tokenizer(chat_template: str, legacy: bool = True):
+    """A tokenizer laid out as Llama 2's and Mistral's are: BPE with byte fallback, the 256 <0xNN> byte pieces after
+    <unk>/<s>/</s>, BOS added by the post-processor; trained on the bundled data (1,000 pieces), with ChatML tokens
+    for the chat template. legacy: their tokenizer.json (a Prepend('\u2581') + Replace(' ', '\u2581') normalizer);
+    else transformers 5's own LlamaTokenizer on those pieces (Metaspace, prepend_scheme 'first')."""
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -198,6 +203,12 @@ def sentencepiece_style_tokenizer(chat_template: str):
                                                        limit_alphabet=200, show_progress=False))
     spm.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=spm, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    if not legacy:
+        from transformers import LlamaTokenizer
+
+        model = json.loads(spm.to_str())["model"]
+        tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], legacy=False)
+        assert json.loads(tokenizer.backend_tokenizer.to_str())["pre_tokenizer"]["prepend_scheme"] == "first"
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.chat_template, tokenizer.eos_token, tokenizer.pad_token = chat_template, "<|im_end|>", "<unk>"
     return tokenizer
@@ -210,8 +221,15 @@ def save_base(folder: Path, kind: str, tokenizer) -> Path:
 
     if kind in ("llama", "qwen2"):
         return save_tiny(folder, kind, tokenizer)
-    if kind == "llama-spm":
-        tokenizer = sentencepiece_style_tokenizer(tokenizer.chat_template)
+    if kind == "qwen2-padded":  # an embedding with rows past the tokenizer's, as Qwen2's real ones have
+        torch.manual_seed(0)
+        config = tiny_config("qwen2", tokenizer)
+        config.vocab_size = len(tokenizer) + 64
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+    if kind.startswith("llama-spm"):
+        tokenizer = sentencepiece_style_tokenizer(tokenizer.chat_template, legacy=kind == "llama-spm")
     torch.manual_seed(0)
     extra = {"rope_parameters": LLAMA3_ROPE} if kind == "llama3-rope" else {}
     AutoModelForCausalLM.from_config(tiny_config("llama", tokenizer, **extra)).save_pretrained(folder)
@@ -221,7 +239,8 @@ def save_base(folder: Path, kind: str, tokenizer) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,quant,tolerance", [("llama", "f16", 2e-3), ("qwen2", "f16", 2e-3),
-                                                  ("llama3-rope", "f32", 1e-3), ("llama-spm", "f16", 2e-3)])
+                                                  ("llama3-rope", "f32", 1e-3), ("llama-spm", "f16", 2e-3),
+                                                  ("llama-spm-first", "f16", 2e-3), ("qwen2-padded", "f16", 2e-3)])
 def test_tiny_export_logits_match_llama_cpp(kind, quant, tolerance, tokenizer, tmp_path):
     """Llama (q/k permuted, tied embeddings), Qwen2 (biases, untied output, no permutation), Llama 3.1's rope
     scaling (per-frequency factors in rope_freqs) and a SentencePiece-style tokenizer (Llama 2, Mistral): llama.cpp
@@ -241,15 +260,15 @@ def test_tiny_export_logits_match_llama_cpp(kind, quant, tolerance, tokenizer, t
     merged = merge_adapter(run)
     prompt = "Write a long sentence about the sea, the sky and the wind blowing over the water."
     ids = merged.tokenizer(chat_text(merged.tokenizer, prompt), add_special_tokens=False)["input_ids"]
-    assert len(ids) > LLAMA3_ROPE["original_max_position_embeddings"]
     with torch.inference_mode():
         expected = merged.model(torch.tensor([ids])).logits[0].numpy()
     llm = Llama(model_path=str(tmp_path / "out" / f"model-{quant}.gguf"), n_ctx=256, n_threads=2, logits_all=True,
                 verbose=False)
     try:
-        for probe in PROBES:
-            assert llm.tokenize(probe.encode(), add_bos=False, special=True) == \
-                merged.tokenizer(probe, add_special_tokens=False)["input_ids"], probe
+        for probe in PROBES:  # in a chat prompt, as chat and serving send text
+            text = chat_text(merged.tokenizer, probe)
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
+                merged.tokenizer(text, add_special_tokens=False)["input_ids"], probe
         llm.eval(ids)
         got = np.array(llm.scores[: len(ids)])
     finally:
@@ -306,12 +325,15 @@ def test_export_errors_are_one_line(tiny_args, tiny_model_dir, tokenizer, tmp_pa
     assert "holds no adapter" in fails("--run", str(tmp_path), "--output", str(tmp_path / "x"))
     assert "unknown --quant 'q4_k_x'" in fails("--run", str(run), "--output", str(tmp_path / "x"), "--quant", "q4_k_x")
     assert "the run folder" in fails("--run", str(run), "--output", str(run), "--overwrite")
+    assert "the run's base model" in fails("--run", str(run), "--output", str(tiny_model_dir), "--overwrite")
+    assert "--quant is for --format gguf" in fails("--run", str(run), "--output", str(tmp_path / "x"),
+                                                   "--format", "safetensors", "--quant", "q8_0")
     assert "a parent of the run folder" in fails("--run", str(run), "--output", str(tmp_path), "--overwrite")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # neither llama-quantize nor llama-cpp-python
     assert "needs llama.cpp's quantizer: llama-quantize on PATH" in fails("--run", str(run), "--output", str(tmp_path / "k"),
                                                               "--quant", "q4_k_m")
-    assert not (tmp_path / "k").exists()
+    assert not (tmp_path / "k").exists() and not list(tmp_path.glob(".k-*"))  # refused before any merge
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
     assert "pass --overwrite" in fails("--run", str(run), "--output", str(tmp_path / "taken"))
@@ -329,7 +351,7 @@ def test_export_errors_are_one_line(tiny_args, tiny_model_dir, tokenizer, tmp_pa
 
 
 def test_k_quants_go_through_llama_quantize(tiny_args, tmp_path, monkeypatch):
-    """With llama-quantize on PATH, --quant q4_k_m hands it the f16 file as `llama-quantize IN OUT Q4_K_M` and keeps
+    """With llama-quantize on PATH, --quant q4_k_m hands it the bf16 file as `llama-quantize IN OUT Q4_K_M` and keeps
     only its output (a stand-in binary records the call: llama.cpp's tools are not built here; the real quantizer
     is tested through llama-cpp-python above)."""
     run = tmp_path / "sft_run"
@@ -342,7 +364,7 @@ def test_k_quants_go_through_llama_quantize(tiny_args, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     assert main(["export", "--run", str(run), "--output", str(tmp_path / "k"), "--quant", "q4_k_m"]) == 0
     source, target, kind = (tmp_path / "called").read_text().split()
-    assert Path(source).name == "model-f16.gguf" and Path(target).name == "model-q4_k_m.gguf" and kind == "Q4_K_M"
+    assert Path(source).name == "model-bf16.gguf" and Path(target).name == "model-q4_k_m.gguf" and kind == "Q4_K_M"
     assert sorted(p.name for p in (tmp_path / "k").iterdir()) == ["Modelfile", "model-q4_k_m.gguf",
                                                                   "unitune_export.json"]
     assert "FROM ./model-q4_k_m.gguf" in (tmp_path / "k" / "Modelfile").read_text()
@@ -358,6 +380,9 @@ def test_export_safetensors_and_overwrite(tiny_args, tmp_path):
     assert main(["export", "--run", str(run), "--output", str(out), "--format", "safetensors"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
     assert read_json(out / "unitune_export.json")["format"] == "safetensors"
+    from unitune.runs import umask
+
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask() for p in out.iterdir())  # safetensors wrote 0600
     assert main(["export", "--run", str(run), "--output", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "model-f16.gguf", "unitune_export.json"]
 
@@ -397,8 +422,12 @@ def test_chat_in_a_terminal_streams(tmp_path):
         end = time.time() + timeout
         while seen.count(marker) < count:
             assert time.time() < end, seen.decode(errors="replace")
+            assert proc.poll() is None, f"chat exited {proc.returncode}: {seen.decode(errors='replace')}"
             if select.select([master], [], [], 1)[0]:
-                seen += os.read(master, 4096)
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    assert False, seen.decode(errors="replace")
 
     try:
         read_until(b"you> ")
@@ -413,6 +442,7 @@ def test_chat_in_a_terminal_streams(tmp_path):
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
+        proc.wait()
         os.close(master)
 
 
@@ -423,6 +453,8 @@ def test_chat_bad_input(tmp_path, capsys):
     model.mkdir()
     assert main(["chat", "--run", str(model), "--compare", "base"]) == 2
     assert "--compare base needs --run to be a run folder" in capsys.readouterr().err
+    assert main(["chat", "--compare", "base"]) == 2
+    assert "--compare base needs --run" in capsys.readouterr().err
 
 
 def test_chat_needs_a_chat_template(tiny_model_dir, tmp_path, capsys):
@@ -438,3 +470,79 @@ def test_chat_needs_a_chat_template(tiny_model_dir, tmp_path, capsys):
     tokenizer.save_pretrained(plain)
     assert main(["chat", "--run", str(plain)]) == 2
     assert "has no chat template, so it cannot be chatted with" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the writer's decisions, from tokenizer.json alone
+
+def byte_level(*steps: dict) -> dict:
+    return {"model": {"type": "BPE"}, "decoder": {"type": "ByteLevel"},
+            "pre_tokenizer": steps[0] if len(steps) == 1 else {"type": "Sequence", "pretokenizers": list(steps)}}
+
+
+def test_pre_tokenizer_names_and_refusals():
+    from unitune.errors import UserError
+    from unitune.gguf_file import LLAMA3_SPLIT, check_supported, pre_tokenizer, prepends_space, tokenizer_kind
+
+    split = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
+    assert pre_tokenizer(byte_level({"type": "ByteLevel", "add_prefix_space": False})) == "gpt-2"
+    assert pre_tokenizer(byte_level({"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"})) == "smollm"
+    assert pre_tokenizer(byte_level({"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}}, split)) == "llama-bpe"
+    qwen2 = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+    assert pre_tokenizer(byte_level({"type": "Split", "pattern": {"Regex": qwen2}}, split)) == "qwen2"
+    with pytest.raises(UserError, match="does not know this tokenizer's pre-tokenizer"):
+        pre_tokenizer(byte_level({"type": "Split", "pattern": {"Regex": r"\w+"}}, split))
+    with pytest.raises(UserError, match="not this Unigram tokenizer"):
+        tokenizer_kind({"model": {"type": "Unigram"}})
+    spm = {"model": {"type": "BPE", "byte_fallback": True}, "decoder": {"type": "Sequence"}}
+    assert tokenizer_kind(spm) == "llama"
+    assert prepends_space({**spm, "normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace"}]}})
+    assert prepends_space({**spm, "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "always"}})
+    assert not prepends_space({**spm, "pre_tokenizer": {"type": "Metaspace", "prepend_scheme": "first"}})
+
+    class Config:
+        architectures = ["LlamaForCausalLM"]
+        rope_parameters = {"rope_type": "yarn", "factor": 4.0}
+
+    with pytest.raises(UserError, match="rope scaling 'yarn'"):
+        check_supported(Config, byte_level({"type": "ByteLevel"}))
+    Config.architectures = ["GPT2LMHeadModel"]
+    with pytest.raises(UserError, match="GGUF export supports LlamaForCausalLM.*this model is GPT2LMHeadModel"):
+        check_supported(Config, byte_level({"type": "ByteLevel"}))
+
+
+def test_llama3_rope_factors_keep_blend_and_divide():
+    """On the llama.cpp test's settings every branch of Meta's formula is taken (so that test covers them): the
+    fastest frequency kept (1), the slow ones divided by the factor (8), one blended in between."""
+    from unitune.gguf_file import rope_metadata
+
+    class Writer:
+        def __getattr__(self, name):
+            return lambda *args: None
+
+    class Config:
+        rope_parameters = LLAMA3_ROPE
+
+    factors = rope_metadata(Writer(), Config, 16)
+    assert len(factors) == 8 and factors[0] == 1.0 and factors[-1] == 8.0
+    blended = [f for f in factors if 1.0 < f < 8.0]
+    assert len(blended) == 1
+
+
+@pytest.mark.slow
+def test_a_run_whose_cached_base_is_gone_still_merges(real_run, tmp_path):
+    """The embedded base lives in $UNITUNE_HOME's cache; a run recorded under another home (or a cleaned cache)
+    converts the embedded model again instead of failing."""
+    import shutil
+
+    from unitune.merge import run_base
+    from unitune.models import resolve_model
+
+    moved = tmp_path / "sft_run"
+    shutil.copytree(real_run, moved)
+    record = read_json(moved / "unitune_run.json")
+    assert record["settings"]["model_name"] is None
+    record["base_model"] = str(tmp_path / "old-home" / "models" / "smollm2-135m-instruct-0123456789ab")
+    (moved / "unitune_run.json").write_text(json.dumps(record))
+    assert run_base(moved) == resolve_model(None)
+    assert main(["merge", "--run", str(moved), "--output", str(tmp_path / "m")]) == 0

@@ -169,6 +169,7 @@ def test_merge_overwrite_never_destroys_a_run(tiny_args, tmp_path, capsys, monke
     assert main(["merge", "--run", str(run), "--output", str(merged), "--overwrite"]) == 0
     assert not (merged / "old.txt").exists() and (merged / "model.safetensors").exists()
     assert merged.stat().st_mode & 0o777 == 0o777 & ~current_umask()
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~current_umask() for f in merged.iterdir())  # safetensors: 0600
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
@@ -198,9 +199,9 @@ def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
     assert len(converted) == 1 and converted[0].name.startswith("my-model-")
     assert not json.loads((converted[0] / "config.json").read_text()).get("quantization_config")
     assert read_json(tmp_path / "run" / "unitune_run.json")["base_model"] == str(converted[0])
-    assert "converting my-model.gguf" in capsys.readouterr().out
+    assert "converting my-model.gguf" in capsys.readouterr().err
     assert main(args + ["--overwrite_output_dir"]) == 0  # second time: the cache, no conversion
-    assert "converting" not in capsys.readouterr().out
+    assert "converting" not in capsys.readouterr().err
 
 
 def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):

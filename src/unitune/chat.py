@@ -5,7 +5,8 @@
     printf 'What is 7*6?\\n/reset\\nName a color.\\n' | unitune chat --run exported/sft/model-f16.gguf
 
 Commands: /reset (forget the conversation), /system TEXT (set the system prompt and reset), /quit. From a pipe
-it reads one prompt (or command) per line and prints each reply on its own line, so it scripts and tests.
+it reads one prompt (or command) per line and prints the replies in order (a reply may span lines), so it
+scripts and tests.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def base_of(run: str | None) -> str | None:
     from .merge import MERGE_FILE, run_base
 
     if run is None:
-        return None  # the embedded model
+        raise UserError("--compare base needs --run: without it the chat is already with the embedded base model")
     if is_run(run):
         return run_base(Path(run))
     folder = Path(run).parent if run.endswith(".gguf") else Path(run)
@@ -64,8 +65,9 @@ def load_speaker(source: str | None) -> Speaker:
         speaker = Speaker(Path(source).name, merged.model, merged.tokenizer)
     else:
         path = resolve_model(source)
+        tokenizer = load_tokenizer(path)  # first: a bad Hub id or folder is its one-line error, not a traceback
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        speaker = Speaker(Path(source).name if source else "base", model, load_tokenizer(path))
+        speaker = Speaker(Path(source).name if source else "base", model, tokenizer)
     if not speaker.tokenizer.chat_template:
         raise UserError(f"{source} has no chat template, so it cannot be chatted with; use an instruct (chat) "
                         "model, or a run trained from one")
@@ -108,6 +110,9 @@ def prompts(interactive: bool):
             line = input("you> ") if interactive else sys.stdin.readline()
         except EOFError:
             return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat, as Ctrl-D does
+            print(flush=True)
+            return
         if not interactive and not line:
             return
         yield line.strip()
@@ -120,6 +125,9 @@ def run_chat(cfg: ChatConfig) -> None:
         speakers.append(load_speaker(compare))
         if cfg.compare == "base":
             speakers[1].label = "base"
+        elif speakers[0].label == speakers[1].label:  # two exports' model-f16.gguf: name them by their folders
+            for speaker, source in zip(speakers, (cfg.run, cfg.compare)):
+                speaker.label = "/".join(Path(source).parts[-2:])
     interactive = sys.stdin.isatty()
     labelled = len(speakers) > 1 or interactive
     system = cfg.system
@@ -146,6 +154,7 @@ def run_chat(cfg: ChatConfig) -> None:
                 print(f"{speaker.label}> ", end="", flush=True)
             try:
                 reply(speaker, line, system, cfg, sys.stdout)
-            except KeyboardInterrupt:  # Ctrl-C stops this reply, not the chat
-                print(" (stopped)", end="")
+            except KeyboardInterrupt:  # Ctrl-C stops this prompt's replies, not the chat
+                print(" (stopped)", flush=True)
+                break
             print(flush=True)

@@ -369,14 +369,18 @@ class ExportConfig:
     output: str = opt(None, "folder for the export (model-<quant>.gguf and a Modelfile)", required=True)
     format: str = opt("gguf", "gguf (llama.cpp, Ollama) or safetensors (a merged model folder)",
                       choices=EXPORT_FORMATS)
-    quant: str = opt("f16", "GGUF weights: f16, bf16, q8_0 or f32 (written here), or a k-quant "
-                            f"({', '.join(K_QUANTS)}) made by llama.cpp's llama-quantize when it is on PATH")
+    quant: str | None = opt(None, "GGUF weights (default f16): f16, bf16, q8_0 or f32 (written here), or a k-quant "
+                                  f"({', '.join(K_QUANTS)}) made by llama.cpp's quantizer (llama-quantize on PATH, "
+                                  "or llama-cpp-python)")
     merge_base: str = opt("quantized", MERGE_BASE_HELP, choices=MERGE_BASES)
     overwrite: bool = opt(False, "replace an earlier export in --output (only once the new one is complete)")
 
     def __post_init__(self) -> None:
         _choice(self.format, "--format", EXPORT_FORMATS)
-        self.quant = self.quant.lower()
+        if self.format == "safetensors" and self.quant is not None:
+            raise UserError("--quant is for --format gguf; a safetensors export is the fp32 merge (for another "
+                            "dtype, use unitune merge --dtype)")
+        self.quant = (self.quant or "f16").lower()
         _choice(self.quant, "--quant", GGUF_QUANTS + K_QUANTS)
         _choice(self.merge_base, "--merge_base", MERGE_BASES)
 
@@ -385,8 +389,7 @@ class ExportConfig:
 class ChatConfig:
     """Chat with a model in the terminal, streaming; one prompt per line when stdin is not a terminal."""
 
-    run: str | None = opt(None, "run folder, merged model folder, .gguf file or Hub id "
-                                "(default: the embedded base model; 'base' means the run's base)")
+    run: str | None = opt(None, "run folder, merged model folder, .gguf file or Hub id (default: the embedded model)")
     compare: str | None = opt(None, "a second model answering each prompt after the first: a run, folder, .gguf, "
                                     "or 'base' for --run's base model")
     max_new_tokens: int = opt(256, "longest reply, in tokens")

@@ -33,6 +33,7 @@ QUANTS = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF1
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 SPLIT_PRE = {LLAMA3_SPLIT: "llama-bpe", LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}"): "qwen2"}
+ROPE_TYPES = ("default", "linear", "llama3")
 
 
 def supported() -> str:
@@ -49,6 +50,29 @@ def gguf_arch(config):
                         "a merged model folder, or llama.cpp's convert_hf_to_gguf.py on it")
     name, permute = ARCHS[found]
     return getattr(gguf.MODEL_ARCH, name), permute
+
+
+def check_supported(config, tokenizer_json: dict) -> None:
+    """Everything the writer would refuse, from the config and tokenizer.json alone: before any merge is done."""
+    gguf_arch(config)
+    tokenizer_kind(tokenizer_json)
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise UserError(f"GGUF export does not support rope scaling '{kind}' yet (it supports "
+                        f"{', '.join(ROPE_TYPES)}); use --format safetensors")
+
+
+def tokenizer_kind(tokenizer_json: dict) -> str:
+    """llama.cpp's tokenizer model for a transformers tokenizer.json: llama (SentencePiece-style) or gpt2."""
+    model = tokenizer_json.get("model") or {}
+    if model.get("type") == "BPE" and model.get("byte_fallback"):  # Llama 2, Mistral
+        return "llama"
+    if model.get("type") == "BPE" and (tokenizer_json.get("decoder") or {}).get("type") == "ByteLevel":
+        pre_tokenizer(tokenizer_json)  # one we can name
+        return "gpt2"
+    raise UserError(f"GGUF export supports BPE tokenizers (byte-level or SentencePiece-style), not this "
+                    f"{model.get('type')} tokenizer; use --format safetensors")
 
 
 def permute_rows(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -103,7 +127,10 @@ def vocab_table(tokenizer, n_vocab: int, byte_tokens: bool = False) -> tuple[lis
 
 
 def prepends_space(tokenizer_json: dict) -> bool:
-    """Whether the tokenizer puts '\u2581' before the text (Llama 2's Prepend normalizer, Mistral's Metaspace)."""
+    """llama.cpp's add_space_prefix for a SentencePiece-style tokenizer. llama.cpp puts a space before the text and
+    after every special token, or nowhere. That is transformers' legacy behaviour (a Prepend('\u2581') normalizer,
+    or Metaspace 'always'). Its current default, Metaspace 'first', prepends only at the very start of the input,
+    so "nowhere" matches it on every chat prompt, which starts with a special token."""
     def steps(part: dict | None) -> list[dict]:
         part = part or {}
         return part.get("normalizers") or part.get("pretokenizers") or [part]
@@ -111,8 +138,8 @@ def prepends_space(tokenizer_json: dict) -> bool:
     for step in steps(tokenizer_json.get("normalizer")) + steps(tokenizer_json.get("pre_tokenizer")):
         if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
             return True
-        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") in ("first", "always"):
-            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") == "always"
     return False
 
 
@@ -121,28 +148,27 @@ def add_vocab(writer, tokenizer, folder: Path, n_vocab: int) -> None:
     import gguf
 
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    model = data.get("model") or {}
-    if model.get("type") == "BPE" and model.get("byte_fallback"):  # Llama 2, Mistral: SentencePiece-style BPE
-        writer.add_tokenizer_model("llama")
+    if len(tokenizer) > n_vocab:
+        raise UserError(f"the tokenizer has {len(tokenizer)} tokens but the model's embedding only {n_vocab} rows; "
+                        "resize the model's embeddings to the tokenizer before exporting")
+    kind = tokenizer_kind(data)
+    writer.add_tokenizer_model(kind)
+    if kind == "llama":
         writer.add_tokenizer_pre("default")
         writer.add_add_space_prefix(prepends_space(data))
         tokens, types = vocab_table(tokenizer, n_vocab, byte_tokens=True)
         writer.add_token_list(tokens)
         # llama.cpp's SentencePiece tokenizer merges the pair whose merged piece scores highest; pieces are numbered
         # in merge order (as SentencePiece's own scores are, -id), so -id keeps transformers' merge priority.
-        writer.add_token_scores([-float(i) if kind == gguf.TokenType.NORMAL else 0.0 for i, kind in enumerate(types)])
+        writer.add_token_scores([-float(i) if t == gguf.TokenType.NORMAL else 0.0 for i, t in enumerate(types)])
         writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=False, n_vocab=n_vocab)
-    elif model.get("type") == "BPE" and (data.get("decoder") or {}).get("type") == "ByteLevel":
-        writer.add_tokenizer_model("gpt2")
+    else:
         writer.add_tokenizer_pre(pre_tokenizer(data))
         tokens, types = vocab_table(tokenizer, n_vocab)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
         special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
-    else:
-        raise UserError(f"GGUF export supports BPE tokenizers (GPT-2 style or SentencePiece-style), not this "
-                        f"{model.get('type')} tokenizer; use --format safetensors")
     # What the tokenizer does, not what its config may say: Llama 3's adds BOS through a post-processor.
     ids = tokenizer("a")["input_ids"]
     special.add_special_token.update(bos=bool(ids) and ids[0] == tokenizer.bos_token_id,
@@ -179,8 +205,8 @@ def rope_metadata(writer, config, head_dim: int) -> np.ndarray | None:
                 smooth = (old / wavelen - low) / (high - low)
                 factors.append(1 / ((1 - smooth) / factor + smooth))
         return np.array(factors, dtype=np.float32)
-    raise UserError(f"GGUF export does not support rope scaling '{kind}' yet (it supports none, linear and llama3); "
-                    "use --format safetensors")
+    raise UserError(f"GGUF export does not support rope scaling '{kind}' yet (it supports "
+                    f"{', '.join(ROPE_TYPES)}); use --format safetensors")
 
 
 def add_hparams(writer, config, name: str, file_type: str) -> np.ndarray | None:

@@ -18,17 +18,24 @@ import torch
 from .config import MERGE_DTYPES, MergeConfig
 from .errors import UserError
 from .models import Hardware, load_model, load_tokenizer, resolve_model
-from .runs import adapter_base, guard_output, read_run, replace_dir, temp_dir_beside, write_json_atomic
+from .runs import (adapter_base, guard_output, publish_tree, read_run, replace_dir, temp_dir_beside,
+                   write_json_atomic)
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 MERGE_FILE = "unitune_merge.json"
 
 
 def run_base(run: Path) -> str:
-    """The base model a run was trained from: unitune_run.json, else adapter_config.json."""
-    base = (read_run(run) or {}).get("base_model") or adapter_base(run)
+    """The base model a run was trained from: unitune_run.json, else adapter_config.json. A recorded cache folder
+    that is gone (a new $UNITUNE_HOME, a cleaned cache) is made again from what the run was given: the embedded
+    model or the .gguf file."""
+    record = read_run(run) or {}
+    base = record.get("base_model") or adapter_base(run)
     if not base:
         raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run")
+    given = (record.get("settings") or {}).get("model_name")
+    if not Path(base).exists() and Path(base).is_absolute() and (given is None or str(given).endswith(".gguf")):
+        return resolve_model(given)
     return base
 
 
@@ -44,8 +51,13 @@ def check_run(run: Path) -> None:
 
 
 def check_output(out: Path, run: Path, overwrite: bool, is_earlier_output, what: str) -> None:
-    """Refuse an --output that would destroy a run or something that is not an earlier output of this command."""
+    """Refuse an --output that would destroy a run, its base model or something that is not an earlier output of
+    this command."""
     guard_output(out, "--output", run)
+    base = (read_run(run) or {}).get("base_model") or adapter_base(run)
+    if base and Path(base).exists() and out.resolve() == Path(base).resolve():
+        raise UserError(f"--output {out} is the run's base model; replacing it would delete it, so this is refused "
+                        "even with --overwrite; choose a new folder for --output")
     if out.exists() and not out.is_dir():
         raise UserError(f"--output {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()):
@@ -62,6 +74,11 @@ class Merged:
     tokenizer: object
     base: str
     record: dict  # what unitune_merge.json records
+
+    def describe(self) -> str:
+        if not self.record["qlora"]:
+            return "a LoRA run: merged into its base"
+        return f"a QLoRA run: merged into the {self.record['merge_base']} base"
 
 
 def qlora_dtype(run: Path) -> torch.dtype | None:
@@ -114,11 +131,11 @@ def merge_run(cfg: MergeConfig) -> Path:
     check_output(out, run, cfg.overwrite, is_model_folder,
                  "a merged model (config.json and *.safetensors, no sub-folders)")
     merged = merge_adapter(run, cfg.merge_base)
-    print(f"unitune merge: {merged.base} + {run} -> {out} ({cfg.dtype}, merged into the "
-          f"{merged.record['merge_base']} base)", flush=True)
+    print(f"unitune merge: {merged.base} + {run} -> {out} ({cfg.dtype}; {merged.describe()})", flush=True)
     tmp = temp_dir_beside(out)
     try:
         save_merged(merged, run, tmp, cfg.dtype)
+        publish_tree(tmp)
         replace_dir(tmp, out)  # an old --output (only with --overwrite) goes once the new folder is complete
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

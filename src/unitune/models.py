@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"unitune: converting {gguf.name} to a safetensors folder (once) -> {target}", flush=True)
+    print(f"unitune: converting {gguf.name} to a safetensors folder (once) -> {target}", file=sys.stderr, flush=True)
     # Build in a temp folder beside the target and rename: an interrupted run never leaves a folder that loads.
     tmp = temp_dir_beside(target)
     try:

@@ -53,6 +53,13 @@ def write_json_atomic(path: Path, data) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
+def publish_tree(folder: Path) -> None:
+    """Make everything under ``folder`` readable by others (libraries that write through temp files leave 0600)."""
+    for path in Path(folder).rglob("*"):
+        public_mode(path, folder=path.is_dir())
+    public_mode(Path(folder), folder=True)
+
+
 def temp_dir_beside(target: Path) -> Path:
     """A new, empty folder next to ``target`` (same file system, so a rename moves it into place)."""
     target.parent.mkdir(parents=True, exist_ok=True)
