@@ -35,19 +35,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def gemm_peak_gflops() -> float:
-    """fp32 matmul throughput of this machine now (median of repeats), the MFU denominator."""
+def gemm_peak_gflops(dtype: str = "float32", size: int = 2048) -> float:
+    """Matmul throughput of this machine now (median of repeats); fp32's is the MFU denominator, bf16's shows
+    whether this CPU has native bf16 (avx512_bf16/AMX: faster than fp32) or emulates it (many times slower, so
+    the repeats stop after 10 s)."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(10):
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
+    a @ b
+    times: list[float] = []
+    while len(times) < 10 and sum(times) < 10:
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * 2048**3 / statistics.median(times) / 1e9
+    return 2 * size**3 / statistics.median(times) / 1e9
 
 
 def step_timer():
@@ -313,8 +314,11 @@ def main() -> None:
     print(f"bench: {WARMUP} warm-up + {TIMED} timed steps, batch {BATCH} x accumulation {ACCUM}, embedded "
           "SmolLM2-135M, bundled data",
           flush=True)
-    peak = gemm_peak_gflops()
-    print(f"  fp32 GEMM peak: {peak:.0f} GFLOP/s", flush=True)
+    from unitune.env import cpu_line
+
+    cpu = cpu_line()
+    peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops("bfloat16", 1024)
+    print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_unmerged", "sft_trl_tuned",
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
     ev, grpo = bench_eval(), bench_grpo()
@@ -335,6 +339,8 @@ def main() -> None:
         "grpo_s_per_step": grpo["s_per_step"],
         "sft_loss_max_rel_diff_vs_trl_tuned": max(same),
         "gemm_peak_gflops": peak,
+        "gemm_peak_gflops_bf16": peak_bf16,
+        "cpu": cpu,
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
         "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in runs.items()},
     }
