@@ -216,7 +216,9 @@ COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
 EXAMPLES = """examples:
   unitune demo                                            # the whole pipeline, offline, on a CPU
   unitune train --method dpo --dataset prefs.jsonl --output_dir runs/dpo
-  unitune eval --runs_dir runs                            # compare every run in runs/"""
+  unitune eval --runs_dir runs                            # compare every run in runs/
+  unitune export --run runs/dpo --output exported/dpo     # a GGUF for llama.cpp/Ollama, with a Modelfile
+  unitune chat --run runs/dpo --compare base              # talk to it beside its base model"""
 
 
 def usage(prog: str) -> str:
