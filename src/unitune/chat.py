@@ -37,6 +37,7 @@ def base_of(run: str | None) -> str | None:
     """The base model behind --run: a run's, or the one recorded by the merge or export that made a model."""
     import json
 
+    from .export import EXPORT_FILE
     from .merge import MERGE_FILE, run_base
 
     if run is None:
@@ -44,7 +45,7 @@ def base_of(run: str | None) -> str | None:
     if is_run(run):
         return run_base(Path(run))
     folder = Path(run).parent if run.endswith(".gguf") else Path(run)
-    for record in (folder / MERGE_FILE, folder / "unitune_export.json"):
+    for record in (folder / MERGE_FILE, folder / EXPORT_FILE):
         if record.exists():
             return json.loads(record.read_text()).get("base_model")
     raise UserError(f"--compare base needs --run to be a run folder, or a merge or export made by unitune; "

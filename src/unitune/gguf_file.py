@@ -56,11 +56,16 @@ def check_supported(config, tokenizer_json: dict) -> None:
     """Everything the writer would refuse, from the config and tokenizer.json alone: before any merge is done."""
     gguf_arch(config)
     tokenizer_kind(tokenizer_json)
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    kind = params.get("rope_type", params.get("type", "default"))
+    _, kind = rope_settings(config)
     if kind not in ROPE_TYPES:
         raise UserError(f"GGUF export does not support rope scaling '{kind}' yet (it supports "
                         f"{', '.join(ROPE_TYPES)}); use --format safetensors")
+
+
+def rope_settings(config) -> tuple[dict, str]:
+    """The config's rotary parameters (transformers 5's rope_parameters, older rope_scaling) and their type."""
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    return params, params.get("rope_type", params.get("type", "default"))
 
 
 def tokenizer_kind(tokenizer_json: dict) -> str:
@@ -180,10 +185,10 @@ def rope_metadata(writer, config, head_dim: int) -> np.ndarray | None:
     """Rotary settings; for Llama 3.1's scaling, the per-frequency factors llama.cpp reads from rope_freqs."""
     import gguf
 
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
-    writer.add_rope_freq_base(float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
+    params, kind = rope_settings(config)
+    theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+    writer.add_rope_freq_base(theta)
     writer.add_rope_dimension_count(head_dim)
-    kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return None
     if kind == "linear":
@@ -193,7 +198,6 @@ def rope_metadata(writer, config, head_dim: int) -> np.ndarray | None:
     if kind == "llama3":  # Meta's published formula: keep high frequencies, divide low ones by factor, blend between
         factor, low, high = params["factor"], params["low_freq_factor"], params["high_freq_factor"]
         old = params["original_max_position_embeddings"]
-        theta = float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
         factors = []
         for freq in 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim):
             wavelen = 2 * math.pi / freq

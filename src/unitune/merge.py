@@ -54,8 +54,8 @@ def check_output(out: Path, run: Path, overwrite: bool, is_earlier_output, what:
     """Refuse an --output that would destroy a run, its base model or something that is not an earlier output of
     this command."""
     guard_output(out, "--output", run)
-    base = (read_run(run) or {}).get("base_model") or adapter_base(run)
-    if base and Path(base).exists() and out.resolve() == Path(base).resolve():
+    base = run_base(run)
+    if Path(base).exists() and out.resolve() == Path(base).resolve():
         raise UserError(f"--output {out} is the run's base model; replacing it would delete it, so this is refused "
                         "even with --overwrite; choose a new folder for --output")
     if out.exists() and not out.is_dir():
