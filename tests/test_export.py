@@ -446,6 +446,14 @@ def test_chat_in_a_terminal_streams(tmp_path):
         os.close(master)
 
 
+def test_merge_and_export_flag_choices_are_one_line(capsys):
+    for argv, flag in ((["merge", "--merge_base", "foo"], "--merge_base"), (["export", "--format", "gg"], "--format"),
+                       (["export", "--merge_base", "x"], "--merge_base")):
+        assert main([*argv, "--run", "r", "--output", "o"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"argument {flag}: invalid choice" in err and "--help" in err
+
+
 def test_chat_bad_input(tmp_path, capsys):
     assert main(["chat", "--temperature", "-1"]) == 2
     assert "--temperature must be 0" in capsys.readouterr().err
