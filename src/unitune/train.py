@@ -19,6 +19,7 @@ from .errors import UserError, first_line, warn
 from .methods import METHODS, MethodSpec
 from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
                      world_size)
+from .live_log import LiveLog
 from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matches, end_process_group,
                         is_main_process, prepare_output_dir, resume_target, write_status)
 from .output import dataset_bars, use_training_bar
@@ -330,6 +331,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
         warn("the accelerate config asks for FSDP, but accelerate runs CPU processes as plain DDP: each process "
              "holds the whole model (FSDP shards across GPUs)")
     trainer.add_callback(stop)
+    trainer.add_callback(LiveLog(out))
     stop.install()
     started = time.time()
     with compact_lm_head(hw.device):  # only while our trainer runs
