@@ -126,6 +126,17 @@ def test_discovery(tmp_path):
     assert skipped["stopped"]["status"] == "interrupted" and "at step 7" in skipped["stopped"]["skipped"]
     assert skipped["killed"]["status"] == "interrupted" and "--resume" in skipped["killed"]["skipped"]
     assert [e.name for e in discover(EvalConfig(runs_dir=str(tmp_path), methods=["kto"]))[0]] == ["mine"]
+    assert [e.name for e in discover(EvalConfig(runs_dir=str(tmp_path), runs=["dpo_x"]))[0]] == ["dpo_x"]
+
+
+def test_a_run_whose_cached_embedded_base_is_gone_is_evaluated_on_the_embedded_model(tmp_path, embedded_dir):
+    """Runs trained before the embedded model's cache key changed record a cache folder that no longer exists."""
+    (tmp_path / "sft_old").mkdir()
+    (tmp_path / "sft_old" / "unitune_run.json").write_text(json.dumps({
+        "method": "sft", "base_model": str(tmp_path / "cache" / "smollm2-135m-instruct-46fb1e1006d3"),
+        "settings": {"model_name": None}}))
+    entries, _ = discover(EvalConfig(runs_dir=str(tmp_path)))
+    assert entries[0].base_model == str(embedded_dir)
 
 
 @pytest.mark.parametrize("make", [lambda p: p / "missing", lambda p: p])

@@ -24,7 +24,7 @@ from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
 from .lifecycle import ASIDE, FINISHED, run_status, status_line
-from .runs import RUN_FILE, adapter_base, read_run, write_json_atomic
+from .runs import RUN_FILE, read_run, recorded_base, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 
 TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
@@ -49,7 +49,13 @@ def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
         raise UserError(f"runs folder not found: {root}; train first (`unitune train --method sft`) or pass "
                         "--runs_dir")
     entries, skipped = [], {}
+    missing = [name for name in cfg.runs or [] if run_status(root / name) is None]
+    if missing:
+        raise UserError(f"--runs: no run named {', '.join(missing)} in {root}; give folder names of runs under "
+                        "--runs_dir, or omit --runs to evaluate them all")
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if cfg.runs and folder.name not in cfg.runs:
+            continue
         status = run_status(folder)
         if status is None:
             continue
@@ -70,7 +76,7 @@ def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
         method = record.get("method") or (prefix if prefix in METHODS else None)
         if cfg.methods and method not in cfg.methods:
             continue
-        entries.append(Entry(folder.name, method, record.get("base_model") or adapter_base(folder) or cfg.base_model,
+        entries.append(Entry(folder.name, method, recorded_base(folder) or cfg.base_model,
                              folder, record))
     if not entries:
         unfinished = f" ({len(skipped)} unfinished: {', '.join(skipped)})" if skipped else ""

@@ -18,7 +18,7 @@ import torch
 from .config import MERGE_DTYPES, MergeConfig
 from .errors import UserError
 from .models import Hardware, load_model, load_tokenizer, resolve_model
-from .runs import (adapter_base, guard_output, publish_tree, read_run, replace_dir, temp_dir_beside,
+from .runs import (guard_output, publish_tree, read_run, recorded_base, replace_dir, temp_dir_beside,
                    write_json_atomic)
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
@@ -26,16 +26,10 @@ MERGE_FILE = "unitune_merge.json"
 
 
 def run_base(run: Path) -> str:
-    """The base model a run was trained from: unitune_run.json, else adapter_config.json. A recorded cache folder
-    that is gone (a new $UNITUNE_HOME, a cleaned cache) is made again from what the run was given: the embedded
-    model or the .gguf file."""
-    record = read_run(run) or {}
-    base = record.get("base_model") or adapter_base(run)
+    """The base model a run was trained from (runs.recorded_base); a one-line error when it records none."""
+    base = recorded_base(run)
     if not base:
         raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run")
-    given = (record.get("settings") or {}).get("model_name")
-    if not Path(base).exists() and Path(base).is_absolute() and (given is None or str(given).endswith(".gguf")):
-        return resolve_model(given)
     return base
 
 

@@ -138,6 +138,24 @@ def adapter_base(folder: Path) -> str | None:
         return None
 
 
+def recorded_base(run: Path) -> str | None:
+    """The base model a run was trained from: unitune_run.json, else adapter_config.json. A recorded cache folder
+    that is gone (a new $UNITUNE_HOME, a cleaned cache, the embedded model's cache key changed) is made again from
+    what the run was given: the embedded model or the .gguf file."""
+    try:
+        record = read_run(run) or {}
+    except (OSError, ValueError):
+        record = {}
+    base = record.get("base_model") or adapter_base(run)
+    given = (record.get("settings") or {}).get("model_name")
+    if base and not Path(base).exists() and Path(base).is_absolute() and (given is None or
+                                                                           str(given).endswith(".gguf")):
+        from .models import resolve_model
+
+        return resolve_model(given)
+    return base
+
+
 def read_run(folder: Path) -> dict | None:
     path = Path(folder) / RUN_FILE
     return json.loads(path.read_text()) if path.exists() else None
