@@ -126,7 +126,12 @@ def overlay_keys(runs: list[tuple[str, list[dict]]]) -> list[tuple[str, str, str
 def loss_overlay(entries: list[tuple[str, dict]]) -> str | None:
     """One chart per logged key (training and eval loss, GRPO reward, the --eval_generation metrics) with every run
     on it, against progress."""
-    runs = run_histories(entries)
+    return overlay_png(run_histories(entries), by_progress=True)
+
+
+def overlay_png(runs: list[tuple[str, list[dict]]], by_progress: bool) -> str | None:
+    """The overlay chart of these (name, log_history) runs as base64 PNG, against training progress (%) or steps
+    (the web UI draws runs as they train with it)."""
     keys = overlay_keys(runs)
     if not keys:
         return None
@@ -135,12 +140,12 @@ def loss_overlay(entries: list[tuple[str, dict]]) -> str | None:
     for ax, (key, title, way) in zip(axes.flat, keys):
         for name, history in runs:
             points = [(e["step"], e[key]) for e in history if key in e and "step" in e]
-            last = max((e.get("step", 0) for e in history), default=0) or 1
+            scale = 100 / (max((e.get("step", 0) for e in history), default=0) or 1) if by_progress else 1
             if points:
-                ax.plot([100 * s / last for s, _ in points], [v for _, v in points], "o-" if len(points) < 4 else "-",
+                ax.plot([scale * s for s, _ in points], [v for _, v in points], "o-" if len(points) < 4 else "-",
                         label=name, markersize=3)
         ax.set_title(f"{title} ({way})", fontsize=10)
-        ax.set_xlabel("training progress (%)")
+        ax.set_xlabel("training progress (%)" if by_progress else "step")
         ax.legend(fontsize=7)
     fig.tight_layout()
     data = _png(fig)
@@ -287,15 +292,20 @@ max-width:100%}.scroll{overflow-x:auto;max-width:100%}.best{font-weight:bold}tr.
 .note{color:#555;font-size:13px}details{margin:.3em 0}summary{cursor:pointer}"""
 
 
+def chart_images(entries: list[tuple[str, dict]]) -> list[str]:
+    """The report's charts as <img> tags: the training curves of all runs, one bar chart per metric, the loss curves
+    of each run (the HTML report and the web UI show the same)."""
+    overlay, curves = loss_overlay(entries), loss_curves(entries)
+    return ([f"<img alt='training curves, all runs' src='data:image/png;base64,{overlay}'>"] if overlay else []) + [
+        f"<img alt='{key}' src='data:image/png;base64,{data}'>" for key, data in metric_bars(entries)] + (
+        [f"<img alt='loss curves per run' src='data:image/png;base64,{curves}'>"] if curves else [])
+
+
 def write_report(runs_dir: str, results_path: str | None = None) -> Path:
     runs = Path(runs_dir)
     results = load_results(Path(results_path) if results_path else runs / "evaluation_results.json")
     entries = ordered(results)
-    overlay, curves = loss_overlay(entries), loss_curves(entries)
-    bars = metric_bars(entries)
-    images = ([f"<img alt='training curves, all runs' src='data:image/png;base64,{overlay}'>"] if overlay else []) + [
-        f"<img alt='{key}' src='data:image/png;base64,{data}'>" for key, data in bars] + (
-        [f"<img alt='loss curves per run' src='data:image/png;base64,{curves}'>"] if curves else [])
+    images = chart_images(entries)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             f"<title>unitune report</title><style>{STYLE}</style></head><body><h1>unitune report</h1>"
             f"<p>{len(entries)} entries from {html.escape(str(runs))}; the grey bar and row are the base model."
