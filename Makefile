@@ -16,14 +16,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) requirements/embedded.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c $(CONSTRAINTS) torch
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,ui]"
 	$(BIN)/pip install -q --no-deps -r requirements/embedded.txt
 	touch $(STAMP)
 
 # The full test suite also runs the DeepSpeed configs and loads GGUF exports in llama.cpp (llama-cpp-python, built
 # from source without its multimodal library, which the tests do not use), kept out of `make demo`'s install.
 $(TEST_STAMP): $(STAMP)
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,deepspeed,llamacpp]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[test,ui,deepspeed,llamacpp]"
 	touch $(TEST_STAMP)
 
 demo: install

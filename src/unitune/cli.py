@@ -14,8 +14,8 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, as_bool, base_type,
-                     closest, from_mapping)
+from .config import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, UiConfig, as_bool,
+                     base_type, closest, from_mapping)
 from .errors import Interrupted, UserError
 from .methods import METHODS
 from .output import quiet_libraries
@@ -190,6 +190,19 @@ def _chat(argv: list[str], prog: str) -> int:
     return 0
 
 
+def _ui(argv: list[str], prog: str) -> int:
+    cfg = parse_config(UiConfig, argv, prog)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UserError("the web UI needs Gradio, which is not installed; install it with "
+                        "pip install 'unitune[ui]'") from None
+    from .ui import run_ui
+
+    run_ui(cfg)
+    return 0
+
+
 def _env(argv: list[str], prog: str) -> int:
     _Parser(prog=prog, description="Print the environment for bug reports.").parse_args(argv)
     from .env import report
@@ -208,6 +221,7 @@ COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
     "export": (_export, "export a run for llama.cpp and Ollama: a GGUF file (f16, bf16, q8_0, k-quants) and a "
                         "Modelfile"),
     "chat": (_chat, "chat with a run, a merged model, a GGUF or the base model in the terminal (or from a pipe)"),
+    "ui": (_ui, "a local web UI: train from a form, watch live loss curves, evaluate, chat side by side, export"),
     "demo": (_demo, "the main job: train all five methods on the embedded model and bundled data, then "
                     "evaluate and report"),
     "env": (_env, "print versions (against the tested ones), devices, CPU flags and caches, for bug reports"),
@@ -218,7 +232,8 @@ EXAMPLES = """examples:
   unitune train --method dpo --dataset prefs.jsonl --output_dir runs/dpo
   unitune eval --runs_dir runs                            # compare every run in runs/
   unitune export --run runs/dpo --output exported/dpo     # a GGUF for llama.cpp/Ollama, with a Modelfile
-  unitune chat --run runs/dpo --compare base              # talk to it beside its base model"""
+  unitune chat --run runs/dpo --compare base              # talk to it beside its base model
+  unitune ui                                              # all of it in a browser, at http://127.0.0.1:7860"""
 
 
 def usage(prog: str) -> str:

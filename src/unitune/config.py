@@ -21,7 +21,8 @@ from .methods import METHODS
 
 def opt(default, help: str, **extra):
     """A config field: its default and its help line (shown by --help). ``section="..."`` starts a group of flags
-    in --help: this field and the ones after it, until the next section."""
+    in --help: this field and the ones after it, until the next section. ``methods=(...)`` names the only methods
+    a field applies to (the web UI shows it for those)."""
     return field(default=default, metadata={"help": help, **extra})
 
 
@@ -112,20 +113,25 @@ class TrainConfig:
                                             "trackio, wandb, mlflow, or several")
     run_name: str | None = opt(None, "the run's name in the trackers (default: the output folder's name)")
     train_on_prompt: bool = opt(False, "SFT: put loss on prompt tokens too (default: assistant tokens only)",
-                                section="chat template and loss mask")
+                                section="chat template and loss mask", methods=("sft",))
     chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
                                           "{% generation %} markers; it is saved with the run")
     beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)",
-                             section="method-specific (DPO, ORPO, KTO, GRPO)")
-    loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)")
-    num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)")
-    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens (also --eval_generation's)")
-    temperature: float = opt(1.0, "GRPO: sampling temperature")
+                             section="method-specific (DPO, ORPO, KTO, GRPO)", methods=("dpo", "orpo", "kto", "grpo"))
+    loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)", methods=("dpo",))
+    num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)",
+                                         methods=("grpo",))
+    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens (also --eval_generation's)",
+                                     methods=("grpo",))
+    temperature: float = opt(1.0, "GRPO: sampling temperature", methods=("grpo",))
     reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
-                                               "path/file.py:function or package.module:function")
-    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model")
-    reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model")
-    answer_format: str = opt("auto", "GRPO: " + ANSWER_FORMAT_HELP)
+                                               "path/file.py:function or package.module:function",
+                                     methods=("grpo",))
+    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model",
+                                            methods=("grpo",))
+    reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model",
+                                     methods=("grpo",))
+    answer_format: str = opt("auto", "GRPO: " + ANSWER_FORMAT_HELP, methods=("grpo",))
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
                                      section="output, resume and dry run")
@@ -254,6 +260,7 @@ class EvalConfig:
 
     runs_dir: str = opt("runs", "folder holding the runs (any sub-folder with adapter_config.json or unitune_run.json)")
     methods: list[str] | None = opt(None, "evaluate only runs of these methods (default: all)")
+    runs: list[str] | None = opt(None, "evaluate only these runs: folder names under --runs_dir (default: all)")
     max_samples: int = opt(100, "score the first N rows of each test split")
     max_generation_samples: int = opt(3, "greedy generation samples to keep per run")
     skip_perplexity: bool = opt(False, "skip test_loss / perplexity on the SFT test split")
@@ -400,3 +407,43 @@ class ChatConfig:
         _positive(self, "max_new_tokens")
         if self.temperature < 0:
             raise UserError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+UI_AUTH_ENV = "UNITUNE_UI_AUTH"
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+@dataclass
+class UiConfig:
+    """A local web UI: train (a form built from the train flags), watch and compare runs, evaluate, chat, export."""
+
+    host: str = opt("127.0.0.1", "address to listen on; anything but a loopback address needs --auth, since the UI "
+                                 "trains, reads and writes files as you")
+    port: int = opt(7860, "port to listen on")
+    runs_dir: str = opt("runs", "folder holding the runs: the UI lists them, and new runs go there")
+    auth: str | None = opt(None, f"USER:PASS asked for by the browser (or set {UI_AUTH_ENV}); required off loopback")
+
+    def __post_init__(self) -> None:
+        import os
+
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port must be between 1 and 65535, got {self.port}")
+        self.auth = self.auth or os.environ.get(UI_AUTH_ENV) or None
+        if self.auth is not None:
+            user, sep, password = self.auth.partition(":")
+            if not (sep and user and password):
+                raise UserError(f"--auth expects USER:PASS (also in {UI_AUTH_ENV}), e.g. --auth me:a-long-secret")
+        if not is_loopback(self.host) and self.auth is None:
+            raise UserError(f"--host {self.host} would open the UI to other machines without a password; add "
+                            f"--auth USER:PASS (or set {UI_AUTH_ENV}), or keep the default --host 127.0.0.1")
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        if self.auth is None:
+            return None
+        user, _, password = self.auth.partition(":")
+        return user, password

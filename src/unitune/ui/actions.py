@@ -1,0 +1,302 @@
+"""What the UI's buttons do. One ``Ui`` object holds the server's state (the job queue, loaded chat models), so every
+browser tab sees the same runs and jobs. Each action calls the function the CLI command calls; a user error comes
+back as its one line, shown in the page (never only in the server's log)."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import threading
+from pathlib import Path
+
+from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, from_mapping
+from ..errors import UserError, first_line
+from ..lifecycle import FINISHED, record_of, run_status
+from . import form
+from .jobs import Job, JobQueue
+from .listing import COLUMNS, history, run_folders, run_row, updated
+
+EMBEDDED = "embedded"  # the chat's value for the embedded base model
+DOWNLOAD_LIMIT = 2 << 30  # bigger exports are named by path, not copied into Gradio's cache for a download link
+
+
+def problem(err: BaseException) -> str:
+    """An error as the page shows it: the one line, never a traceback."""
+    return f"**Error:** {err}" if isinstance(err, UserError) else f"**Error:** {type(err).__name__}: {first_line(err)}"
+
+
+class Ui:
+    def __init__(self, cfg: UiConfig):
+        self.cfg = cfg
+        self.root = Path(cfg.runs_dir)
+        self.state_dir = self.root / ".ui"
+        self.queue = JobQueue(self.state_dir / "jobs")
+        self._speakers: dict[str, object] = {}
+        self._speakers_lock = threading.Lock()
+        self._charts: dict[tuple, str] = {}
+        self._chart_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ train
+    def mapping(self, values: dict) -> dict:
+        """The form's settings, with a new folder under the runs folder when output_dir is left empty."""
+        mapping = form.to_mapping(values)
+        if "output_dir" not in mapping:
+            from ..models import short_name
+
+            stem = self.root / f"{mapping['method']}_{short_name(mapping.get('model_name'))}"
+            out, n = stem, 1
+            while out.exists() or self.queue.busy(str(out)):
+                n += 1
+                out = stem.with_name(f"{stem.name}-{n}")
+            mapping = {**mapping, "output_dir": str(out)}
+        return mapping
+
+    def preview(self, values: dict) -> tuple[str, str, str | None]:
+        """The command line, the YAML and a YAML file to download."""
+        try:
+            mapping = self.mapping(values)
+            form.check(mapping)
+        except UserError as err:
+            return f"# not valid yet: {err}", "", None
+        text = form.yaml_text(mapping)
+        path = self.state_dir / "train.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return form.command_line(mapping), text, str(path)
+
+    def start(self, values: dict) -> str:
+        try:
+            mapping = self.mapping(values)
+            cfg = form.check(mapping)
+        except UserError as err:
+            return problem(err)
+        out = Path(cfg.output_dir)
+        if self.queue.busy(str(out)):
+            return f"**Error:** a job already writes {out}; wait for it or choose another output_dir"
+        if run_status(out) is not None and not cfg.overwrite_output_dir:
+            return (f"**Error:** {out} holds a run ({run_status(out)}); choose another output_dir, tick "
+                    "overwrite_output_dir (the old run is moved aside, not deleted), or Resume it in the Runs tab")
+        return self._train(mapping, f"train {cfg.method} -> {out.name}", str(out))
+
+    def _train(self, mapping: dict, title: str, output_dir: str) -> str:
+        self.state_dir.joinpath("jobs").mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "jobs" / f"{Path(output_dir).name}-{len(self.queue.jobs) + 1}.yaml"
+        config.write_text(form.yaml_text(mapping), encoding="utf-8")
+        job = self.queue.submit(["train", "--config", str(config)], title, output_dir)
+        ahead = sum(j.state in ("queued", "running") for j in self.queue.jobs if j is not job)
+        return f"Queued **{job.title}**" + (f" behind {ahead} job(s)" if ahead else "; it starts now") + \
+            ". Follow it in the Runs tab."
+
+    def check_data(self, values: dict) -> str:
+        from ..check import render, render_tokens, run_check
+
+        try:
+            mapping = form.to_mapping(values)
+            keys = ("dataset", "model_name", "max_length", "chat_template", "columns")
+            cfg = from_mapping(CheckConfig, {k: mapping[k] for k in keys if k in mapping} |
+                               {"method": mapping["method"], "show_tokens": 2}, "the form")
+            report, _ = run_check(cfg)
+        except UserError as err:
+            return f"error: {err}"
+        return render(report, cfg.method) + "\n\n" + render_tokens(report, color=False)
+
+    def upload(self, path: str | None) -> str | None:
+        """Copy an uploaded data file beside the runs (Gradio's upload cache is temporary); its path for --dataset."""
+        if not path:
+            return None
+        target = self.state_dir / "uploads" / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return str(target)
+
+    # ------------------------------------------------------------------ runs
+    def runs(self) -> list[Path]:
+        return run_folders(self.root)
+
+    def finished_runs(self) -> list[str]:
+        return [p.name for p in self.runs() if run_status(p) == FINISHED]
+
+    def table(self) -> list[list]:
+        rows = [[job.title, job.kind, "queued", "", "", ""] for job in self.queue.jobs if job.state == "queued"]
+        written = {p.resolve() for p in self.runs()}
+        for job in self.queue.jobs:  # jobs that ended before writing a run: their error is shown here
+            if job.state == "failed" and (job.output_dir is None or Path(job.output_dir).resolve() not in written):
+                rows.append([job.title, job.kind, f"failed: {job.error_line()}", "", "", ""])
+        running = self.queue.running
+        live = running.output_dir if running and running.output_dir else None
+        for folder in self.runs():
+            is_live = live is not None and folder.resolve() == Path(live).resolve()
+            rows.append(run_row(folder, is_live))
+        return rows or [["(no runs yet: start one in the Train tab)", "", "", "", "", ""]]
+
+    def chart(self, folders: list[Path]) -> str:
+        """The report's overlay chart of these runs against steps, as an <img> ("" when nothing is logged yet).
+        Drawn again only when a run wrote something; pyplot is not thread-safe, and every tab asks."""
+        from ..report import overlay_png
+
+        key = tuple((str(f), updated(f)) for f in folders if f.is_dir())
+        with self._chart_lock:
+            if key not in self._charts:
+                png = overlay_png([(Path(f).name, history(Path(f))) for f, _ in key], by_progress=False)
+                if len(self._charts) >= 8:
+                    self._charts.pop(next(iter(self._charts)))
+                self._charts[key] = f"<img alt='training curves' src='data:image/png;base64,{png}'>" if png else ""
+            return self._charts[key]
+
+    def live_run(self) -> Path | None:
+        """The folder the running training job writes."""
+        running = self.queue.running
+        if running is None or running.output_dir is None or not Path(running.output_dir).is_dir():
+            return None
+        return Path(running.output_dir)
+
+    def job_log(self) -> tuple[str, str]:
+        """The running job's output, else the last job's: its title and the tail of its log."""
+        job: Job | None = self.queue.running or next(
+            (j for j in reversed(self.queue.jobs) if j.state not in ("queued", "cancelled")), None)
+        if job is None:
+            return "job output", ""
+        return f"job output: {job.title} ({job.state})", job.tail()
+
+    def stop(self) -> str:
+        job = self.queue.running or next((j for j in self.queue.jobs if j.state == "queued"), None)
+        return self.queue.stop(job) if job else "nothing is running"
+
+    def resume(self, names: list[str]) -> str:
+        """Continue interrupted runs with the settings their record holds (the batch as it was given)."""
+        messages = []
+        for name in names or []:
+            folder = self.root / name
+            record = record_of(folder) or {}
+            if run_status(folder) == FINISHED or "settings" not in record:
+                messages.append(f"{name}: not resumable ({run_status(folder)}); only interrupted runs continue")
+                continue
+            if self.queue.busy(str(folder)):
+                messages.append(f"{name}: a job is already running or queued for it")
+                continue
+            settings = {k: v for k, v in record["settings"].items() if k not in form.BUTTON_FLAGS}
+            if record.get("batch_merged_from"):
+                settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"] = \
+                    record["batch_merged_from"]
+            settings |= {"resume": True, "overwrite_output_dir": False, "output_dir": str(folder)}
+            messages.append(self._train(settings, f"resume {name}", str(folder)))
+        return "\n\n".join(messages) or "Select the interrupted runs to resume."
+
+    def evaluate(self, names: list[str], max_samples, skip_base: bool) -> str:
+        finished = set(self.finished_runs())
+        chosen = [n for n in names or [] if n in finished]
+        if not chosen:
+            return "Select one or more finished runs to evaluate."
+        try:
+            cfg = from_mapping(EvalConfig, {"runs_dir": str(self.root), "runs": chosen, "skip_base": bool(skip_base),
+                                            "max_samples": max_samples or 100}, "the form")
+        except UserError as err:
+            return problem(err)
+        argv = ["eval", "--runs_dir", cfg.runs_dir, "--runs", *cfg.runs, "--max_samples", str(cfg.max_samples),
+                "--skip_base", str(cfg.skip_base).lower()]
+        job = self.queue.submit(argv, f"evaluate {', '.join(chosen)}")
+        return f"Queued **{job.title}**; the metrics appear below when it is done."
+
+    def results_version(self) -> float:
+        """Changes whenever the evaluation results are rewritten."""
+        path = self.root / "evaluation_results.json"
+        return path.stat().st_mtime if path.is_file() else 0.0
+
+    def results(self) -> tuple[list[list], list[str], str, list[str]]:
+        """The evaluation table (header, rows), the report's charts and its files, from the last evaluation."""
+        from ..report import TABLE_KEYS, chart_images, fmt, load_results, ordered
+
+        path = self.root / "evaluation_results.json"
+        if not path.is_file():
+            return [], ["run", *TABLE_KEYS], "", []
+        try:
+            entries = ordered(load_results(path))
+        except (UserError, OSError, ValueError) as err:
+            return [], ["run", *TABLE_KEYS], problem(err), []
+        rows = [[name, *(fmt(result.get(key)) for key in TABLE_KEYS)] for name, result in entries]
+        files = [str(p) for p in (self.root / "report.html", self.root / "report.md", path) if p.is_file()]
+        return rows, ["run", *TABLE_KEYS], "".join(chart_images(entries)), files
+
+    # ------------------------------------------------------------------ chat
+    def chat_choices(self) -> list[tuple[str, str]]:
+        """The embedded model, each run's base model, and every finished run."""
+        bases = {EMBEDDED: "base: the embedded SmolLM2-135M-Instruct"}
+        runs = []
+        for folder in self.runs():
+            if run_status(folder) != FINISHED:
+                continue
+            base = (record_of(folder) or {}).get("model_name")  # None: the embedded model, listed first
+            if base:
+                bases.setdefault(base, f"base: {base}")
+            runs.append((f"run: {folder.name}", str(folder)))
+        return [(label, value) for value, label in bases.items()] + runs
+
+    def speaker(self, source: str):
+        from ..chat import load_speaker
+
+        with self._speakers_lock:
+            if source not in self._speakers:
+                if len(self._speakers) >= 3:  # keep memory bounded: drop the oldest
+                    self._speakers.pop(next(iter(self._speakers)))
+                self._speakers[source] = load_speaker(None if source == EMBEDDED else source)
+            return self._speakers[source]
+
+    def stream_reply(self, source: str, history: list[dict], message: str, cfg: ChatConfig):
+        """The reply to ``message`` after ``history``, yielded as it grows (chat.reply runs in a thread)."""
+        from ..chat import Speaker, reply
+
+        loaded = self.speaker(source)
+        speaker = Speaker(loaded.label, loaded.model, loaded.tokenizer, [dict(m) for m in history])
+        pieces: queue.Queue = queue.Queue()
+
+        class Pieces:
+            def write(self, text: str) -> None:
+                if text:
+                    pieces.put(text)
+
+            def flush(self) -> None:
+                pass
+
+        failure: list[BaseException] = []
+
+        def generate():
+            try:
+                reply(speaker, message, cfg.system, cfg, Pieces())
+            except BaseException as err:  # shown in the page, below
+                failure.append(err)
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=generate, daemon=True).start()
+        text = ""
+        while (piece := pieces.get()) is not None:
+            text += piece
+            yield text
+        if failure:
+            raise failure[0]
+
+    # ------------------------------------------------------------------ export
+    def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str, overwrite: bool) -> tuple[str, list]:
+        from ..export import run_export
+
+        if not run:
+            return "Pick a finished run to export.", []
+        output = (output or "").strip() or str(Path("exported") / run)
+        try:
+            cfg = ExportConfig(run=str(self.root / run), output=output, format=fmt,
+                               quant=quant if fmt == "gguf" else None, merge_base=merge_base, overwrite=overwrite)
+            path = run_export(cfg)
+        except UserError as err:
+            return problem(err), []
+        folder = path.parent if path.is_file() else path
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        small = [str(p) for p in files if p.stat().st_size <= DOWNLOAD_LIMIT]
+        big = [p.name for p in files if p.stat().st_size > DOWNLOAD_LIMIT]
+        note = f" ({', '.join(big)} too big for a download link: copy it from the folder)" if big else ""
+        return f"Exported to `{folder}`{note}.", small
+
+    def close(self) -> None:
+        self.queue.shutdown()
+
+
+__all__ = ["COLUMNS", "EMBEDDED", "Ui", "problem"]

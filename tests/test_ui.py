@@ -1,0 +1,174 @@
+"""The web UI's parts without a browser: the form generated from TrainConfig, the host/auth rule, the live log, the
+job queue (a failing job's error line, Stop with a checkpoint, Resume to the end)."""
+
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from unitune.cli import main, parse_config
+from unitune.config import TrainConfig, UiConfig
+from unitune.errors import UserError
+from unitune.live_log import LOG_FILE, read_log
+from unitune.ui import form
+from unitune.ui.listing import history
+
+
+def test_the_form_has_every_train_flag_with_its_help_and_default():
+    shown = {f.name: f for f in form.form_fields()}
+    flags = {f.name: f for f in fields(TrainConfig)}
+    assert set(shown) == set(flags) - set(form.BUTTON_FLAGS)
+    for name, field in shown.items():
+        assert field.help == flags[name].metadata["help"]
+        assert field.default == (flags[name].default if name != "method" else "sft")
+    assert shown["use_qlora"].kind == "choice" and shown["use_qlora"].choices == ("auto", "true", "false")
+    assert shown["train_on_prompt"].kind == "bool" and shown["reward_funcs"].kind == "list"
+    assert shown["num_generations"].applies_to("grpo") and not shown["num_generations"].applies_to("sft")
+    assert shown["beta"].applies_to("dpo") and not shown["beta"].applies_to("sft")
+    assert shown["train_on_prompt"].applies_to("sft") and not shown["train_on_prompt"].applies_to("dpo")
+    assert shown["learning_rate"].methods is None
+
+
+def test_form_values_become_the_command_line_and_yaml_the_cli_reads(tmp_path):
+    values = {f.name: f.default for f in form.form_fields()}
+    values.update(method="grpo", max_steps=2.0, learning_rate="1e-4", reward_funcs="accuracy, format",
+                  train_on_prompt=True, lora_r=16, num_generations="", model_name="  ")
+    mapping = form.to_mapping(values)
+    # defaults, empty inputs and another method's fields (train_on_prompt is SFT's) are left out
+    assert mapping == {"method": "grpo", "max_steps": 2, "learning_rate": "1e-4",
+                       "reward_funcs": ["accuracy", "format"]}
+    line = form.command_line(mapping)
+    assert line == "unitune train --method grpo --max_steps 2 --learning_rate 1e-4 --reward_funcs accuracy format"
+    from_flags = parse_config(TrainConfig, line.split()[2:], "unitune train")
+    (tmp_path / "c.yaml").write_text(form.yaml_text(mapping))
+    from_yaml = parse_config(TrainConfig, ["--config", str(tmp_path / "c.yaml")], "unitune train")
+    assert from_flags == from_yaml == form.check(mapping)
+    assert from_yaml.learning_rate == 1e-4 and from_yaml.reward_funcs == ["accuracy", "format"]
+
+
+def test_a_bad_form_value_is_the_cli_one_line_error():
+    with pytest.raises(UserError, match="max_steps.*not a valid int"):
+        form.check(form.to_mapping({"method": "sft", "max_steps": "two"}))
+    with pytest.raises(UserError, match="--lora_dropout must be in"):
+        form.check(form.to_mapping({"method": "sft", "lora_dropout": 1.5}))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "::"])
+def test_an_open_host_needs_auth(host, monkeypatch):
+    monkeypatch.delenv("UNITUNE_UI_AUTH", raising=False)
+    with pytest.raises(UserError, match="--auth USER:PASS"):
+        UiConfig(host=host)
+    assert UiConfig(host=host, auth="me:secret").credentials == ("me", "secret")
+    monkeypatch.setenv("UNITUNE_UI_AUTH", "env:pass")
+    assert UiConfig(host=host).credentials == ("env", "pass")
+
+
+def test_loopback_needs_no_auth_and_auth_must_be_user_colon_pass(monkeypatch, capsys):
+    monkeypatch.delenv("UNITUNE_UI_AUTH", raising=False)
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert UiConfig(host=host).credentials is None
+    with pytest.raises(UserError, match="USER:PASS"):
+        UiConfig(auth="nopassword")
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+
+
+def test_eval_runs_names_runs_under_the_runs_folder(tmp_path, capsys):
+    (tmp_path / "sft_a").mkdir()
+    (tmp_path / "sft_a" / "unitune_run.json").write_text('{"status": "finished", "method": "sft"}')
+    assert main(["eval", "--runs_dir", str(tmp_path), "--runs", "sft_a", "sft_b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--runs: no run named sft_b" in err
+
+
+def test_the_live_log_keeps_the_resumed_history(tmp_path):
+    lines = [{"event": "begin", "step": 0, "max_steps": 4}, {"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5},
+             {"step": 3, "loss": 2.4},  # the stop came after step 3; the checkpoint is step 2
+             {"event": "begin", "step": 2, "max_steps": 4}, {"step": 3, "loss": 2.2}, {"step": 4, "loss": 2.0}]
+    (tmp_path / LOG_FILE).write_text("\n".join(map(json.dumps, lines)) + "\n{\"step\": 5, \"lo")
+    losses = [(e["step"], e["loss"]) for e in read_log(tmp_path) if "loss" in e]
+    assert losses == [(1, 3.0), (2, 2.5), (3, 2.2), (4, 2.0)]
+    assert read_log(tmp_path / "missing") == []
+
+
+def wait_for(check, timeout: float = 120):
+    end = time.time() + timeout
+    while time.time() < end:
+        if check():
+            return True
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow  # training subprocesses
+def test_a_job_that_dies_shows_its_error_line_and_the_queue_goes_on(tmp_path, monkeypatch):
+    from unitune.config import UiConfig
+    from unitune.ui.actions import Ui
+
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir=str(tmp_path / "runs")))
+    try:
+        message = ui.start({"method": "sft", "dataset": str(tmp_path / "nowhere.jsonl")})
+        assert "Queued" in message
+        second = ui.start({"method": "sft", "dataset": str(tmp_path / "also-missing.jsonl"), "output_dir": "x"})
+        assert "behind 1 job" in second
+        wait_for(lambda: all(job.state == "failed" for job in ui.queue.jobs))
+        rows = ui.table()
+        assert len(rows) == 2 and all(row[2].startswith("failed: unitune: error: dataset path not found") for row in rows)
+        assert "nowhere.jsonl" in rows[0][2] + rows[1][2] and "Traceback" not in str(rows)
+        title, tail = ui.job_log()
+        assert "(failed)" in title and "also-missing.jsonl" in tail
+    finally:
+        ui.close()
+
+
+@pytest.mark.slow
+def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tiny_model_dir, tmp_path, monkeypatch):
+    from unitune.ui.actions import Ui
+
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir="runs"))
+    run = Path("runs/long")
+    values = {"method": "sft", "model_name": str(tiny_model_dir), "output_dir": str(run), "max_steps": 40,
+              "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_train_samples": 16,
+              "save_steps": 1000}
+    try:
+        assert "Queued" in ui.start(values)
+        wait_for(lambda: any(e.get("step", 0) >= 2 for e in read_log(run)))
+        assert ui.live_run().resolve() == run.resolve() and "<img" in ui.chart([ui.live_run()])
+        assert "running" in next(row for row in ui.table() if row[0] == "long")[2]
+        assert "stopping" in ui.stop()
+        wait_for(lambda: ui.queue.jobs[0].state == "stopped")
+        record = json.loads((run / "unitune_run.json").read_text())
+        assert record["status"] == "interrupted" and list(run.glob("checkpoint-*"))
+        assert "interrupted at step" in next(row for row in ui.table() if row[0] == "long")[2]
+        assert "Error" in ui.start(values)  # the folder holds a run: Start refuses, Resume is the way
+        assert "Queued" in ui.resume(["long"])
+        wait_for(lambda: ui.queue.jobs[-1].state in ("finished", "failed"), 300)
+        assert ui.queue.jobs[-1].state == "finished", ui.queue.jobs[-1].tail()
+        record = json.loads((run / "unitune_run.json").read_text())
+        assert record["status"] == "finished" and record["global_step"] == 40
+        steps = [e["step"] for e in history(run) if "loss" in e]
+        assert steps == list(range(1, 41))  # one history, no repeated steps
+    finally:
+        ui.close()
+
+
+def test_check_data_and_upload(tmp_path, monkeypatch):
+    from unitune.ui.actions import Ui
+
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir="runs"))
+    try:
+        text = ui.check_data({"method": "dpo", "max_length": 512})
+        assert "train_prefs" in text and "no problems found" in text and "[[" in text  # report, token view
+        assert ui.check_data({"method": "sft", "dataset": "nowhere.jsonl"}).startswith("error: dataset path not found")
+        upload = tmp_path / "gradio-cache" / "mine.jsonl"
+        upload.parent.mkdir()
+        upload.write_text('{"prompt": "hi", "completion": "hello"}\n')
+        kept = ui.upload(str(upload))
+        assert Path(kept).read_text() == upload.read_text() and Path(kept).parent == Path("runs/.ui/uploads")
+    finally:
+        ui.close()
