@@ -214,12 +214,14 @@ def test_ui_in_a_browser(tmp_path, tiny_model_dir):
         # 5. export it
         page.tab("Export")
         page.choose("export-run", name)
-        page.type("export-output", str(tmp_path / "exported"))
         page.click("export-go")
         wait_until(lambda: "Exported" in page.text("export-status") or "Error" in page.text("export-status"), 180,
                    "the export")
         assert "Exported" in page.text("export-status"), page.text("export-status")
-        assert (tmp_path / "exported" / "model-f16.gguf").is_file() and (tmp_path / "exported" / "Modelfile").is_file()
+        exported = tmp_path / "exported" / f"{name}-f16"  # the default: a new folder beside the runs
+        assert (exported / "model-f16.gguf").is_file() and (exported / "Modelfile").is_file()
+        links = [a.get_attribute("href") or "" for a in page.all("#export-files a")]
+        assert any(link.endswith("model-f16.gguf") for link in links) and any(link.endswith("Modelfile") for link in links)
         page.shot("export")
         # 6. a long run, then Ctrl-C on the UI: the run stops with a checkpoint
         page.tab("Train")

@@ -25,6 +25,15 @@ def problem(err: BaseException) -> str:
     return f"**Error:** {err}" if isinstance(err, UserError) else f"**Error:** {type(err).__name__}: {first_line(err)}"
 
 
+def unique(stem: Path, taken=lambda path: False) -> Path:
+    """stem, or stem-2, stem-3...: the first that does not exist and is not taken."""
+    path, n = stem, 1
+    while path.exists() or taken(path):
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
+
+
 class Ui:
     def __init__(self, cfg: UiConfig):
         self.cfg = cfg
@@ -43,11 +52,8 @@ class Ui:
         if "output_dir" not in mapping:
             from ..models import short_name
 
-            stem = self.root / f"{mapping['method']}_{short_name(mapping.get('model_name'))}"
-            out, n = stem, 1
-            while out.exists() or self.queue.busy(str(out)):
-                n += 1
-                out = stem.with_name(f"{stem.name}-{n}")
+            out = unique(self.root / f"{mapping['method']}_{short_name(mapping.get('model_name'))}",
+                         lambda p: self.queue.busy(str(p)) is not None)
             mapping = {**mapping, "output_dir": str(out)}
         return mapping
 
@@ -276,15 +282,16 @@ class Ui:
             raise failure[0]
 
     # ------------------------------------------------------------------ export
-    def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str, overwrite: bool) -> tuple[str, list]:
+    def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str) -> tuple[str, list]:
+        """unitune export into a new folder (the UI never replaces one): exported/<run>-<quant> unless given."""
         from ..export import run_export
 
         if not run:
             return "Pick a finished run to export.", []
-        output = (output or "").strip() or str(Path("exported") / run)
+        output = (output or "").strip() or str(unique(Path("exported") / f"{run}-{quant if fmt == 'gguf' else fmt}"))
         try:
             cfg = ExportConfig(run=str(self.root / run), output=output, format=fmt,
-                               quant=quant if fmt == "gguf" else None, merge_base=merge_base, overwrite=overwrite)
+                               quant=quant if fmt == "gguf" else None, merge_base=merge_base)
             path = run_export(cfg)
         except UserError as err:
             return problem(err), []

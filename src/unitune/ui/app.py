@@ -233,17 +233,16 @@ def export_tab(ui: Ui):
         quant = gr.Dropdown(list(GGUF_QUANTS + K_QUANTS), value="f16", label="GGUF weights", elem_id="export-quant")
         merge_base = gr.Radio(list(MERGE_BASES), value="quantized", label="QLoRA runs: merge into",
                               elem_id="export-merge-base")
-    with gr.Row():
-        output = gr.Textbox(label="output folder", placeholder="(default: exported/<run>)", elem_id="export-output")
-        overwrite = gr.Checkbox(label="replace an earlier export there", elem_id="export-overwrite")
+    output = gr.Textbox(label="output folder: a new one (the UI never replaces files)",
+                        placeholder="(default: exported/<run>-<weights>)", elem_id="export-output")
     go = gr.Button("Merge and export", variant="primary", elem_id="export-go")
     status = gr.Markdown(elem_id="export-status")
     files = gr.File(file_count="multiple", label="download", elem_id="export-files")
 
-    def export(run_name, format_, quant_, base, out, replace, progress=gr.Progress(track_tqdm=True)):
-        return ui.export(run_name, format_, quant_, base, out, replace)
+    def export(run_name, format_, quant_, base, out, progress=gr.Progress(track_tqdm=True)):
+        return ui.export(run_name, format_, quant_, base, out)
 
-    go.click(export, [run, fmt, quant, merge_base, output, overwrite], [status, files])
+    go.click(export, [run, fmt, quant, merge_base, output], [status, files])
     fmt.change(lambda f: gr.Dropdown(visible=f == "gguf"), fmt, quant)
     def fresh_runs(current):
         found = ui.finished_runs()
