@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; Hub paths are exercised against local folders
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# the evaluator's base-result cache: one per test session (subprocesses inherit it), never the user's
+os.environ.setdefault("UNITUNE_EVAL_CACHE", tempfile.mkdtemp(prefix="unitune-eval-cache-"))
 
 # `make test-fast` (-m "not slow") stays under a minute: a test that trains (it uses one of these fixtures), starts
 # a process, a browser, converts a GGUF file or loads the real model is slow; `make test` runs everything.

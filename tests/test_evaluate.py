@@ -78,11 +78,31 @@ def test_training_metrics_from_state(tmp_path):
 
 def test_rerun_is_deterministic(evaluated, runs, tmp_path):
     out = tmp_path / "again.json"
-    assert main(["eval", "--runs_dir", str(runs), "--output", str(out), "--report", "false", *EVAL_FLAGS]) == 0
+    assert main(["eval", "--runs_dir", str(runs), "--output", str(out), "--report", "false", "--reuse_base", "false",
+                 *EVAL_FLAGS]) == 0
     again = read_json(out)
+    assert "cached" not in again["base"]
     for name, result in evaluated.items():
         for key in ("test_loss", "preference_correct", "avg_chosen_loss", "generation_samples"):
             assert again[name][key] == result[key], (name, key)
+
+
+def test_the_base_is_scored_once_while_nothing_changes(evaluated, runs, tmp_path, monkeypatch):
+    import unitune.evaluate as evaluate
+
+    loaded, real = [], evaluate.load_entry_model
+    monkeypatch.setattr(evaluate, "load_entry_model", lambda entry, device: loaded.append(entry.name) or
+                        real(entry, device))
+    out = tmp_path / "again.json"
+    assert main(["eval", "--runs_dir", str(runs), "--output", str(out), "--report", "false", *EVAL_FLAGS]) == 0
+    again = read_json(out)
+    assert loaded == ["dpo_tiny", "sft_tiny"] and again["base"]["cached"] is True
+    assert {k: v for k, v in again["base"].items() if k != "cached"} == \
+        {k: v for k, v in evaluated["base"].items() if k != "cached"}
+    loaded.clear()  # a setting the base's results depend on: scored again
+    assert main(["eval", "--runs_dir", str(runs), "--output", str(out), "--report", "false", *EVAL_FLAGS,
+                 "--max_new_tokens", "3"]) == 0
+    assert loaded == ["base", "dpo_tiny", "sft_tiny"] and "cached" not in read_json(out)["base"]
 
 
 @pytest.mark.slow

@@ -170,5 +170,45 @@ def test_check_data_and_upload(tmp_path, monkeypatch):
         upload.write_text('{"prompt": "hi", "completion": "hello"}\n')
         kept = ui.upload(str(upload))
         assert Path(kept).read_text() == upload.read_text() and Path(kept).parent == Path("runs/.ui/uploads")
+        assert ui.upload(str(upload)) == kept  # the same file again: the same path
+        upload.write_text('{"prompt": "hi", "completion": "changed"}\n')
+        other = ui.upload(str(upload))  # another file of that name never replaces the one a run may have used
+        assert other.endswith("mine-2.jsonl") and "hello" in Path(kept).read_text()
     finally:
         ui.close()
+
+
+def test_the_table_says_what_became_of_the_last_job_for_a_run(tmp_path, monkeypatch):
+    """A job killed after its run folder existed, or stopped while loading the model, leaves a record saying
+    "running": the table shows the job's error line or the stop instead, and Start accepts the folder again."""
+    from unitune.ui.actions import Ui, problem
+    from unitune.ui.jobs import Job
+
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir="runs"))
+    try:
+        for name, state, last_line in (("killed", "failed", "Killed"), ("early", "stopped", "loading the model"),
+                                       ("resumed", "failed", "unitune: error: --resume: the checkpoint differs")):
+            run = Path("runs") / name
+            run.mkdir(parents=True)
+            status = "interrupted" if name == "resumed" else "running"
+            (run / "unitune_run.json").write_text(json.dumps({"method": "sft", "status": status}))
+            if name == "resumed":
+                (run / "checkpoint-2").mkdir()
+            log = tmp_path / f"{name}.log"
+            log.write_text(f"$ unitune train\n{last_line}\n")
+            ui.queue.jobs.append(Job(len(ui.queue.jobs) + 1, ["train"], f"train {name}", log, str(run), state))
+        rows = {row[0]: row[2] for row in ui.table()}
+        assert rows["killed"] == "failed: Killed"
+        assert rows["early"] == "stopped before its first checkpoint (Start it again)"
+        assert rows["resumed"] == "failed: unitune: error: --resume: the checkpoint differs"
+        queued = []
+        monkeypatch.setattr(ui.queue, "submit", lambda argv, title, output_dir=None: queued.append(output_dir) or
+                            Job(99, argv, title, tmp_path / "x.log", output_dir))
+        assert "Queued" in ui.start({"method": "sft", "output_dir": "runs/early"})  # nothing to continue or lose
+        assert queued == ["runs/early"]
+        assert "holds a run (interrupted)" in ui.start({"method": "sft", "output_dir": "runs/resumed"})
+    finally:
+        ui.close()
+    assert problem(ValueError("bad\nmore")) == "**Error:** ValueError: bad"
+    assert problem(UserError("one line")) == "**Error:** one line"

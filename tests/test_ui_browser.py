@@ -230,6 +230,10 @@ def test_ui_in_a_browser(tmp_path, tiny_model_dir):
         page.click("train-start")
         wait_until(lambda: record(runs / "long").get("status") == "running" and (runs / "long" / "unitune_log.jsonl")
                    .exists(), 120, "the long run to train")
+        page.tab("Runs")  # its live curve, and its progress in the table
+        wait_until(lambda: page.drawn("runs-live"), 60, "the live loss curve")
+        assert "Training now: long" in page.text("runs-live-title")
+        assert "/100000" in page.text("runs-table")
     finally:
         driver.quit()
     # closing the browser does not stop the run

@@ -121,8 +121,8 @@ class TrainConfig:
     loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)", methods=("dpo",))
     num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)",
                                          methods=("grpo",))
-    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens (also --eval_generation's)",
-                                     methods=("grpo",))
+    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens; also the longest reply of "
+                                         "--eval_generation (every method)")
     temperature: float = opt(1.0, "GRPO: sampling temperature", methods=("grpo",))
     reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
                                                "path/file.py:function or package.module:function",
@@ -131,7 +131,7 @@ class TrainConfig:
                                             methods=("grpo",))
     reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model",
                                      methods=("grpo",))
-    answer_format: str = opt("auto", "GRPO: " + ANSWER_FORMAT_HELP, methods=("grpo",))
+    answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
                                      section="output, resume and dry run")
@@ -187,9 +187,14 @@ class TrainConfig:
         if not 0 <= self.max_bad_rows <= 1:
             raise UserError(f"--max_bad_rows must be a share in [0, 1], got {self.max_bad_rows}; e.g. 0.05 for 5%")
         if self.output_dir is None:
-            from .models import short_name
+            self.output_dir = str(default_run_dir(self.method, self.model_name))
 
-            self.output_dir = str(Path("runs") / f"{self.method}_{short_name(self.model_name)}")
+
+def default_run_dir(method: str, model_name: str | None, root: str | Path = "runs") -> Path:
+    """runs/{method}_{model short name}: where a run goes when --output_dir is not given."""
+    from .models import short_name
+
+    return Path(root) / f"{method}_{short_name(model_name)}"
 
 
 def _template_file(path: str | None) -> None:
@@ -273,6 +278,9 @@ class EvalConfig:
     batch_size: int = opt(32, "batch size for scoring and generation")
     max_new_tokens: int = opt(48, "longest greedy generation, in tokens")
     skip_base: bool = opt(False, "do not evaluate the base model")
+    reuse_base: bool = opt(True, "reuse the base model's results from an earlier evaluation with the same model files, "
+                                 "data, settings, device and library versions (kept in $UNITUNE_HOME/eval-cache); "
+                                 "false scores it again")
     report: bool = opt(True, "write report.html and report.md after evaluating")
     columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
     reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "

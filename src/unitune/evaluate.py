@@ -24,6 +24,7 @@ from .generation import generate_replies
 from .methods import METHODS
 from .models import load_tokenizer, resolve_model
 from .lifecycle import ASIDE, FINISHED, run_status, status_line
+from .eval_cache import base_key, load as load_cached, save as save_cached
 from .runs import RUN_FILE, read_run, recorded_base, write_json_atomic
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 
@@ -345,11 +346,23 @@ def run_eval(cfg: EvalConfig) -> dict:
             # a run's own --columns; the base gets the first run's, as it gets the data the runs share
             columns = cfg.column_map or recorded[number - 1] or (next(filter(None, recorded), {})
                                                                   if entry.path is None else {})
+            reused, saved_as = None, None
+            if entry.path is None and cfg.reuse_base:
+                saved_as = base_key(resolve_model(entry.base_model), dataset, columns, rewards.get(entry.name), cfg,
+                                    device)
+                reused = load_cached(saved_as)
+            if reused is not None:
+                print("unitune eval: base: its results from an earlier evaluation with the same model, data, settings "
+                      "and versions (--reuse_base false scores it again)", flush=True)
+                results[entry.name] = reused
+                continue
             key = (dataset, json.dumps(columns, sort_keys=True))
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
             results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device)
+            if saved_as is not None:
+                save_cached(saved_as, results[entry.name])
         except Exception as err:  # a broken run must not stop the others
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             warn(f"{entry.name}: {message}")

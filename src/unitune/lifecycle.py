@@ -63,6 +63,15 @@ def status_line(folder: Path) -> str:
     return f"{status}{f' at step {step}' if step is not None else ''}; continue it with `unitune train ... --resume`"
 
 
+def run_to_keep(out: Path) -> str | None:
+    """The status of the run in ``out`` that training there would continue or displace; None when there is none,
+    or when it stopped before its first checkpoint (nothing there to continue or to lose)."""
+    status = run_status(out) if out.is_dir() else None
+    if status not in (None, FINISHED) and not any(out.glob("checkpoint-*")):
+        return None
+    return status
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
     """The run folder, ready to train into. A run already there is continued (--resume), moved aside to
     <output_dir>.old-<timestamp> (--overwrite_output_dir; never deleted), or protected with a one-line error."""
@@ -71,9 +80,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
     if overwrite and resume:
         raise UserError("--overwrite_output_dir and --resume contradict each other; pass one of them")
-    status = run_status(out) if out.is_dir() else None
-    if status not in (None, FINISHED) and not any(out.glob("checkpoint-*")):
-        status = None  # it stopped before its first checkpoint: nothing there to continue or to lose
+    status = run_to_keep(out)
     if status is not None and not resume:
         if not overwrite:
             what = "a finished run" if status == FINISHED else f"an unfinished run ({status_line(out)})"

@@ -4,14 +4,15 @@ back as its one line, shown in the page (never only in the server's log)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import threading
 from pathlib import Path
 
-from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, from_mapping
+from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
 from ..errors import UserError, first_line
-from ..lifecycle import FINISHED, record_of, run_status
+from ..lifecycle import FINISHED, record_of, run_status, run_to_keep
 from . import form
 from .jobs import Job, JobQueue
 from .listing import COLUMNS, history, run_folders, run_row, updated
@@ -22,7 +23,7 @@ DOWNLOAD_LIMIT = 2 << 30  # bigger exports are named by path, not copied into Gr
 
 def problem(err: BaseException) -> str:
     """An error as the page shows it: the one line, never a traceback."""
-    return f"**Error:** {err}" if isinstance(err, UserError) else f"**Error:** {type(err).__name__}: {first_line(err)}"
+    return f"**Error:** {err}" if isinstance(err, UserError) else f"**Error:** {first_line(err)}"
 
 
 def unique(stem: Path, taken=lambda path: False) -> Path:
@@ -32,6 +33,27 @@ def unique(stem: Path, taken=lambda path: False) -> Path:
         n += 1
         path = stem.with_name(f"{stem.name}-{n}")
     return path
+
+
+def servable(folder: Path, root: Path) -> bool:
+    """Whether Gradio hands out files from here: the working folder, the temp folder or the runs folder (launch's
+    allowed_paths); files elsewhere would fail after the export, when their download links are made."""
+    import tempfile
+
+    where = folder.resolve()
+    return any(where == base or base in where.parents
+               for base in (Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve(), root.resolve()))
+
+
+def outcome(folder: Path, job: Job | None) -> str | None:
+    """What the run's own record cannot say about the last job for it: an error it died of after the folder was
+    made (killed, or a failed resume), or a stop before its first checkpoint."""
+    status = run_status(folder)
+    if job is not None and job.state == "failed" and status != "failed":
+        return f"failed: {job.error_line()}"
+    if job is not None and job.state == "stopped" and status == "running":
+        return "stopped before its first checkpoint (Start it again)"
+    return None
 
 
 class Ui:
@@ -50,9 +72,7 @@ class Ui:
         """The form's settings, with a new folder under the runs folder when output_dir is left empty."""
         mapping = form.to_mapping(values)
         if "output_dir" not in mapping:
-            from ..models import short_name
-
-            out = unique(self.root / f"{mapping['method']}_{short_name(mapping.get('model_name'))}",
+            out = unique(default_run_dir(mapping["method"], mapping.get("model_name"), self.root),
                          lambda p: self.queue.busy(str(p)) is not None)
             mapping = {**mapping, "output_dir": str(out)}
         return mapping
@@ -79,14 +99,14 @@ class Ui:
         out = Path(cfg.output_dir)
         if self.queue.busy(str(out)):
             return f"**Error:** a job already writes {out}; wait for it or choose another output_dir"
-        if run_status(out) is not None and not cfg.overwrite_output_dir:
-            return (f"**Error:** {out} holds a run ({run_status(out)}); choose another output_dir, tick "
+        if run_to_keep(out) is not None and not cfg.overwrite_output_dir:
+            return (f"**Error:** {out} holds a run ({run_to_keep(out)}); choose another output_dir, tick "
                     "overwrite_output_dir (the old run is moved aside, not deleted), or Resume it in the Runs tab")
         return self._train(mapping, f"train {cfg.method} -> {out.name}", str(out))
 
     def _train(self, mapping: dict, title: str, output_dir: str) -> str:
         self.state_dir.joinpath("jobs").mkdir(parents=True, exist_ok=True)
-        config = self.state_dir / "jobs" / f"{Path(output_dir).name}-{len(self.queue.jobs) + 1}.yaml"
+        config = self.state_dir / "jobs" / f"{Path(output_dir).name}-{os.getpid()}-{len(self.queue.jobs) + 1}.yaml"
         config.write_text(form.yaml_text(mapping), encoding="utf-8")
         job = self.queue.submit(["train", "--config", str(config)], title, output_dir)
         ahead = sum(j.state in ("queued", "running") for j in self.queue.jobs if j is not job)
@@ -110,9 +130,14 @@ class Ui:
         """Copy an uploaded data file beside the runs (Gradio's upload cache is temporary); its path for --dataset."""
         if not path:
             return None
-        target = self.state_dir / "uploads" / Path(path).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        source = Path(path)
+        folder = self.state_dir / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        target, n = folder / source.name, 1
+        while target.exists() and target.read_bytes() != source.read_bytes():  # never replace what a run used
+            n += 1
+            target = folder / f"{source.stem}-{n}{source.suffix}"
+        shutil.copyfile(source, target)
         return str(target)
 
     # ------------------------------------------------------------------ runs
@@ -124,15 +149,17 @@ class Ui:
 
     def table(self) -> list[list]:
         rows = [[job.title, job.kind, "queued", "", "", ""] for job in self.queue.jobs if job.state == "queued"]
-        written = {p.resolve() for p in self.runs()}
-        for job in self.queue.jobs:  # jobs that ended before writing a run: their error is shown here
-            if job.state == "failed" and (job.output_dir is None or Path(job.output_dir).resolve() not in written):
-                rows.append([job.title, job.kind, f"failed: {job.error_line()}", "", "", ""])
+        folders = self.runs()
+        written = {p.resolve() for p in folders}
+        failed = [job for job in self.queue.jobs if job.state == "failed" and (
+            job.output_dir is None or Path(job.output_dir).resolve() not in written)]
+        for job in failed[-5:]:  # jobs that ended before writing a run (or evaluations): their error line
+            rows.append([job.title, job.kind, f"failed: {job.error_line()}", "", "", ""])
+        last = {Path(job.output_dir).resolve(): job for job in self.queue.jobs if job.output_dir}
         running = self.queue.running
-        live = running.output_dir if running and running.output_dir else None
-        for folder in self.runs():
-            is_live = live is not None and folder.resolve() == Path(live).resolve()
-            rows.append(run_row(folder, is_live))
+        for folder in folders:
+            job = last.get(folder.resolve())
+            rows.append(run_row(folder, job is running and job is not None, outcome(folder, job)))
         return rows or [["(no runs yet: start one in the Train tab)", "", "", "", "", ""]]
 
     def chart(self, folders: list[Path]) -> str:
@@ -221,7 +248,9 @@ class Ui:
             return [], ["run", *TABLE_KEYS], problem(err), []
         rows = [[name, *(fmt(result.get(key)) for key in TABLE_KEYS)] for name, result in entries]
         files = [str(p) for p in (self.root / "report.html", self.root / "report.md", path) if p.is_file()]
-        return rows, ["run", *TABLE_KEYS], "".join(chart_images(entries)), files
+        with self._chart_lock:
+            charts = "".join(chart_images(entries))
+        return rows, ["run", *TABLE_KEYS], charts, files
 
     # ------------------------------------------------------------------ chat
     def chat_choices(self) -> list[tuple[str, str]]:
@@ -296,6 +325,8 @@ class Ui:
         except UserError as err:
             return problem(err), []
         folder = path.parent if path.is_file() else path
+        if not servable(folder, self.root):
+            return f"Exported to `{folder}` (outside the working folder and the runs folder: no download links).", []
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         small = [str(p) for p in files if p.stat().st_size <= DOWNLOAD_LIMIT]
         big = [p.name for p in files if p.stat().st_size > DOWNLOAD_LIMIT]

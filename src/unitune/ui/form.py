@@ -10,7 +10,8 @@ from dataclasses import MISSING, dataclass, fields
 
 from ..config import TrainConfig, base_type, from_mapping
 
-# Flags the UI sets through its own buttons (Resume in the Runs tab) rather than as form inputs.
+# Flags the form leaves out: resume is the Runs tab's Resume button; resume_from_checkpoint (a checkpoint folder of
+# another run) and dry_run (the plan, printed) are for the command line.
 BUTTON_FLAGS = ("resume", "resume_from_checkpoint", "dry_run")
 DEFAULT_METHOD = "sft"
 

@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lifecycle import EXIT_CODES
 
-STOPPED = EXIT_CODES[signal.SIGTERM]
+# A run stopped by SIGTERM/SIGINT exits 143/130 after its checkpoint; one stopped before it installed its handler
+# (while loading the model) dies of the signal: -15/-2.
+STOPPED = (*EXIT_CODES.values(), -signal.SIGTERM, -signal.SIGINT)
 
 
 @dataclass
@@ -28,8 +29,6 @@ class Job:
     output_dir: str | None = None  # the run a training job writes
     state: str = "queued"  # queued, running, finished, stopped, failed, cancelled
     returncode: int | None = None
-    started: float | None = None
-    ended: float | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
@@ -89,25 +88,32 @@ class JobQueue:
             if job.state == "running" and job.process is not None:
                 job.process.send_signal(signal.SIGTERM)
                 return f"stopping {job.title}: it saves a checkpoint first (Resume continues it)"
+            if job.state == "running":
+                return f"{job.title} is starting; press Stop again in a moment"
         return f"{job.title} is not running"
 
     def shutdown(self, timeout: float = 600) -> None:
-        """Cancel the queue and stop the running job cleanly (SIGTERM, then wait for its checkpoint)."""
+        """Cancel the queue and stop the running job cleanly: SIGTERM, then wait for its checkpoint. A job that is
+        starting right now gets its SIGTERM from the worker (see _run). A second Ctrl-C while waiting sends a second
+        SIGTERM, on which a training run exits at once."""
         with self._changed:
             self._closing = True
             for job in self.jobs:
                 if job.state == "queued":
                     job.state = "cancelled"
+            job = self.running
+            if job is not None and job.process is not None:
+                print(f"unitune ui: stopping {job.title} (it saves a checkpoint first)", file=sys.stderr, flush=True)
+                job.process.send_signal(signal.SIGTERM)
             self._changed.notify_all()
-        job = self.running
-        if job is not None and job.process is not None:
-            print(f"unitune ui: stopping {job.title} (it saves a checkpoint first)", file=sys.stderr, flush=True)
-            job.process.send_signal(signal.SIGTERM)
-            try:
-                job.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                job.process.kill()
-        self._worker.join(5)
+        try:
+            self._worker.join(timeout)
+        except KeyboardInterrupt:
+            if job is not None and job.process is not None:
+                job.process.send_signal(signal.SIGTERM)
+                self._worker.join(30)
+        if self._worker.is_alive() and job is not None and job.process is not None:
+            job.process.kill()
 
     def _next(self) -> Job | None:
         with self._changed:
@@ -128,18 +134,19 @@ class JobQueue:
         with open(job.log, "w", encoding="utf-8") as log:
             log.write(f"$ unitune {' '.join(job.argv)}\n")
             log.flush()
-            job.started = time.time()
             try:
                 # its own session: a Ctrl-C in the UI's terminal reaches the UI, which stops the job with SIGTERM
-                job.process = subprocess.Popen([sys.executable, "-m", "unitune", *job.argv], stdout=log,
-                                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                               start_new_session=True)
-                job.returncode = job.process.wait()
+                process = subprocess.Popen([sys.executable, "-m", "unitune", *job.argv], stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                           start_new_session=True)
+                with self._changed:
+                    job.process = process
+                    if self._closing:  # shut down while it started: stop it as shutdown() stops a running job
+                        process.send_signal(signal.SIGTERM)
+                job.returncode = process.wait()
             except OSError as err:
                 log.write(f"unitune ui: error: could not start the job: {err}\n")
                 job.returncode = -1
-        job.ended = time.time()
         with self._changed:
-            job.state = ("finished" if job.returncode == 0 else
-                         "stopped" if job.returncode in (STOPPED, EXIT_CODES[signal.SIGINT]) else "failed")
+            job.state = ("finished" if job.returncode == 0 else "stopped" if job.returncode in STOPPED else "failed")
             self._changed.notify_all()

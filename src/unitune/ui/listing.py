@@ -40,8 +40,12 @@ def progress(entries: list[dict]) -> tuple[int | None, int | None]:
 
 
 def status_text(folder: Path, live: bool) -> str:
-    """running (this UI's job, or started elsewhere), finished, interrupted (resumable), failed: the error."""
-    record = record_of(folder) or {}
+    """running (this UI's job, or started elsewhere), finished, interrupted (resumable), failed: the error, or
+    broken (a record that cannot be read)."""
+    record = record_of(folder)
+    if record == {} and (folder / RUN_FILE).exists():
+        return f"broken: its {RUN_FILE} cannot be read"
+    record = record or {}
     status = run_status(folder)
     if status == "failed":
         return f"failed: {record.get('error', 'unknown error')}"
@@ -59,16 +63,23 @@ def age(seconds: float) -> str:
         f"{seconds // 3600} h ago"
 
 
-def run_row(folder: Path, live: bool) -> list:
+def run_row(folder: Path, live: bool, status: str | None = None) -> list:
+    """The run's row; ``status`` replaces its own status text (what became of this UI's job for it)."""
     record = record_of(folder) or {}
     entries = history(folder)
     step, total = progress(entries)
     losses = [e["loss"] for e in entries if isinstance(e.get("loss"), (int, float))]
-    return [folder.name, record.get("method", ""), status_text(folder, live),
+    return [folder.name, record.get("method", ""), status or status_text(folder, live),
             "" if step is None else f"{step}/{total}" if total else str(step),
             f"{losses[-1]:.4f}" if losses else "", age(time.time() - updated(folder))]
 
 
 def updated(folder: Path) -> float:
     """When the run last wrote its record or log (appending to a file leaves the folder's own time alone)."""
-    return max(p.stat().st_mtime for p in (folder, folder / RUN_FILE, folder / LOG_FILE) if p.exists())
+    times = []
+    for path in (folder, folder / RUN_FILE, folder / LOG_FILE):
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # not written yet, or the run was just moved aside
+            pass
+    return max(times, default=0.0)

@@ -22,19 +22,22 @@ def run_ui(cfg: UiConfig) -> None:
     except OSError as err:  # the port is taken
         ui.close()
         raise UserError(f"cannot listen on {cfg.host}:{cfg.port} ({err}); pass another --port") from None
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"unitune ui: open http://{host}:{cfg.port} (runs in {ui.root}); Ctrl-C stops it, and the running job "
           "with a checkpoint", flush=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt; `kill -INT` (or a launcher's Ctrl-C) must still stop the UI cleanly.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("unitune ui: shutting down", file=sys.stderr, flush=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        ui.close()
+        ui.close()  # a second Ctrl-C or SIGTERM in here makes the job exit at once (see JobQueue.shutdown)
         page.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame):
