@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import os
 import time
@@ -18,7 +20,7 @@ from .chat_format import chat_format, use_template_file
 from .errors import UserError, first_line, warn
 from .methods import METHODS, MethodSpec
 from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
-                     world_size)
+                     unitune_home, world_size)
 from .live_log import LiveLog
 from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matches, end_process_group,
                         is_main_process, prepare_output_dir, resume_target, write_status)
@@ -262,34 +264,52 @@ def run_record(cfg: TrainConfig, given: TrainConfig, hw: Hardware, source: str, 
     }
 
 
+@contextlib.contextmanager
+def ranks_in_turn(dataset: str):
+    """Under torchrun, the ranks load and prepare the data one after another. Each re-reads local data with
+    force_redownload, which rebuilds the shared datasets cache folder; a rank mapping in that folder while another
+    rebuilt it lost its temp file (FileNotFoundError, seen once in the 2-process test). The data takes seconds."""
+    if world_size() == 1:
+        yield
+        return
+    from filelock import FileLock
+
+    lock = unitune_home() / "locks" / f"data-{hashlib.sha1(dataset.encode()).hexdigest()[:16]}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock)):
+        yield
+
+
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
     hw = choose_hardware(cfg.use_qlora)
     print(hw.line(), flush=True)
     dataset = resolve_dataset(cfg.dataset)
-    split = cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
-    out = Path(cfg.output_dir) if cfg.dry_run else prepare_output_dir(cfg.output_dir, cfg.overwrite_output_dir,
-                                                                       cfg.resume or bool(cfg.resume_from_checkpoint))
-    source = resolve_model(cfg.model_name)
-    tokenizer = load_tokenizer(source)
-    use_template_file(tokenizer, cfg.chat_template)
-    raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec, cfg)
-    if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
-        require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-    lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
-    given, chosen = cfg, hw
-    cfg, hw = fit_memory(cfg, hw, lengths, source)
-    if hw is not chosen:
-        print(hw.line(), flush=True)
-    with dataset_bars(len(raw)):
-        train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
-    print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
-    eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
-                             tokenizer)
-               if cfg.eval_split else None)
-    callbacks = [generation_eval(cfg, dataset, tokenizer, cfg.per_device_train_batch_size)] if cfg.eval_generation \
-        else []
+    with ranks_in_turn(dataset):  # see ranks_in_turn
+        split = cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
+        resuming = cfg.resume or bool(cfg.resume_from_checkpoint)
+        out = Path(cfg.output_dir) if cfg.dry_run else prepare_output_dir(cfg.output_dir, cfg.overwrite_output_dir,
+                                                                           resuming)
+        source = resolve_model(cfg.model_name)
+        tokenizer = load_tokenizer(source)
+        use_template_file(tokenizer, cfg.chat_template)
+        raw, fmt = load_checked(dataset, split, cfg.max_train_samples, "max_train_samples", spec, cfg)
+        if needs_chat_template(raw, fmt) or spec.name == "grpo":  # GRPO prompts are always rendered as chat
+            require_chat_template(tokenizer, cfg.model_name or "the embedded model")
+        lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
+        given, chosen = cfg, hw
+        cfg, hw = fit_memory(cfg, hw, lengths, source)
+        if hw is not chosen:
+            print(hw.line(), flush=True)
+        with dataset_bars(len(raw)):
+            train_ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
+        print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
+        eval_ds = (prepare_split(dataset, cfg.eval_split, cfg.max_eval_samples, "max_eval_samples", spec, cfg,
+                                 tokenizer)
+                   if cfg.eval_split else None)
+        callbacks = [generation_eval(cfg, dataset, tokenizer, cfg.per_device_train_batch_size)] if cfg.eval_generation \
+            else []
     if cfg.dry_run:
         print("unitune: dry run: nothing trained")
         return out
