@@ -212,3 +212,12 @@ def test_the_table_says_what_became_of_the_last_job_for_a_run(tmp_path, monkeypa
         ui.close()
     assert problem(ValueError("bad\nmore")) == "**Error:** ValueError: bad"
     assert problem(UserError("one line")) == "**Error:** one line"
+
+
+def test_ui_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'unitune[ui]'" in err
