@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..lifecycle import ASIDE, FINISHED, record_of, run_status
+from ..lifecycle import ASIDE, FINISHED, record_of, run_status, status_line
 from ..live_log import LOG_FILE, read_log
 from ..runs import RUN_FILE
 
@@ -48,7 +48,7 @@ def status_text(folder: Path, live: bool) -> str:
     record = record or {}
     status = run_status(folder)
     if status == "failed":
-        return f"failed: {record.get('error', 'unknown error')}"
+        return status_line(folder)  # "failed: <its error line>", as eval and report say it
     if status == "interrupted":
         step = record.get("global_step")
         return f"interrupted{f' at step {step}' if step is not None else ''} (Resume continues it)"
