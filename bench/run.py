@@ -28,6 +28,8 @@ WARMUP, TIMED = 2, 6
 BATCH, ACCUM, MAX_LENGTH = 4, 4, 1024  # the seed's micro-batch and accumulation: an effective batch of 16
 ROWS = (WARMUP + TIMED) * BATCH * ACCUM
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
+# GRPO: 2 prompts x 4 completions of up to 32 tokens per optimizer step, at temperature 1, accuracy + format rewards
+GRPO_COMPLETIONS, GRPO_GENERATIONS, GRPO_TOKENS = 8, 4, 32
 MODEL = os.environ.get("UNITUNE_BENCH_MODEL")  # None: the embedded model; GPU mode sets a built folder
 
 
@@ -99,7 +101,7 @@ def unitune_trainer(method: str, out: str, extra: dict | None = None):
     spec, hw = METHODS[method], choose_hardware("auto")
     source = resolve_model(MODEL)
     tokenizer = load_tokenizer(source)
-    raw, fmt = load_checked(str(ROOT / "src/unitune/assets/demo"), spec.split, cfg.max_train_samples, "x", spec)
+    raw, fmt = load_checked(str(ROOT / "src/unitune/assets/demo"), spec.split, cfg.max_train_samples, "x", spec, cfg)
     cfg, hw = fit_memory(cfg, hw, length_plan(raw, fmt, tokenizer, cfg.max_length), source)
     print(f"unitune batch: {cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}; {hw.line()}",
           file=sys.stderr)
@@ -159,6 +161,14 @@ def trl_trainer(method: str, out: str, tuned: bool):
 
 def run_child(name: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
+        if name.startswith("grpo_"):  # split by phase (bench/profile_grpo.py); s/step is the whole step's median
+            import profile_grpo
+
+            trainer = unitune_grpo_trainer(out) if name == "grpo_unitune" else trl_grpo_trainer(out)
+            with unitune_speedups(name):
+                split = profile_grpo.profile(trainer)
+            return {"s_per_step": split["step"], "tokens_per_s": split["generated tokens per step"] / split["step"],
+                    "peak_rss_mb": peak_rss_mb(), "split": split}
         trainer = {
             "sft_unitune": lambda: unitune_trainer("sft", out),
             "sft_unitune_unmerged": lambda: unitune_trainer("sft", out, {"max_batch_tokens": 0}),
@@ -171,8 +181,22 @@ def run_child(name: str) -> dict:
         }[name]()
         timer = step_timer()
         trainer.add_callback(timer)
-        trainer.train()
+        with unitune_speedups(name):
+            trainer.train()
         return summarize(timer, trainer)
+
+
+def unitune_speedups(name: str):
+    """What `unitune train` wraps its trainer.train() in (train.py): for unitune's contenders only."""
+    import contextlib
+
+    import torch
+
+    from unitune.speed import compact_lm_head
+
+    if "_unitune" not in name:
+        return contextlib.nullcontext()
+    return compact_lm_head("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def in_child(name: str) -> dict:
@@ -182,7 +206,8 @@ def in_child(name: str) -> dict:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     gpu = f", peak GPU memory {result['peak_gpu_mb']:.0f} MB" if result.get("peak_gpu_mb") else ""
-    print(f"  {name}: {result['tokens_per_s']:.1f} tokens/s, {result['s_per_step']:.2f} s/step, "
+    unit = "generated tokens/s" if name.startswith("grpo_") else "tokens/s"
+    print(f"  {name}: {result['tokens_per_s']:.1f} {unit}, {result['s_per_step']:.2f} s/step, "
           f"peak RSS {result['peak_rss_mb']:.0f} MB{gpu}", flush=True)
     return result
 
@@ -228,18 +253,42 @@ def bench_eval() -> dict:
             "tokens_per_s": {"batched": tokens["batched"] / batched_s, "loop": tokens["loop"] / loop_s}}
 
 
-def bench_grpo() -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        trainer = unitune_trainer("grpo", out, {"gradient_accumulation_steps": 1, "max_completion_length": 32,
-                                                "num_generations": 4})
-        trainer.train()
-        logs = [e for e in trainer.state.log_history if "step_time" in e]
-        # TRL logs completion lengths: tokens generated per step = completions x mean length. Divided by the
-        # whole step time (generation + the policy update), so it is a lower bound on generation speed.
-        gen_tokens = [BATCH * e["completions/mean_length"] for e in logs[WARMUP:]]
-        steps = [e["step_time"] for e in logs[WARMUP:]]
-        return {"s_per_step": statistics.median(steps), "gen_tokens_per_step": statistics.median(gen_tokens),
-                "gen_tokens_per_s": statistics.median(gen_tokens) / statistics.median(steps)}
+def unitune_grpo_trainer(out: str):
+    return unitune_trainer("grpo", out, {"per_device_train_batch_size": GRPO_COMPLETIONS, "gradient_accumulation_steps": 1,
+                                         "max_completion_length": GRPO_TOKENS, "num_generations": GRPO_GENERATIONS,
+                                         "max_train_samples": (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS})
+
+
+def trl_grpo_trainer(out: str):
+    """Plain TRL GRPOTrainer, hand-tuned for CPU (bf16 off, checkpointing off), with unitune's GRPO settings and
+    reward functions: the same prompts, LoRA, rewards, num_generations, max_completion_length and temperature."""
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+
+    from unitune.methods import METHODS
+    from unitune.models import resolve_model
+    from unitune.rewards import RewardLog, answer_format_of, build_rewards
+
+    source = resolve_model(MODEL)
+    prompts = (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
+            for r in trl_rows("train_gen", prompts)]
+    rewards, _ = build_rewards(None, ["prompt", "answer"], RewardLog(), answer_format_of("auto", rows)[0])
+    args = trl.GRPOConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=GRPO_COMPLETIONS,
+                          gradient_accumulation_steps=1, learning_rate=METHODS["grpo"].learning_rate, logging_steps=1,
+                          save_strategy="no", report_to="none", use_cpu=True, seed=42, bf16=False,
+                          gradient_checkpointing=False, beta=0.0, num_generations=GRPO_GENERATIONS,
+                          max_completion_length=GRPO_TOKENS, temperature=1.0)
+    return trl.GRPOTrainer(model=trl_model(source), reward_funcs=rewards, args=args,
+                           train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(source),
+                           peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
+
+
+def grpo_split(split: dict) -> dict:
+    """Seconds per phase of a GRPO step (bench/profile_grpo.py), rounded, without the logged rewards."""
+    return {k: round(max(v, 0.0), 3) for k, v in split.items() if isinstance(v, float)}
 
 
 def flops_per_token(tokens_per_step: float) -> float:
@@ -302,9 +351,15 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--gpu", action="store_true", help="GPU mode: QLoRA on a Qwen2-0.5B-sized model")
     parser.add_argument("--tokenizer", help="GPU mode: tokenizer folder (default: the embedded model's)")
+    parser.add_argument("--grpo", action="store_true", help="only the GRPO contenders (prints, writes nothing)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child)))
+        return
+    if args.grpo:
+        grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
+        print(json.dumps({"grpo_vs_trl_tuned": grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"],
+                          "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()}}))
         return
     if args.gpu:
         from unitune.models import resolve_model
@@ -321,7 +376,8 @@ def main() -> None:
     print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_unmerged", "sft_trl_tuned",
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
-    ev, grpo = bench_eval(), bench_grpo()
+    ev = bench_eval()
+    grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
     sft = runs["sft_unitune"]
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
     same = [abs(a - b) / b for a, b in zip(sft["losses"], runs["sft_trl_tuned"]["losses"])]
@@ -335,8 +391,11 @@ def main() -> None:
         "eval_batched_vs_loop": ev["batched_pairs_per_s"] / ev["loop_pairs_per_s"],
         "eval_max_abs_diff": ev["max_abs_diff"],
         "eval_tokens": ev["tokens"], "eval_tokens_per_s": ev["tokens_per_s"],
-        "grpo_gen_tokens_per_s": grpo["gen_tokens_per_s"],
-        "grpo_s_per_step": grpo["s_per_step"],
+        "grpo_vs_trl_tuned": grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"],
+        "grpo_gen_tokens_per_s": grpo["grpo_unitune"]["tokens_per_s"],
+        "grpo_trl_gen_tokens_per_s": grpo["grpo_trl_tuned"]["tokens_per_s"],
+        "grpo_s_per_step": grpo["grpo_unitune"]["s_per_step"],
+        "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()},
         "sft_loss_max_rel_diff_vs_trl_tuned": max(same),
         "gemm_peak_gflops": peak,
         "gemm_peak_gflops_bf16": peak_bf16,

@@ -3,6 +3,12 @@
 - ``compact_lm_head``: TRL's fused LM head projects only the positions that carry a loss, but only where
   Triton runs (CUDA/XPU). On CPU it scores every position, prompt and padding included, against the full
   vocabulary. We let it take the compact path on CPU too (same kernel, fewer rows).
+- ``lora_merged``: generating through unmerged LoRA layers runs three extra small matmuls (and a dropout) per
+  layer and token. While GRPO samples, each layer's base weight is swapped for a merged copy and the LoRA branch is
+  skipped; the original weight tensors are put back afterwards, so training continues on the exact same bits.
+- ``shared_prefill``: GRPO samples ``num_generations`` completions per prompt from rows that repeat the prompt.
+  Each distinct prompt is prefilled once; its KV cache is copied to the rows that repeat it, and ``generate``
+  continues from there.
 - ``FastDropout``: PEFT's LoRA dropout is ``nn.Dropout``, whose mask costs one call to the CPU random
   generator per element, about a sixth of a CPU LoRA step. We draw 16 random bits per element from
   64-bit words (four elements per call) and keep a 1-byte mask for the backward pass.
@@ -46,6 +52,79 @@ def compact_lm_head(device: str = "cpu"):
         yield
     finally:
         trl_utils._use_triton = original
+
+
+@contextlib.contextmanager
+def lora_merged(model: nn.Module):
+    """While the block runs, every plain LoRA layer with a float base weight computes ``x @ (W + scale * B @ A)`` in
+    one matmul: a merged copy of ``W`` stands in, and PEFT's forward takes its merged path. Afterwards the original
+    ``W`` tensors are put back (not re-computed by subtraction, which would drift). Layers it cannot merge exactly
+    (4-bit bases, DoRA and other variants, LoRA biases, already merged) keep their LoRA branch. Yields how many
+    layers were merged. For no-grad use only: nothing trains through the merged copies."""
+    from peft.tuners.lora import LoraLayer
+
+    swapped = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if not isinstance(module, LoraLayer) or module.merged:
+                    continue
+                base = module.get_base_layer()
+                adapters = [a for a in module.active_adapters if a in module.lora_A]
+                if (not adapters or type(base) is not nn.Linear or not base.weight.dtype.is_floating_point
+                        or any(a in module.lora_variant or module.lora_bias[a] for a in adapters)):
+                    continue
+                weight = base.weight.data
+                merged = weight.clone()
+                for adapter in adapters:
+                    merged += module.get_delta_weight(adapter).to(weight.dtype)
+                base.weight.data = merged
+                module.merged_adapters = list(adapters)
+                swapped.append((module, base, weight))
+        yield len(swapped)
+    finally:
+        for module, base, weight in swapped:
+            base.weight.data = weight
+            module.merged_adapters = []
+
+
+@contextlib.contextmanager
+def shared_prefill(model: nn.Module):
+    """While the block runs, ``model.generate`` prefills each distinct prompt row once: the rows' KV cache is
+    computed for the distinct rows (all but the last prompt token, with the position ids generate gives them) and
+    copied to the repeats, and generate continues from it. Calls it cannot serve (embeddings, a cache of their own,
+    no repeats, models with layers other than attention) go to generate unchanged."""
+    from .scoring import packable
+
+    original = model.generate
+    own = "generate" in vars(model)  # an instance attribute of its own, put back afterwards
+
+    def generate(*args, input_ids=None, attention_mask=None, **kwargs):
+        if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2 or not packable(model)
+                or kwargs.get("past_key_values") is not None or "inputs_embeds" in kwargs):
+            return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        distinct, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
+        if len(distinct) == len(input_ids):
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        # one row of each distinct prompt (the rows that share an inverse index are equal: any one will do)
+        first = torch.zeros(len(distinct), dtype=torch.long, device=input_ids.device)
+        first.scatter_(0, inverse, torch.arange(len(inverse), device=input_ids.device))
+        mask = attention_mask[first, :-1]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
+        with torch.no_grad():
+            cache = model(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
+                          use_cache=True).past_key_values
+        cache.batch_select_indices(inverse)
+        return original(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
+
+    model.generate = generate
+    try:
+        yield
+    finally:
+        if own:
+            model.generate = original
+        else:
+            del model.generate  # the class's method again
 
 
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:

@@ -10,14 +10,17 @@ import json
 from pathlib import Path
 
 import torch
+import trl
 from transformers import TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from ..chat_format import chat_format
 from ..data import to_prompts
 from ..errors import UserError
+from .. import shared_prompts
 from ..models import lora_config, world_size
 from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
+from ..speed import lora_merged, shared_prefill
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -37,6 +40,31 @@ def num_generations(cfg, world_size: int) -> int:
                         f"(per_device_train_batch_size x gradient_accumulation_steps x processes); use one of "
                         f"{', '.join(map(str, works)) or 'none: raise the batch size to at least 2'}")
     return n
+
+
+class GRPOTrainer(trl.GRPOTrainer):
+    """TRL's GRPOTrainer with CPU speed-ups, each measured in bench/ (RESULTS.md): it samples through merged LoRA
+    weights (speed.lora_merged) and prefills each prompt once (speed.shared_prefill), and its log-prob passes
+    compute each prompt once for its group of completions (shared_prompts). Elsewhere, and for inputs these do not
+    cover, TRL's own code runs."""
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        if (not self.args.use_cpu or compute_aux_loss or any(v is not None for v in multimodal.values())
+                or not shared_prompts.usable(model, input_ids, attention_mask, logits_to_keep)):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+        with self.accelerator.autocast():
+            logps, entropy = shared_prompts.per_token_logps(model, input_ids, attention_mask, logits_to_keep,
+                                                            self._tokenizer.pad_token_id)
+        return logps, entropy if compute_entropy else None, None
+
+    def _generate_single_turn(self, *args, **kwargs):
+        if not self.args.use_cpu:
+            return super()._generate_single_turn(*args, **kwargs)
+        with lora_merged(self.model), shared_prefill(self.model):
+            return super()._generate_single_turn(*args, **kwargs)
 
 
 class _SaveCompletions(TrainerCallback):

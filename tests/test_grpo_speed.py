@@ -1,0 +1,127 @@
+"""GRPO's CPU speed-ups change nothing but speed: the same log-probs, entropies and gradients as TRL's own pass
+(shared_prompts), the same logits while sampling, and the exact same weights afterwards (speed.lora_merged)."""
+
+import pytest
+import torch
+import trl
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from conftest import save_tiny
+from unitune.methods.grpo import GRPOTrainer
+from unitune.speed import lora_merged
+
+
+def _peft(folder, dropout=0.0):
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear",
+                                      init_lora_weights=False))  # random B: the adapter changes the outputs
+    return model
+
+
+def _trainer(folder, tokenizer, tmp_path):
+    rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(4)])
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=6, num_generations=3,
+                          max_completion_length=8, use_cpu=True, bf16=False, report_to="none", beta=0.0)
+    return GRPOTrainer(model=_peft(folder), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                       args=args, train_dataset=rows, processing_class=tokenizer)
+
+
+def _batch(tokenizer):
+    """Two prompts of different lengths (left-padded), three completions each of different lengths (right-padded),
+    repeated as TRL repeats them: each prompt num_generations times in a row."""
+    pad = tokenizer.pad_token_id
+    prompts = [[pad, pad, 11, 12, 13, 14], [21, 22, 23, 24, 25, 26]]
+    completions = [[31, 32, 33, 34, 35], [41, 42, pad, pad, pad], [51, pad, pad, pad, pad],
+                   [61, 62, 63, pad, pad], [71, 72, 73, 74, 75], [81, 82, 83, 84, pad]]
+    ids = torch.tensor([prompts[i // 3] + completions[i] for i in range(6)])
+    mask = torch.tensor([[int(t != pad) for t in prompts[i // 3]] + [int(t != pad) for t in completions[i]]
+                         for i in range(6)])
+    return ids, mask
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "mistral"])
+def test_shared_prompt_logps_match_trl(arch, tokenizer, tmp_path):
+    """Gemma-2 adds softcapping and sliding windows, Mistral one window for all layers (both 8 < the rows)."""
+    folder = save_tiny(tmp_path / arch, arch, tokenizer)
+    trainer = _trainer(folder, tokenizer, tmp_path)
+    model = trainer.model
+    ids, mask = _batch(tokenizer)
+    width = 5
+    completion_mask = mask[:, -width:].bool()
+
+    def run(method):
+        model.zero_grad()
+        logps, entropy, _ = method(trainer, model, ids, mask, width, compute_entropy=True)
+        (logps * completion_mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return logps.detach(), entropy.detach(), grads
+
+    with torch.autocast("cpu", enabled=False):
+        ours = run(GRPOTrainer._get_per_token_logps_and_entropies)
+        theirs = run(trl.GRPOTrainer._get_per_token_logps_and_entropies)
+    assert ours[0].shape == theirs[0].shape == (6, width)
+    assert torch.allclose(ours[0][completion_mask], theirs[0][completion_mask], atol=2e-5)
+    assert torch.allclose(ours[1][completion_mask], theirs[1][completion_mask], atol=2e-5)
+    assert not ours[0][~completion_mask].any()  # past a completion's end: zero, as TRL's compact head leaves it
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours[2], theirs[2]))
+
+
+def test_shared_prompts_leave_unrepeated_prompts_to_trl(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
+    """Nothing to share (every prompt once) or a hybrid model (convolution layers): TRL's own pass runs."""
+    from unitune import shared_prompts
+
+    trainer = _trainer(tiny_model_dir, tokenizer, tmp_path)
+    ids, mask = _batch(tokenizer)
+    assert shared_prompts.usable(trainer.model, ids, mask, 5)
+    assert not shared_prompts.usable(trainer.model, ids[2:4], mask[2:4], 5)  # one row of each prompt
+    calls = []
+    monkeypatch.setattr(shared_prompts, "per_token_logps", lambda *a, **k: calls.append(1))
+    trainer._get_per_token_logps_and_entropies(trainer.model, ids[2:4], mask[2:4], 5)
+    assert not calls
+    hybrid = _trainer(save_tiny(tmp_path / "lfm2", "lfm2", tokenizer), tokenizer, tmp_path)
+    assert not shared_prompts.usable(hybrid.model, ids, mask, 5)
+
+
+def test_lora_merged_samples_the_same_model_and_restores_the_weights(tiny_model_dir):
+    model = _peft(tiny_model_dir, dropout=0.1).eval()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([[1, 5, 9, 14, 2, 7]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with lora_merged(model) as merged_layers:
+            assert merged_layers == 14  # 2 layers x 7 linear layers
+            merged = model(input_ids=ids).logits
+            base_weight = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
+            assert not torch.equal(base_weight, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
+        again = model(input_ids=ids).logits
+    assert torch.allclose(merged, unmerged, atol=1e-5)
+    assert torch.equal(again, unmerged)  # the LoRA branch runs again
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # bit for bit: no drift
+    model.train()
+    model(input_ids=ids).logits.sum().backward()  # training goes on through the adapter
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.grad is not None
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral"])
+def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
+    """Greedy, so every token must match: repeated left-padded prompts, each prefilled once, then expanded."""
+    from unitune.speed import shared_prefill
+
+    model = _peft(save_tiny(tmp_path / arch, arch, tokenizer)).eval()
+    ids, mask = _batch(tokenizer)
+    prompt_ids, prompt_mask = ids[:, :6], mask[:, :6]
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        plain = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **settings)
+        calls = []
+        forward = model.forward
+        model.forward = lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k)
+        with shared_prefill(model):
+            shared = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **settings)
+        del model.forward
+    assert torch.equal(shared, plain)
+    assert calls[0] == (2, 5)  # the two distinct prompts, once each, without their last token
+    assert "generate" not in vars(model)  # the model's own generate again
