@@ -253,6 +253,62 @@ def bench_eval() -> dict:
             "tokens_per_s": {"batched": tokens["batched"] / batched_s, "loop": tokens["loop"] / loop_s}}
 
 
+def bench_eval_generation() -> dict:
+    """Greedy replies to the demo's 100 `test_gen` prompts (32 new tokens, batch 50, as `make demo` evaluates):
+    unitune's evaluator (it merges the adapter, then generate_replies shares the prompts' common head) against a
+    plain `generate` on the PEFT model in the same length-sorted, left-padded batches. Same replies required."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from unitune.chat_format import chat_format
+    from unitune.generation import generate_replies
+    from unitune.models import load_tokenizer, resolve_model
+
+    source = resolve_model(None)
+    tokenizer = load_tokenizer(source)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source), LoraConfig(task_type="CAUSAL_LM",
+                                                                                     target_modules="all-linear", **LORA))
+    with torch.no_grad():  # a trained-looking adapter: small non-zero B, so merging changes the weights
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
+    model.eval()
+    prompts = [[{"role": "user", "content": r["prompt"]}]
+               for r in load_dataset(str(ROOT / "src/unitune/assets/demo"), split="test_gen").select(range(100))]
+    chat, batch, new = chat_format(tokenizer), 50, 32
+    texts = [chat.generation_prompt(p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+
+    @torch.inference_mode()
+    def plain() -> tuple[list[str], int]:
+        replies, tokens = [""] * len(texts), 0
+        tokenizer.padding_side = "left"
+        for start in range(0, len(order), batch):
+            idx = order[start: start + batch]
+            enc = tokenizer([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=new, do_sample=False, eos_token_id=chat.stop_ids(
+                model.generation_config), pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None,
+                top_k=None)[:, enc["input_ids"].shape[1]:]
+            tokens += int((out != tokenizer.pad_token_id).sum())
+            for i, seq in zip(idx, out):
+                replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+        return replies, tokens
+
+    start = time.perf_counter()
+    reference, tokens = plain()
+    plain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    merged = model.merge_and_unload()  # what unitune eval's load_entry_model does
+    ours = generate_replies(merged, tokenizer, prompts, new, batch, desc=None)
+    ours_s = time.perf_counter() - start
+    return {"eval_gen_vs_hf": plain_s / ours_s, "eval_gen_identical": ours == reference,
+            "eval_gen_tokens_per_s": {"unitune": tokens / ours_s, "hf_generate_peft": tokens / plain_s},
+            "eval_gen_seconds": {"unitune": ours_s, "hf_generate_peft": plain_s}, "eval_gen_tokens": tokens}
+
+
 def unitune_grpo_trainer(out: str):
     return unitune_trainer("grpo", out, {"per_device_train_batch_size": GRPO_COMPLETIONS, "gradient_accumulation_steps": 1,
                                          "max_completion_length": GRPO_TOKENS, "num_generations": GRPO_GENERATIONS,
@@ -352,9 +408,13 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="GPU mode: QLoRA on a Qwen2-0.5B-sized model")
     parser.add_argument("--tokenizer", help="GPU mode: tokenizer folder (default: the embedded model's)")
     parser.add_argument("--grpo", action="store_true", help="only the GRPO contenders (prints, writes nothing)")
+    parser.add_argument("--eval_gen", action="store_true", help="only the evaluator's generation (prints)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child)))
+        return
+    if args.eval_gen:
+        print(json.dumps(bench_eval_generation()))
         return
     if args.grpo:
         grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
@@ -376,7 +436,7 @@ def main() -> None:
     print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_unmerged", "sft_trl_tuned",
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
-    ev = bench_eval()
+    ev, gen = bench_eval(), bench_eval_generation()
     grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
     sft = runs["sft_unitune"]
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
@@ -391,6 +451,7 @@ def main() -> None:
         "eval_batched_vs_loop": ev["batched_pairs_per_s"] / ev["loop_pairs_per_s"],
         "eval_max_abs_diff": ev["max_abs_diff"],
         "eval_tokens": ev["tokens"], "eval_tokens_per_s": ev["tokens_per_s"],
+        **gen,
         "grpo_vs_trl_tuned": grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"],
         "grpo_gen_tokens_per_s": grpo["grpo_unitune"]["tokens_per_s"],
         "grpo_trl_gen_tokens_per_s": grpo["grpo_trl_tuned"]["tokens_per_s"],

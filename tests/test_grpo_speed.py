@@ -8,7 +8,7 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny
+from conftest import save_tiny, tiny_config
 from unitune.methods.grpo import GRPOTrainer
 from unitune.speed import lora_merged
 
@@ -125,3 +125,48 @@ def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
     assert torch.equal(shared, plain)
     assert calls[0] == (2, 5)  # the two distinct prompts, once each, without their last token
     assert "generate" not in vars(model)  # the model's own generate again
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "gemma2", "lfm2"])
+def test_evaluator_generation_equals_generate(arch, tokenizer, tmp_path, monkeypatch):
+    """The evaluator's greedy replies (the prompts' shared head computed once, finished rows leaving the batch)
+    equal plain left-padded `generate`, token for token. Mistral and Gemma-2 slide an 8-token window over longer
+    rows, and LFM2's convolution layers cannot share a cache: they keep `generate`'s layout, and Mistral shares
+    again once its window covers the rows."""
+    from unitune import generation
+
+    torch.manual_seed(0)  # large random weights: replies that depend on the prompt, not one repeated token
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, initializer_range=0.5)).eval()
+    prompts = [[{"role": "user", "content": f"Please add the numbers. {text}"}]
+               for text in ("2 and 3", "40 and 2, then say why", "7", "a much longer question about 11 and 12")]
+    heads, decoded, stop = [], [], set()
+    shared_head = generation.shared_head
+    monkeypatch.setattr(generation, "shared_head", lambda rows: heads.append(shared_head(rows)) or heads[-1])
+    monkeypatch.setattr(tokenizer, "decode", lambda seq, **k: decoded.append(cut(seq.tolist() if hasattr(
+        seq, "tolist") else seq)) or "x")
+
+    def cut(tokens):  # generate pads after the stop token
+        return tokens[: next((i + 1 for i, t in enumerate(tokens) if t in stop), len(tokens))]
+
+    def replies(plain: bool):
+        decoded.clear()
+        with monkeypatch.context() as m:
+            if plain:
+                m.setattr(generation, "MIN_SHARED", 10**6)
+                m.setattr(generation, "plain_greedy", lambda config: False)
+            generation.generate_replies(model, tokenizer, prompts, max_new_tokens=10, batch_size=4, desc=None)
+        return list(decoded)
+
+    first = replies(True)
+    # a token the replies produce mid-way stops them too: rows then finish at different steps
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, first[0][3]]
+    stop.update(generation.chat_format(tokenizer).stop_ids(model.generation_config))
+    ours, plain = replies(False), replies(True)
+    assert ours == plain
+    assert len({len(r) for r in plain}) > 1 or arch in ("gemma2", "lfm2")
+    assert heads == [] if arch == "lfm2" else heads[0] >= generation.MIN_SHARED  # the prompts share a head
+    assert generation.window_reached(model, 40) == (arch in ("mistral", "gemma2"))  # so they do not use it
+    if arch == "mistral":
+        model.config.sliding_window = 512
+        assert not generation.window_reached(model, 40)
+        assert replies(False) == replies(True)

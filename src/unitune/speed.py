@@ -101,7 +101,8 @@ def shared_prefill(model: nn.Module):
 
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
         if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2 or not packable(model)
-                or kwargs.get("past_key_values") is not None or "inputs_embeds" in kwargs):
+                or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
+                or "inputs_embeds" in kwargs):
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         distinct, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
         if len(distinct) == len(input_ids):
@@ -113,9 +114,9 @@ def shared_prefill(model: nn.Module):
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
         with torch.no_grad():
             cache = model(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
-                          use_cache=True).past_key_values
+                          use_cache=True).cache
         cache.batch_select_indices(inverse)
-        return original(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, **kwargs)
+        return original(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
 
     model.generate = generate
     try:
