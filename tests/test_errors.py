@@ -98,6 +98,7 @@ def test_seed_script_same_errors():
     (["--learning_rate", "0"], "--learning_rate must be greater than 0, got 0.0"),
     (["--lora_dropout", "1"], "--lora_dropout must be in [0, 1), got 1.0"),
     (["--max_batch_tokens", "-1"], "--max_batch_tokens must be 0 (off) or more, got -1"),
+    (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16' (choose from 'auto', 'float32', 'bfloat16')"),
     (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
     (["--chat_template", "/nope/t.jinja"], "--chat_template /nope/t.jinja is not a file; pass a Jinja template file"),
 ])

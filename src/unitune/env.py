@@ -48,16 +48,22 @@ def library_lines() -> list[str]:
     return lines
 
 
-def cpu_line() -> str:
-    """The CPU model and the flags that decide bf16/AMX speed on CPU (Linux /proc/cpuinfo)."""
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU model and its flags (Linux /proc/cpuinfo; elsewhere the machine name and no flags)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return f"CPU: {platform.processor() or platform.machine()}"
+        return platform.processor() or platform.machine(), set()
     model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
     flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
-    have = [f for f in CPU_FLAGS if flags and f in flags.group(1).split()]
-    return (f"CPU: {model.group(1).strip() if model else platform.machine()}, {os.cpu_count()} logical cores; "
+    return (model.group(1).strip() if model else platform.machine()), set(flags.group(1).split() if flags else ())
+
+
+def cpu_line() -> str:
+    """The CPU model and the flags that decide bf16/AMX speed on CPU."""
+    model, flags = cpu_info()
+    have = [f for f in CPU_FLAGS if f in flags]
+    return (f"CPU: {model}, {os.cpu_count()} logical cores; "
             f"flags: {', '.join(have) or 'none of ' + ', '.join(CPU_FLAGS)}")
 
 

@@ -151,26 +151,37 @@ class Hardware:
         return f"unitune: device={self.device} dtype={str(self.dtype).removeprefix('torch.')} {quant} ({self.reason})"
 
 
-def choose_hardware(use_qlora: str) -> Hardware:
-    """Defaults by hardware: QLoRA + bf16 on CUDA; fp32 LoRA without checkpointing on CPU."""
+def choose_hardware(use_qlora: str, dtype: str = "auto") -> Hardware:
+    """Defaults by hardware: QLoRA + bf16 on CUDA; LoRA without checkpointing on CPU, in fp32 unless this CPU runs
+    bf16 natively and measured it faster (dtype_probe). ``dtype`` float32/bfloat16 overrides the choice."""
     if torch.cuda.is_available():
         bf16 = torch.cuda.is_bf16_supported()
         qlora = use_qlora != "false"
         reason = "CUDA: 4-bit base saves memory" if qlora else "CUDA, --use_qlora false"
+        if dtype == "bfloat16" and not bf16:
+            raise UserError("--dtype bfloat16: this GPU has no bf16; use --dtype auto (fp16) or float32")
+        if dtype != "auto":
+            return Hardware("cuda", getattr(torch, dtype), qlora, True, f"{reason}; --dtype {dtype}")
         return Hardware("cuda", torch.bfloat16 if bf16 else torch.float16, qlora, True,
                         reason + ("; bf16 supported" if bf16 else "; no bf16 on this GPU, fp16"))
     qlora = use_qlora == "true"
-    # On CPU bf16 is emulated (~3x slower than fp32) and checkpointing costs ~20%: measured, see README.
-    reason = "CPU: fp32 is fastest here, no gradient checkpointing"
+    if dtype == "auto":
+        from .dtype_probe import cpu_dtype
+
+        chosen, why = cpu_dtype()
+    else:
+        chosen, why = getattr(torch, dtype), f"--dtype {dtype}"
+    # Gradient checkpointing costs ~20% on CPU and memory is rarely short there: measured, see README.
+    reason = f"CPU: {why}{' autocast, fp32 weights and adapter' if dtype == 'bfloat16' else ''}, no gradient checkpointing"
     if qlora:
         reason += "; --use_qlora true forces 4-bit bitsandbytes on CPU"
-    return Hardware("cpu", torch.float32, qlora, False, reason)
+    return Hardware("cpu", chosen, qlora, False, reason)
 
 
 def load_model(source: str, hw: Hardware):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": hw.dtype}
+    kwargs: dict = {"dtype": torch.float32 if hw.device == "cpu" else hw.dtype}  # CPU bf16 is autocast
     if hw.qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

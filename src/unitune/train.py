@@ -26,7 +26,7 @@ from .lifecycle import (FINISHED, GracefulStop, Interrupted, check_resume_matche
                         is_main_process, prepare_output_dir, resume_target, write_status)
 from .output import dataset_bars, use_training_bar
 from .runs import library_versions, machine
-from .speed import compact_lm_head, fast_lora_dropout
+from .speed import compact_lm_head, fast_lora_dropout, fp32_adapters
 from .trackers import trackers
 from .generation_eval import generation_eval
 
@@ -98,11 +98,6 @@ def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
     return summary
 
 
-# SFT on CPU: 16 rows of ~80 tokens in one micro-batch beat 4 x 4 by ~8%; DPO at 8 x 2 lost 11% to 4 x 4
-# (bench/, NOTES.md). So the default merges SFT on CPU only.
-CPU_SFT_BATCH_TOKENS = 2048
-
-
 def activation_bytes_per_token(source: str) -> int | None:
     """A generous estimate of the fp32 activations one token keeps for the backward pass (LoRA, no checkpointing).
 
@@ -128,8 +123,7 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per
     loss over the whole effective batch, so the update is the same too. A fold must also keep the estimated
     activations under a quarter of this machine's memory. GRPO is left alone: its batch counts completions.
     """
-    budget = cfg.max_batch_tokens if cfg.max_batch_tokens is not None else (
-        CPU_SFT_BATCH_TOKENS if hw.device == "cpu" and cfg.method == "sft" else 0)
+    budget = cfg.max_batch_tokens or 0  # off by default: measured within noise on our CPUs (bench/RESULTS.md)
     if not budget or not longest or not bytes_per_token or METHODS[cfg.method].samples_completions:
         return cfg
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
@@ -144,9 +138,9 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per
 def fit_memory(cfg: TrainConfig, hw: Hardware, lengths: dict, source: str) -> tuple[TrainConfig, Hardware]:
     """The batch plan and checkpointing that fit this machine (printed with the plan).
 
-    CPU SFT: merge accumulation into larger micro-batches (merge_batches). CUDA: gradient checkpointing only when
-    the estimated activations of one micro-batch exceed a quarter of the GPU's memory; below that it only costs
-    time (measured in bench/RESULTS.md, GPU mode).
+    With --max_batch_tokens: merge accumulation into larger micro-batches (merge_batches). CUDA: gradient
+    checkpointing only when the estimated activations of one micro-batch exceed a quarter of the GPU's memory; below
+    that it only costs time (measured in bench/RESULTS.md, GPU mode).
     """
     per_token = activation_bytes_per_token(source)
     longest = (lengths.get("row_tokens") or {}).get("max")
@@ -189,6 +183,8 @@ def raised_by_a_config(err: BaseException) -> bool:
 
 def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, tokenizer, train_ds, eval_ds, out: Path):
     """The method's TRL trainer; TRL's rejections of a flag combination become one line."""
+    import torch
+
     try:
         trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
                                     training_args(cfg, hw, out, eval_ds is not None))
@@ -199,6 +195,8 @@ def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, token
         raise UserError(f"TRL rejected these {cfg.method} settings: {first}; change the flags it names") from None
     if hw.device == "cpu":
         fast_lora_dropout(trainer.model, cfg.lora_dropout)
+        if hw.dtype == torch.bfloat16:
+            fp32_adapters(trainer.model)
     return trainer
 
 
@@ -283,7 +281,7 @@ def ranks_in_turn(dataset: str):
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
-    hw = choose_hardware(cfg.use_qlora)
+    hw = choose_hardware(cfg.use_qlora, cfg.dtype)
     print(hw.line(), flush=True)
     dataset = resolve_dataset(cfg.dataset)
     with ranks_in_turn(dataset):  # see ranks_in_turn
