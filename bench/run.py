@@ -72,14 +72,29 @@ def step_timer():
     return StepTimer()
 
 
-def summarize(timer, trainer) -> dict:
+def steps_for(name: str) -> tuple[int, int]:
+    """(warm-up, timed) steps of a contender. TRL's defaults (bf16 autocast, checkpointing) on a CPU that emulates
+    bf16 take minutes per step: 1 + 2 there, to keep the bench under 15 minutes."""
     import torch
 
-    times, tokens = timer.times[WARMUP:], timer.tokens[WARMUP:]
+    from unitune.dtype_probe import NATIVE_BF16
+    from unitune.env import cpu_info
+
+    if name.endswith("_trl_default") and not torch.cuda.is_available() and not cpu_info()[1] & set(NATIVE_BF16):
+        return 1, 2
+    return WARMUP, TIMED
+
+
+def summarize(timer, trainer, name: str) -> dict:
+    import torch
+
+    warmup = steps_for(name)[0]
+    times, tokens = timer.times[warmup:], timer.tokens[warmup:]
     rates = [n / t for n, t in zip(tokens, times)]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     return {"tokens_per_s": statistics.median(rates), "s_per_step": statistics.median(times),
+            "dtype": os.environ.get("UNITUNE_BENCH_DTYPE", "trl"),
             "tokens_per_step": statistics.median(tokens), "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu,
             "losses": losses}
 
@@ -105,6 +120,7 @@ def unitune_trainer(method: str, out: str, extra: dict | None = None):
     cfg, hw = fit_memory(cfg, hw, length_plan(raw, fmt, tokenizer, cfg.max_length), source)
     print(f"unitune batch: {cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}; {hw.line()}",
           file=sys.stderr)
+    os.environ["UNITUNE_BENCH_DTYPE"] = str(hw.dtype).removeprefix("torch.")
     ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
     return build_trainer(spec, cfg, hw, load_model(source, hw), tokenizer, ds, None, Path(out))
 
@@ -129,8 +145,9 @@ def trl_model(source: str):
                                                 device_map={"": 0})
 
 
-def trl_trainer(method: str, out: str, tuned: bool):
-    """Plain TRL SFTTrainer or DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off)."""
+def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
+    """Plain TRL SFTTrainer or DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off), or
+    with ``bf16`` TRL's bf16 autocast without checkpointing (run only on CPUs with native bf16)."""
     import torch
     import trl
     from datasets import Dataset
@@ -148,8 +165,9 @@ def trl_trainer(method: str, out: str, tuned: bool):
         config, trainer = trl.DPOConfig, trl.DPOTrainer
         rows = [{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
                 for r in trl_rows("train_prefs", ROWS)]
-    tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
-    args = config(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=BATCH,
+    tuning = {"bf16": bf16, "gradient_checkpointing": False} if tuned else {}
+    args = config(output_dir=out, max_steps=sum(steps_for(f"{method}_trl_{'tuned' if tuned else 'default'}")),
+                  per_device_train_batch_size=BATCH,
                   gradient_accumulation_steps=ACCUM, learning_rate=METHODS[method].learning_rate, logging_steps=1,
                   save_strategy="no", report_to="none", max_length=MAX_LENGTH,
                   use_cpu=not torch.cuda.is_available(), seed=42, include_num_input_tokens_seen="non_padding",
@@ -174,6 +192,7 @@ def run_child(name: str) -> dict:
             "sft_unitune_merged": lambda: unitune_trainer("sft", out, {"max_batch_tokens": 2048}),
             "sft_trl_default": lambda: trl_trainer("sft", out, tuned=False),
             "sft_trl_tuned": lambda: trl_trainer("sft", out, tuned=True),
+            "sft_trl_bf16": lambda: trl_trainer("sft", out, tuned=True, bf16=True),
             "dpo_unitune": lambda: unitune_trainer("dpo", out),
             "dpo_unitune_merged": lambda: unitune_trainer("dpo", out, {"max_batch_tokens": 2048}),
             "dpo_trl_tuned": lambda: trl_trainer("dpo", out, tuned=True),
@@ -183,7 +202,7 @@ def run_child(name: str) -> dict:
         trainer.add_callback(timer)
         with unitune_speedups(name):
             trainer.train()
-        return summarize(timer, trainer)
+        return summarize(timer, trainer, name)
 
 
 def unitune_speedups(name: str):
@@ -342,6 +361,20 @@ def trl_grpo_trainer(out: str):
                            peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
 
+def trl_best(runs: dict) -> tuple[str, str]:
+    """The faster of TRL hand-tuned fp32 and TRL bf16 without checkpointing, where bf16's per-step losses stay
+    within 2% of fp32's (a bf16 that learns differently does not count)."""
+    if "sft_trl_bf16" not in runs:
+        return "sft_trl_tuned", "TRL fp32; TRL bf16 not run (no native bf16 on this CPU)"
+    fp32, bf16 = runs["sft_trl_tuned"], runs["sft_trl_bf16"]
+    drift = max(abs(b - f) / f for f, b in zip(fp32["losses"], bf16["losses"]))
+    if drift > 0.02:
+        return "sft_trl_tuned", f"TRL fp32; TRL bf16's losses drifted {drift:.1%} from fp32's"
+    if bf16["tokens_per_s"] > fp32["tokens_per_s"]:
+        return "sft_trl_bf16", f"TRL bf16 (losses within {drift:.1%} of fp32's)"
+    return "sft_trl_tuned", "TRL fp32 (bf16 was slower)"
+
+
 def grpo_split(split: dict) -> dict:
     """Seconds per phase of a GRPO step (bench/profile_grpo.py), rounded, without the logged rewards."""
     return {k: round(max(v, 0.0), 3) for k, v in split.items() if isinstance(v, float)}
@@ -434,16 +467,25 @@ def main() -> None:
     cpu = cpu_line()
     peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops("bfloat16", 1024)
     print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
+    from unitune.dtype_probe import NATIVE_BF16
+    from unitune.env import cpu_info
+
+    native_bf16 = bool(cpu_info()[1] & set(NATIVE_BF16))  # elsewhere TRL's bf16 is emulated: many times slower
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_merged", "sft_trl_tuned",
+                                              *(("sft_trl_bf16",) if native_bf16 else ()),
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
     ev, gen = bench_eval(), bench_eval_generation()
     grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
     sft = runs["sft_unitune"]
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
     same = [abs(a - b) / b for a, b in zip(sft["losses"], runs["sft_trl_tuned"]["losses"])]
+    best, why = trl_best(runs)
     results = {
         "sft_vs_trl_default": sft["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],
         "sft_vs_trl_tuned": sft["tokens_per_s"] / runs["sft_trl_tuned"]["tokens_per_s"],
+        "sft_vs_trl_best": sft["tokens_per_s"] / runs[best]["tokens_per_s"],
+        "sft_trl_best": f"{best}: {why}",
+        "sft_dtype": sft["dtype"],
         "sft_mfu": mfu,
         "sft_merge_gain": runs["sft_unitune_merged"]["tokens_per_s"] / sft["tokens_per_s"],  # --max_batch_tokens
         "dpo_vs_trl_tuned": runs["dpo_unitune"]["tokens_per_s"] / runs["dpo_trl_tuned"]["tokens_per_s"],

@@ -29,6 +29,7 @@ def test_no_native_bf16_means_fp32_without_probing(monkeypatch, tmp_path):
     dtype, why = dtype_probe.cpu_dtype()
     assert dtype == torch.float32 and "no avx512_bf16/AMX" in why and not calls
     assert not (tmp_path / "probes").exists()
+    assert "CPU: no native bf16 (no avx512_bf16/AMX), fp32; no gradient checkpointing" in choose_hardware("auto").line()
 
 
 def test_the_probe_runs_once_per_machine(monkeypatch, tmp_path):
@@ -41,8 +42,8 @@ def test_the_probe_runs_once_per_machine(monkeypatch, tmp_path):
     calls = _machine(monkeypatch, tmp_path, {"avx512_bf16", "amx_bf16"}, {"fp32_s": 1.0, "bf16_s": 0.95,
                                                                           "bf16": False})
     dtype, why = dtype_probe.cpu_dtype()
-    assert dtype == torch.float32 and len(calls) == 1 and "only 1.05x fp32" in why
-    assert len(list((tmp_path / "probes").iterdir())) == 2
+    assert dtype == torch.float32 and len(calls) == 1 and "only 1.05x fp32, so fp32" in why
+    assert len(list((tmp_path / "probes").glob("*.json"))) == 2
 
 
 def test_the_probe_itself_times_both_dtypes():

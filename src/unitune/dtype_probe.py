@@ -51,19 +51,22 @@ def measure() -> dict:
 
 def cpu_dtype() -> tuple[torch.dtype, str]:
     """The CPU training dtype for `--dtype auto`, and why (for the plan line)."""
+    from filelock import FileLock
+
     _, flags = cpu_info()
     if not flags & set(NATIVE_BF16):
-        return torch.float32, "CPU without native bf16 (no avx512_bf16/AMX): fp32"
+        return torch.float32, "no native bf16 (no avx512_bf16/AMX), fp32"
     path = probe_file()
-    try:
-        found = json.loads(path.read_text())
-        where = f"probe cached in {path}"
-    except (OSError, ValueError):
-        found = measure()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(found) + "\n")
-        where = f"probe measured now, kept in {path}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):  # the processes of one run measure once and agree
+        try:
+            found = json.loads(path.read_text())
+            where = f"probe cached in {path}"
+        except (OSError, ValueError):
+            found = measure()
+            path.write_text(json.dumps(found) + "\n")
+            where = f"probe measured now, kept in {path}"
     ratio = found["fp32_s"] / found["bf16_s"]
     if found["bf16"]:
-        return torch.bfloat16, f"CPU with native bf16: bf16 autocast ran {ratio:.2f}x fp32 ({where})"
-    return torch.float32, f"CPU with native bf16, but bf16 autocast ran only {ratio:.2f}x fp32: fp32 ({where})"
+        return torch.bfloat16, f"native bf16, autocast ran {ratio:.2f}x fp32 ({where})"
+    return torch.float32, f"native bf16, but autocast ran only {ratio:.2f}x fp32, so fp32 ({where})"

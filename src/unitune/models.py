@@ -172,7 +172,8 @@ def choose_hardware(use_qlora: str, dtype: str = "auto") -> Hardware:
     else:
         chosen, why = getattr(torch, dtype), f"--dtype {dtype}"
     # Gradient checkpointing costs ~20% on CPU and memory is rarely short there: measured, see README.
-    reason = f"CPU: {why}{' autocast, fp32 weights and adapter' if dtype == 'bfloat16' else ''}, no gradient checkpointing"
+    autocast = "; bf16 autocast, weights and adapter fp32" if chosen == torch.bfloat16 else ""
+    reason = f"CPU: {why}{autocast}; no gradient checkpointing"
     if qlora:
         reason += "; --use_qlora true forces 4-bit bitsandbytes on CPU"
     return Hardware("cpu", chosen, qlora, False, reason)
