@@ -13,7 +13,7 @@ from unitune import dtype_probe
 from unitune.cli import main
 from unitune.env import cpu_info
 from unitune.models import choose_hardware
-from unitune.speed import Fp32Linear, fp32_adapters
+from unitune.speed import Fp32Linear, fp32_adapters, lora_merged
 
 
 def _machine(monkeypatch, tmp_path, flags, measured=None):
@@ -58,6 +58,13 @@ def test_dtype_flag_overrides(monkeypatch, tmp_path):
     forced = choose_hardware("auto", "bfloat16")
     assert forced.dtype == torch.bfloat16 and "--dtype bfloat16" in forced.reason and not calls
     assert choose_hardware("auto").dtype == torch.bfloat16 and calls
+    assert "4-bit base and bf16 adapter" in choose_hardware("true", "bfloat16").reason  # TRL casts a QLoRA adapter
+
+
+def test_forced_bf16_without_native_bf16_warns(monkeypatch, tmp_path, capsys):
+    _machine(monkeypatch, tmp_path, {"avx2"})
+    assert choose_hardware("auto", "bfloat16").dtype == torch.bfloat16  # as asked
+    assert "torch emulates it, many times slower than fp32" in capsys.readouterr().err
 
 
 def test_fp32_adapters_under_bf16_autocast(tiny_model_dir):
@@ -76,6 +83,8 @@ def test_fp32_adapters_under_bf16_autocast(tiny_model_dir):
     assert isinstance(layer.lora_B["default"], Fp32Linear)
     assert seen == {"adapter": torch.float32, "layer": torch.float32}  # fp32 branch, fp32 sum with the base output
     assert layer.lora_A["default"].weight.grad.dtype == torch.float32
+    with torch.no_grad(), lora_merged(model) as merged:  # GRPO still samples through merged weights
+        assert merged == 14
 
 
 def test_bf16_run_on_the_tiny_model(tiny_args, tmp_path, capsys):

@@ -1,6 +1,8 @@
 """GRPO's CPU speed-ups change nothing but speed: the same log-probs, entropies and gradients as TRL's own pass
 (shared_prompts), the same logits while sampling, and the exact same weights afterwards (speed.lora_merged)."""
 
+import functools
+
 import pytest
 import torch
 import trl
@@ -94,8 +96,8 @@ def test_lora_merged_samples_the_same_model_and_restores_the_weights(tiny_model_
         with lora_merged(model) as merged_layers:
             assert merged_layers == 14  # 2 layers x 7 linear layers
             merged = model(input_ids=ids).logits
-            base_weight = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
-            assert not torch.equal(base_weight, before["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"])
+            name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+            assert not torch.equal(model.get_parameter(name), before[name])  # the merged copy stands in
         again = model(input_ids=ids).logits
     assert torch.allclose(merged, unmerged, atol=1e-5)
     assert torch.equal(again, unmerged)  # the LoRA branch runs again
@@ -117,13 +119,16 @@ def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
     with torch.no_grad():
         plain = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **settings)
         calls = []
-        forward = model.forward
-        model.forward = lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k)
+        base = model.get_base_model()  # what generate runs, outside the autocast accelerate puts on PeftModel
+        forward = base.forward
+        # generate reads forward's signature (position ids, logits_to_keep): keep it
+        base.forward = functools.wraps(forward)(lambda *a, **k: calls.append(k["input_ids"].shape) or forward(*a, **k))
         with shared_prefill(model):
             shared = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **settings)
-        del model.forward
+        del base.forward
     assert torch.equal(shared, plain)
     assert calls[0] == (2, 5)  # the two distinct prompts, once each, without their last token
+    assert calls[1] == (6, 1)  # then generate goes on from the copied cache: only the prompts' last token
     assert "generate" not in vars(model)  # the model's own generate again
 
 

@@ -21,6 +21,10 @@ NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 MIN_GAIN = 1.1  # bf16 must beat fp32 by 10%: less is within the probe's noise
 
 
+def native_bf16() -> bool:
+    return bool(cpu_info()[1] & set(NATIVE_BF16))
+
+
 def probe_file():
     from .models import unitune_home
 
@@ -53,8 +57,7 @@ def cpu_dtype() -> tuple[torch.dtype, str]:
     """The CPU training dtype for `--dtype auto`, and why (for the plan line)."""
     from filelock import FileLock
 
-    _, flags = cpu_info()
-    if not flags & set(NATIVE_BF16):
+    if not native_bf16():
         return torch.float32, "no native bf16 (no avx512_bf16/AMX), fp32"
     path = probe_file()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,8 @@ def plain_greedy(generation_config) -> bool:
     return all(getattr(generation_config, k, None) in (None, getattr(default, k, None)) for k in PROCESSING)
 
 
-def greedy(model, ids: torch.Tensor, mask: torch.Tensor, cache, max_new_tokens: int, stop: list[int]) -> list[list[int]]:
+def greedy(model, ids: torch.Tensor, mask: torch.Tensor, cache, max_new_tokens: int,
+           stop: list[int]) -> list[list[int]]:
     """Greedy tokens of each row, up to and with its stop token; finished rows leave the batch."""
     replies: list[list[int]] = [[] for _ in range(len(ids))]
     running = torch.arange(len(ids))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, warn
 from .hub import hub_reachable
 from .runs import temp_dir_beside
 
@@ -165,14 +165,18 @@ def choose_hardware(use_qlora: str, dtype: str = "auto") -> Hardware:
         return Hardware("cuda", torch.bfloat16 if bf16 else torch.float16, qlora, True,
                         reason + ("; bf16 supported" if bf16 else "; no bf16 on this GPU, fp16"))
     qlora = use_qlora == "true"
-    if dtype == "auto":
-        from .dtype_probe import cpu_dtype
+    from .dtype_probe import cpu_dtype, native_bf16
 
+    if dtype == "auto":
         chosen, why = cpu_dtype()
     else:
         chosen, why = getattr(torch, dtype), f"--dtype {dtype}"
+        if chosen == torch.bfloat16 and not native_bf16():
+            warn("--dtype bfloat16 on a CPU without native bf16 (no avx512_bf16/AMX): torch emulates it, many times "
+                 "slower than fp32; --dtype auto picks fp32 here")
     # Gradient checkpointing costs ~20% on CPU and memory is rarely short there: measured, see README.
-    autocast = "; bf16 autocast, weights and adapter fp32" if chosen == torch.bfloat16 else ""
+    autocast = ("" if chosen != torch.bfloat16 else "; bf16 autocast, 4-bit base and bf16 adapter" if qlora
+                else "; bf16 autocast, weights and adapter fp32")
     reason = f"CPU: {why}{autocast}; no gradient checkpointing"
     if qlora:
         reason += "; --use_qlora true forces 4-bit bitsandbytes on CPU"

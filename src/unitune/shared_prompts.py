@@ -7,8 +7,9 @@ a prompt become one packed row, the way the evaluator scores replies (scoring.py
     prompt[:-1] | prompt[-1] completion 1 | prompt[-1] completion 2 | ...
 
 Each completion segment sees the shared prompt and itself (a 4D mask), with the position ids it has in its own
-row. The prompt's last token is repeated at the head of every segment, so that the hidden state which predicts a
-completion's first token sits inside its segment and TRL's fused LM head takes the labels as given
+row (rotary models: the same scores as TRL's padded rows; absolute-position models such as GPT-2 get the positions
+generation gave them, where TRL's pass shifts left-padded rows). The prompt's last token is repeated at the head
+of every segment, so that the hidden state which predicts a completion's first token sits inside its segment and TRL's fused LM head takes the labels as given
 (``shift_labels``: the label at a position is the token it predicts). The per-token log-probs and entropies are
 then put back in TRL's (rows, completion tokens) layout. The same numbers as TRL's pass up to float rounding, on
 fewer tokens: 2 prompts x 4 completions of the bench went from 8 x 94 padded tokens to 2 rows of ~140.
@@ -55,7 +56,7 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width
 def usable(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int) -> bool:
     """Packing pays where prompts repeat, and is exact only for attention-only models with a non-empty prompt."""
     prompt_mask = attention_mask[:, :-completion_width]
-    return (packable(getattr(model, "module", model))  # DDP wraps the model in multi-process runs and bool(prompt_mask.sum(1).min() > 0)
+    return (packable(getattr(model, "module", model)) and bool(prompt_mask.sum(1).min() > 0)  # DDP: .module
             and len(groups(input_ids[:, :-completion_width], prompt_mask)) < input_ids.size(0))
 
 

@@ -74,7 +74,7 @@ def lora_merged(model: nn.Module):
                     continue
                 base = module.get_base_layer()
                 adapters = [a for a in module.active_adapters if a in module.lora_A]
-                if (not adapters or type(base) is not nn.Linear or not base.weight.dtype.is_floating_point
+                if (not adapters or not isinstance(base, nn.Linear) or not base.weight.dtype.is_floating_point
                         or any(a in module.lora_variant or module.lora_bias[a] for a in adapters)):
                     continue
                 weight = base.weight.data
@@ -91,12 +91,17 @@ def lora_merged(model: nn.Module):
             module.merged_adapters = []
 
 
+# inputs besides the token ids that a prompt's cache would depend on (images, token types): generate gets them as given
+MODEL_INPUTS = ("inputs_embeds", "pixel_values", "pixel_attention_mask", "image_grid_thw", "image_sizes",
+                "token_type_ids", "mm_token_type_ids", "image_position_ids")
+
+
 @contextlib.contextmanager
 def shared_prefill(model: nn.Module):
     """While the block runs, ``model.generate`` prefills each distinct prompt row once: the rows' KV cache is
     computed for the distinct rows (all but the last prompt token, with the position ids generate gives them) and
-    copied to the repeats, and generate continues from it. Calls it cannot serve (embeddings, a cache of their own,
-    no repeats, models with layers other than attention) go to generate unchanged."""
+    copied to the repeats, and generate continues from it. Calls it cannot serve (embeddings, images, a cache of
+    their own, no repeats, models with layers other than attention) go to generate unchanged."""
     from .scoring import packable
 
     original = model.generate
@@ -105,7 +110,7 @@ def shared_prefill(model: nn.Module):
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
         if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2 or not packable(model)
                 or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
-                or "inputs_embeds" in kwargs):
+                or any(k in kwargs for k in MODEL_INPUTS)):
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         distinct, inverse = torch.unique(torch.cat([input_ids, attention_mask], 1), dim=0, return_inverse=True)
         if len(distinct) == len(input_ids):
@@ -114,10 +119,12 @@ def shared_prefill(model: nn.Module):
         first = torch.zeros(len(distinct), dtype=torch.long, device=input_ids.device)
         first.scatter_(0, inverse, torch.arange(len(inverse), device=input_ids.device))
         mask = attention_mask[first, :-1]
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # real tokens as generate counts them
+        # generate runs the PEFT model's base model, outside the autocast accelerate wraps PeftModel.forward in
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         with torch.no_grad():
-            cache = model(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
-                          use_cache=True).cache
+            cache = inner(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
+                          use_cache=True, logits_to_keep=1).cache
         cache.batch_select_indices(inverse)
         return original(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)
 

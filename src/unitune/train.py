@@ -195,7 +195,7 @@ def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, token
         raise UserError(f"TRL rejected these {cfg.method} settings: {first}; change the flags it names") from None
     if hw.device == "cpu":
         fast_lora_dropout(trainer.model, cfg.lora_dropout)
-        if hw.dtype == torch.bfloat16:
+        if hw.dtype == torch.bfloat16 and not hw.qlora:  # TRL keeps a 4-bit base's adapter in bf16
             fp32_adapters(trainer.model)
     return trainer
 
