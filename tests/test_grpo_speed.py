@@ -175,3 +175,14 @@ def test_evaluator_generation_equals_generate(arch, tokenizer, tmp_path, monkeyp
         model.config.sliding_window = 512
         assert not generation.window_reached(model, 40)
         assert replies(False) == replies(True)
+
+
+def test_models_without_a_cache_argument_keep_generate(tiny_model_dir):
+    """Older remote-code models take ``past_key_values``, not ``cache``: the evaluator and GRPO leave them to generate."""
+    from unitune.generation import takes_cache
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
+            raise AssertionError("not called")
+
+    assert takes_cache(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) and not takes_cache(Old())

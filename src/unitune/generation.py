@@ -13,6 +13,8 @@ processing (repetition penalty, suppressed tokens, a minimum length...) goes to 
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from .chat_format import chat_format
@@ -20,6 +22,13 @@ from .output import bar
 from .scoring import packable
 
 MIN_SHARED = 8  # shorter shared heads are not worth a separate forward
+
+
+def takes_cache(model) -> bool:
+    """Whether the model's forward takes a KV cache (``cache``) and ``logits_to_keep``, as transformers 5's models do;
+    others (older remote code) are left to ``generate``."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" in params and "logits_to_keep" in params
 
 
 def shared_head(rows: list[list[int]]) -> int:
@@ -107,15 +116,15 @@ def greedy(model, ids: torch.Tensor, mask: torch.Tensor, cache, max_new_tokens: 
 def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
                      batch_size: int = 16, desc: str | None = "Generating") -> list[str]:
     """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches; the head
-    a batch's prompts share is computed once (not for models with layers other than attention, nor where a sliding
-    window is shorter than the rows).
+    a batch's prompts share is computed once and finished rows leave the batch (not for models with layers other than
+    attention or a forward that takes no ``cache``; no shared head where a sliding window is shorter than the rows).
     ``desc`` None: no progress bar (another rank shows it)."""
     chat = chat_format(tokenizer)
     encoded = [tokenizer(chat.generation_prompt(p), add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     replies: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
-    share = packable(model)
+    share = packable(model) and takes_cache(model)
     for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
         idx = order[start: start + batch_size]
         rows = [encoded[i] for i in idx]

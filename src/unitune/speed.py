@@ -102,13 +102,16 @@ def shared_prefill(model: nn.Module):
     computed for the distinct rows (all but the last prompt token, with the position ids generate gives them) and
     copied to the repeats, and generate continues from it. Calls it cannot serve (embeddings, images, a cache of
     their own, no repeats, models with layers other than attention) go to generate unchanged."""
+    from .generation import takes_cache
     from .scoring import packable
 
     original = model.generate
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     own = "generate" in vars(model)  # an instance attribute of its own, put back afterwards
 
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
         if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2 or not packable(model)
+                or not takes_cache(inner)
                 or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
                 or any(k in kwargs for k in MODEL_INPUTS)):
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -121,7 +124,6 @@ def shared_prefill(model: nn.Module):
         mask = attention_mask[first, :-1]
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # real tokens as generate counts them
         # generate runs the PEFT model's base model, outside the autocast accelerate wraps PeftModel.forward in
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         with torch.no_grad():
             cache = inner(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
                           use_cache=True, logits_to_keep=1).cache
