@@ -77,10 +77,9 @@ def steps_for(name: str) -> tuple[int, int]:
     bf16 take minutes per step: 1 + 2 there, to keep the bench under 15 minutes."""
     import torch
 
-    from unitune.dtype_probe import NATIVE_BF16
-    from unitune.env import cpu_info
+    from unitune.dtype_probe import native_bf16
 
-    if name.endswith("_trl_default") and not torch.cuda.is_available() and not cpu_info()[1] & set(NATIVE_BF16):
+    if name.endswith("_trl_default") and not torch.cuda.is_available() and not native_bf16():
         return 1, 2
     return WARMUP, TIMED
 
@@ -288,8 +287,8 @@ def bench_eval_generation() -> dict:
     source = resolve_model(None)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source), LoraConfig(task_type="CAUSAL_LM",
-                                                                                     target_modules="all-linear", **LORA))
+    lora = LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source), lora)
     with torch.no_grad():  # a trained-looking adapter: small non-zero B, so merging changes the weights
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -329,9 +328,10 @@ def bench_eval_generation() -> dict:
 
 
 def unitune_grpo_trainer(out: str):
-    return unitune_trainer("grpo", out, {"per_device_train_batch_size": GRPO_COMPLETIONS, "gradient_accumulation_steps": 1,
-                                         "max_completion_length": GRPO_TOKENS, "num_generations": GRPO_GENERATIONS,
-                                         "max_train_samples": (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS})
+    return unitune_trainer("grpo", out, {
+        "per_device_train_batch_size": GRPO_COMPLETIONS, "gradient_accumulation_steps": 1,
+        "max_completion_length": GRPO_TOKENS, "num_generations": GRPO_GENERATIONS,
+        "max_train_samples": (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS})
 
 
 def trl_grpo_trainer(out: str):
@@ -357,7 +357,8 @@ def trl_grpo_trainer(out: str):
                           gradient_checkpointing=False, beta=0.0, num_generations=GRPO_GENERATIONS,
                           max_completion_length=GRPO_TOKENS, temperature=1.0)
     return trl.GRPOTrainer(model=trl_model(source), reward_funcs=rewards, args=args,
-                           train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(source),
+                           train_dataset=Dataset.from_list(rows),
+                           processing_class=AutoTokenizer.from_pretrained(source),
                            peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
 
@@ -373,6 +374,11 @@ def trl_best(runs: dict) -> tuple[str, str]:
     if bf16["tokens_per_s"] > fp32["tokens_per_s"]:
         return "sft_trl_bf16", f"TRL bf16 (losses within {drift:.1%} of fp32's)"
     return "sft_trl_tuned", "TRL fp32 (bf16 was slower)"
+
+
+def grpo_ratio(grpo: dict) -> float:
+    """TRL's seconds per GRPO step over unitune's."""
+    return grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"]
 
 
 def grpo_split(split: dict) -> dict:
@@ -451,7 +457,7 @@ def main() -> None:
         return
     if args.grpo:
         grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
-        print(json.dumps({"grpo_vs_trl_tuned": grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"],
+        print(json.dumps({"grpo_vs_trl_tuned": grpo_ratio(grpo),
                           "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()}}))
         return
     if args.gpu:
@@ -467,12 +473,10 @@ def main() -> None:
     cpu = cpu_line()
     peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops("bfloat16", 1024)
     print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
-    from unitune.dtype_probe import NATIVE_BF16
-    from unitune.env import cpu_info
+    from unitune.dtype_probe import native_bf16
 
-    native_bf16 = bool(cpu_info()[1] & set(NATIVE_BF16))  # elsewhere TRL's bf16 is emulated: many times slower
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_merged", "sft_trl_tuned",
-                                              *(("sft_trl_bf16",) if native_bf16 else ()),
+                                              *(("sft_trl_bf16",) if native_bf16() else ()),  # else emulated: slow
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
     ev, gen = bench_eval(), bench_eval_generation()
     grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
@@ -494,7 +498,7 @@ def main() -> None:
         "eval_max_abs_diff": ev["max_abs_diff"],
         "eval_tokens": ev["tokens"], "eval_tokens_per_s": ev["tokens_per_s"],
         **gen,
-        "grpo_vs_trl_tuned": grpo["grpo_trl_tuned"]["s_per_step"] / grpo["grpo_unitune"]["s_per_step"],
+        "grpo_vs_trl_tuned": grpo_ratio(grpo),
         "grpo_gen_tokens_per_s": grpo["grpo_unitune"]["tokens_per_s"],
         "grpo_trl_gen_tokens_per_s": grpo["grpo_trl_tuned"]["tokens_per_s"],
         "grpo_s_per_step": grpo["grpo_unitune"]["s_per_step"],

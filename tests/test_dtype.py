@@ -11,7 +11,6 @@ from transformers import AutoModelForCausalLM
 from conftest import read_json
 from unitune import dtype_probe
 from unitune.cli import main
-from unitune.env import cpu_info
 from unitune.models import choose_hardware
 from unitune.speed import Fp32Linear, fp32_adapters, lora_merged
 
@@ -94,7 +93,7 @@ def test_bf16_run_on_the_tiny_model(tiny_args, tmp_path, capsys):
     assert record["hardware"]["dtype"] == "torch.bfloat16"
 
 
-NATIVE = bool(cpu_info()[1] & set(dtype_probe.NATIVE_BF16))
+NATIVE = dtype_probe.native_bf16()
 
 
 @pytest.mark.slow

@@ -31,6 +31,12 @@ def takes_cache(model) -> bool:
     return "cache" in params and "logits_to_keep" in params
 
 
+def generate_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of left-padded (or head | padding | rest) rows as ``generate`` gives them: real tokens counted
+    from 0; padding gets a dummy position (its keys are masked)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+
+
 def shared_head(rows: list[list[int]]) -> int:
     """Tokens all rows start with, leaving each row at least one token of its own."""
     limit = min(len(r) for r in rows) - 1
@@ -87,7 +93,7 @@ def greedy(model, ids: torch.Tensor, mask: torch.Tensor, cache, max_new_tokens: 
     """Greedy tokens of each row, up to and with its stop token; finished rows leave the batch."""
     replies: list[list[int]] = [[] for _ in range(len(ids))]
     running = torch.arange(len(ids))
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate computes them
+    positions = generate_positions(mask)
     done = cache.get_seq_length() if cache is not None else 0
     out = model(input_ids=ids[:, done:], attention_mask=mask, position_ids=positions[:, done:], cache=cache,
                 use_cache=True, logits_to_keep=1)
@@ -125,6 +131,8 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     replies: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
     share = packable(model) and takes_cache(model)
+    own_loop = share and plain_greedy(model.generation_config)
+    stop = chat.stop_ids(model.generation_config)
     for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
         idx = order[start: start + batch_size]
         rows = [encoded[i] for i in idx]
@@ -133,8 +141,7 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             head = 0
         ids, mask = (t.to(device) for t in batch_inputs(rows, head, tokenizer.pad_token_id))
         cache = head_cache(model, ids, head, len(rows)) if head else None
-        stop = chat.stop_ids(model.generation_config)
-        if share and plain_greedy(model.generation_config):
+        if own_loop:
             out = greedy(model, ids, mask, cache, max_new_tokens, stop)
         else:
             out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,

@@ -9,10 +9,11 @@ a prompt become one packed row, the way the evaluator scores replies (scoring.py
 Each completion segment sees the shared prompt and itself (a 4D mask), with the position ids it has in its own
 row (rotary models: the same scores as TRL's padded rows; absolute-position models such as GPT-2 get the positions
 generation gave them, where TRL's pass shifts left-padded rows). The prompt's last token is repeated at the head
-of every segment, so that the hidden state which predicts a completion's first token sits inside its segment and TRL's fused LM head takes the labels as given
-(``shift_labels``: the label at a position is the token it predicts). The per-token log-probs and entropies are
-then put back in TRL's (rows, completion tokens) layout. The same numbers as TRL's pass up to float rounding, on
-fewer tokens: 2 prompts x 4 completions of the bench went from 8 x 94 padded tokens to 2 rows of ~140.
+of every segment, so that the hidden state which predicts a completion's first token sits inside its segment and
+TRL's fused LM head takes the labels as given (``shift_labels``: the label at a position is the token it
+predicts). The per-token log-probs and entropies are then put back in TRL's (rows, completion tokens) layout.
+The same numbers as TRL's pass up to float rounding, on fewer tokens: 2 prompts x 4 completions of the bench went
+from 8 x 94 padded tokens to 2 rows of ~140.
 """
 
 from __future__ import annotations
@@ -53,19 +54,23 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width
     return rows, where
 
 
-def usable(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int) -> bool:
-    """Packing pays where prompts repeat, and is exact only for attention-only models with a non-empty prompt."""
+def usable(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int):
+    """The packing (see ``pack``) where it pays and is exact: prompts that repeat, non-empty, an attention-only
+    model. None: TRL's own pass."""
     prompt_mask = attention_mask[:, :-completion_width]
-    return (packable(getattr(model, "module", model)) and bool(prompt_mask.sum(1).min() > 0)  # DDP: .module
-            and len(groups(input_ids[:, :-completion_width], prompt_mask)) < input_ids.size(0))
+    if not packable(getattr(model, "module", model)) or not bool(prompt_mask.sum(1).min() > 0):  # DDP: .module
+        return None
+    rows, where = pack(input_ids, attention_mask, completion_width)
+    return (rows, where) if len(rows) < input_ids.size(0) else None
 
 
-def per_token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_width: int,
+def per_token_logps(model, packing, input_ids: torch.Tensor, completion_width: int,
                     pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """TRL's (log-probs, entropies) of the completion tokens, each (rows, completion_width), zero past a row's end.
 
-    ``model`` is what TRL calls: its forward takes ``fused_lm_head`` and ``shift_labels`` (TRL's fused LM head)."""
-    rows, where = pack(input_ids, attention_mask, completion_width)
+    ``packing`` is what ``usable`` returned; ``model`` is what TRL calls: its forward takes ``fused_lm_head`` and
+    ``shift_labels`` (TRL's fused LM head)."""
+    rows, where = packing
     width = max(len(r["ids"]) for r in rows)
     device = input_ids.device
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -102,16 +102,18 @@ def shared_prefill(model: nn.Module):
     computed for the distinct rows (all but the last prompt token, with the position ids generate gives them) and
     copied to the repeats, and generate continues from it. Calls it cannot serve (embeddings, images, a cache of
     their own, no repeats, models with layers other than attention) go to generate unchanged."""
-    from .generation import takes_cache
+    from .generation import generate_positions, takes_cache
     from .scoring import packable
 
-    original = model.generate
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not packable(model) or not takes_cache(inner):
+        yield
+        return
+    original = model.generate
     own = "generate" in vars(model)  # an instance attribute of its own, put back afterwards
 
     def generate(*args, input_ids=None, attention_mask=None, **kwargs):
-        if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2 or not packable(model)
-                or not takes_cache(inner)
+        if (args or input_ids is None or attention_mask is None or input_ids.size(1) < 2
                 or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
                 or any(k in kwargs for k in MODEL_INPUTS)):
             return original(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
@@ -122,10 +124,9 @@ def shared_prefill(model: nn.Module):
         first = torch.zeros(len(distinct), dtype=torch.long, device=input_ids.device)
         first.scatter_(0, inverse, torch.arange(len(inverse), device=input_ids.device))
         mask = attention_mask[first, :-1]
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)  # real tokens as generate counts them
         # generate runs the PEFT model's base model, outside the autocast accelerate wraps PeftModel.forward in
         with torch.no_grad():
-            cache = inner(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=positions,
+            cache = inner(input_ids=input_ids[first, :-1], attention_mask=mask, position_ids=generate_positions(mask),
                           use_cache=True, logits_to_keep=1).cache
         cache.batch_select_indices(inverse)
         return original(input_ids=input_ids, attention_mask=attention_mask, cache=cache, **kwargs)

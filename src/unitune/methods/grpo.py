@@ -50,13 +50,14 @@ class GRPOTrainer(trl.GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
-        if (not self.args.use_cpu or compute_aux_loss or any(v is not None for v in multimodal.values())
-                or not shared_prompts.usable(model, input_ids, attention_mask, logits_to_keep)):
+        packing = (self.args.use_cpu and not compute_aux_loss and all(v is None for v in multimodal.values())
+                   and shared_prompts.usable(model, input_ids, attention_mask, logits_to_keep))
+        if not packing:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
         with self.accelerator.autocast():
-            logps, entropy = shared_prompts.per_token_logps(model, input_ids, attention_mask, logits_to_keep,
+            logps, entropy = shared_prompts.per_token_logps(model, packing, input_ids, logits_to_keep,
                                                             self._tokenizer.pad_token_id)
         return logps, entropy if compute_entropy else None, None
 
