@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import read_json
-from unitune import dtype_probe
+from unitune import dtype_probe, probes
 from unitune.cli import main
 from unitune.models import choose_hardware
 from unitune.speed import Fp32Linear, fp32_adapters, lora_merged
@@ -17,7 +17,8 @@ from unitune.speed import Fp32Linear, fp32_adapters, lora_merged
 
 def _machine(monkeypatch, tmp_path, flags, measured=None):
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path))
-    monkeypatch.setattr(dtype_probe, "cpu_info", lambda: ("Test CPU", set(flags)))
+    for module in (dtype_probe, probes):
+        monkeypatch.setattr(module, "cpu_info", lambda: ("Test CPU", set(flags)))
     calls = []
     monkeypatch.setattr(dtype_probe, "measure", lambda: calls.append(1) or measured)
     return calls

@@ -8,13 +8,12 @@ thread count and the torch version. The adapter itself stays fp32 under autocast
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import time
 
 import torch
 
+from . import probes
 from .env import cpu_info
 
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
@@ -26,11 +25,7 @@ def native_bf16() -> bool:
 
 
 def probe_file():
-    from .models import unitune_home
-
-    model, flags = cpu_info()
-    key = json.dumps([model, sorted(flags), torch.get_num_threads(), torch.__version__])
-    return unitune_home() / "probes" / f"dtype-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    return probes.probe_file("dtype")
 
 
 def block_seconds(bf16: bool, tokens: int = 2048, hidden: int = 576, inner: int = 1536, repeats: int = 5) -> float:
@@ -55,20 +50,9 @@ def measure() -> dict:
 
 def cpu_dtype() -> tuple[torch.dtype, str]:
     """The CPU training dtype for `--dtype auto`, and why (for the plan line)."""
-    from filelock import FileLock
-
     if not native_bf16():
         return torch.float32, "no native bf16 (no avx512_bf16/AMX), fp32"
-    path = probe_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):  # the processes of one run measure once and agree
-        try:
-            found = json.loads(path.read_text())
-            where = f"probe cached in {path}"
-        except (OSError, ValueError):
-            found = measure()
-            path.write_text(json.dumps(found) + "\n")
-            where = f"probe measured now, kept in {path}"
+    found, where = probes.cached("dtype", measure)
     ratio = found["fp32_s"] / found["bf16_s"]
     if found["bf16"]:
         return torch.bfloat16, f"native bf16, autocast ran {ratio:.2f}x fp32 ({where})"

@@ -19,6 +19,7 @@ import torch
 
 from .chat_format import chat_format
 from .output import bar
+from .packed_linear import packed_linears
 from .scoring import packable
 
 MIN_SHARED = 8  # shorter shared heads are not worth a separate forward
@@ -133,21 +134,22 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     share = packable(model) and takes_cache(model)
     own_loop = share and plain_greedy(model.generation_config)
     stop = chat.stop_ids(model.generation_config)
-    for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
-        idx = order[start: start + batch_size]
-        rows = [encoded[i] for i in idx]
-        head = shared_head(rows) if share and len(rows) > 1 else 0
-        if head < MIN_SHARED or window_reached(model, max(map(len, rows)) + max_new_tokens):
-            head = 0
-        ids, mask = (t.to(device) for t in batch_inputs(rows, head, tokenizer.pad_token_id))
-        cache = head_cache(model, ids, head, len(rows)) if head else None
-        if own_loop:
-            out = greedy(model, ids, mask, cache, max_new_tokens, stop)
-        else:
-            out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,
-                                 do_sample=False, use_cache=True, eos_token_id=stop,
-                                 pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None,
-                                 top_k=None)[:, ids.shape[1]:]
-        for i, seq in zip(idx, out):
-            replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+    with packed_linears(model):
+        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
+            idx = order[start: start + batch_size]
+            rows = [encoded[i] for i in idx]
+            head = shared_head(rows) if share and len(rows) > 1 else 0
+            if head < MIN_SHARED or window_reached(model, max(map(len, rows)) + max_new_tokens):
+                head = 0
+            ids, mask = (t.to(device) for t in batch_inputs(rows, head, tokenizer.pad_token_id))
+            cache = head_cache(model, ids, head, len(rows)) if head else None
+            if own_loop:
+                out = greedy(model, ids, mask, cache, max_new_tokens, stop)
+            else:
+                out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,
+                                     do_sample=False, use_cache=True, eos_token_id=stop,
+                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None,
+                                     top_k=None)[:, ids.shape[1]:]
+            for i, seq in zip(idx, out):
+                replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
     return replies

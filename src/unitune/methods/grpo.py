@@ -20,6 +20,7 @@ from ..errors import UserError
 from .. import shared_prompts
 from ..models import lora_config, world_size
 from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
+from ..packed_linear import packed_linears
 from ..speed import lora_merged, shared_prefill
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -64,7 +65,7 @@ class GRPOTrainer(trl.GRPOTrainer):
     def _generate_single_turn(self, *args, **kwargs):
         if not self.args.use_cpu:
             return super()._generate_single_turn(*args, **kwargs)
-        with lora_merged(self.model), shared_prefill(self.model):
+        with lora_merged(self.model), packed_linears(self.model), shared_prefill(self.model):
             return super()._generate_single_turn(*args, **kwargs)
 
 
