@@ -114,6 +114,22 @@ def test_template_without_end_of_turn_is_refused(tokenizer):
         chat_format(with_template(tokenizer, plain)).encode(CONVERSATION)
 
 
+@pytest.mark.parametrize("name", ["llama3_training", "gemma3"])
+def test_a_foreign_end_of_turn_token_names_the_real_fix(name, tokenizer):
+    """Another family's template on a tokenizer without its special tokens: the end-of-turn text is no single token
+    there. The line says so, not "add {% generation %} markers" (a training twin already has them)."""
+    import copy
+
+    from conftest import _template_dir
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = (_template_dir() / f"{name}.jinja").read_text()
+    with pytest.raises(UserError, match=r"ends a reply with '<(\|eot_id\||end_of_turn)>', which is no single token "
+                                        r"of this tokenizer.*chat template written for this model's tokenizer") as err:
+        chat_format(tok).encode(CONVERSATION)
+    assert "generation %}" not in str(err.value)
+
+
 def train_one_step(method, model, out) -> None:
     assert main(["train", "--method", method, "--model_name", str(model), "--output_dir", str(out),
                  "--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",

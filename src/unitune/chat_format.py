@@ -20,6 +20,7 @@ stops training with one line; a guessed mask is never used.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -29,6 +30,8 @@ from .data import as_messages, require_chat_template
 from .errors import UserError, warn
 
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
+TOKEN_FIX = ("use the chat template written for this model's tokenizer, or a tokenizer that has the token (a template "
+             "from another model family needs that family's special tokens)")
 
 
 def eos_ids(tokenizer, generation_config=None) -> set[int]:
@@ -165,6 +168,10 @@ class ChatFormat:
             tail = text[at + len(needle): end]
             end = at + len(needle) + len(tail.rstrip())
             if not self._only_control_tokens(tail):
+                marker = re.match(r"\s*(<[^<>\s]{1,40}>)", tail)  # <|eot_id|>, <end_of_turn>: a foreign control token
+                if marker and marker.group(1) not in self.tokenizer.get_added_vocab():
+                    self._fail(f"the template ends a reply with {marker.group(1)!r}, which is no single token of "
+                               "this tokenizer", text, TOKEN_FIX)
                 self._fail(f"the trained span runs past the reply into {tail.strip()[:40]!r}", text)
             if not tail.strip():
                 self._fail("no end-of-turn token is trained after the reply, so the model would not learn to stop",
@@ -180,10 +187,10 @@ class ChatFormat:
             rest = rest.replace(token, "")
         return not rest.strip()
 
-    def _fail(self, why: str, text: str):
+    def _fail(self, why: str, text: str, fix: str = FIX):
         name = getattr(self.tokenizer, "name_or_path", "") or "the model"
         raise UserError(f"cannot find a correct loss mask with the chat template of {name} ({why}; row starts "
-                        f"{text[:60]!r}); {FIX}")
+                        f"{text[:60]!r}); {fix}")
 
     @cached_property
     def end_of_turn(self) -> str | None:
