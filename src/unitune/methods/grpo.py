@@ -45,9 +45,9 @@ def num_generations(cfg, world_size: int) -> int:
 
 class GRPOTrainer(trl.GRPOTrainer):
     """TRL's GRPOTrainer with CPU speed-ups, each measured in bench/ (RESULTS.md): it samples through merged LoRA
-    weights (speed.lora_merged) and prefills each prompt once (speed.shared_prefill), and its log-prob passes
-    compute each prompt once for its group of completions (shared_prompts). Elsewhere, and for inputs these do not
-    cover, TRL's own code runs."""
+    weights (speed.lora_merged), packed for decode steps where that measured faster (packed_linear), and prefills
+    each prompt once (speed.shared_prefill); its log-prob passes compute each prompt once for its group of
+    completions (shared_prompts). Elsewhere, and for inputs these do not cover, TRL's own code runs."""
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
