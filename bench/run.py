@@ -168,8 +168,8 @@ def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
     tuning = {"bf16": bf16, "gradient_checkpointing": False} if tuned else {}
     warmup, timed, accumulation = steps_for(f"{method}_trl_{'tuned' if tuned else 'default'}")
     args = config(output_dir=out, max_steps=warmup + timed, per_device_train_batch_size=BATCH,
-                  gradient_accumulation_steps=accumulation, learning_rate=METHODS[method].learning_rate, logging_steps=1,
-                  save_strategy="no", report_to="none", max_length=MAX_LENGTH,
+                  gradient_accumulation_steps=accumulation, learning_rate=METHODS[method].learning_rate,
+                  logging_steps=1, save_strategy="no", report_to="none", max_length=MAX_LENGTH,
                   use_cpu=not torch.cuda.is_available(), seed=42, include_num_input_tokens_seen="non_padding",
                   **tuning)
     return trainer(model=trl_model(source), args=args, train_dataset=Dataset.from_list(rows),
@@ -488,6 +488,10 @@ def main() -> None:
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
     same = [abs(a - b) / b for a, b in zip(sft["losses"], runs["sft_trl_tuned"]["losses"])]
     best, why = trl_best(runs)
+    from unitune.packed_linear import packing_pays
+
+    packing, packing_why = packing_pays()
+    decode_packing = f"{'on' if packing else 'off'}: {packing_why}"
     results = {
         "sft_vs_trl_default": sft["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],
         "sft_vs_trl_tuned": sft["tokens_per_s"] / runs["sft_trl_tuned"]["tokens_per_s"],
@@ -511,6 +515,7 @@ def main() -> None:
         "gemm_peak_gflops": peak,
         "gemm_peak_gflops_bf16": peak_bf16,
         "cpu": cpu,
+        "decode_packing": decode_packing,  # packed_linear's per-machine probe: GRPO sampling, evaluator generation
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
         "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in runs.items()},
     }

@@ -109,7 +109,8 @@ def test_without_onednn_the_probe_says_why(monkeypatch):
         raise RuntimeError("mkldnn is not supported on this CPU\nmore lines")
 
     monkeypatch.setattr(packed_linear, "pack", broken)
-    assert packed_linear.measure() == {"packed": False, "why": "oneDNN unavailable: mkldnn is not supported on this CPU"}
+    assert packed_linear.measure() == {"packed": False,
+                                       "why": "oneDNN unavailable: mkldnn is not supported on this CPU"}
 
 
 @needs_onednn

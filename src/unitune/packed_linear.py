@@ -2,8 +2,8 @@
 
 A decode step multiplies a few rows (one new token per sequence) by every weight matrix of the model. ``F.linear``
 hands that to MKL's sgemm, which lays the weight out afresh on every call and streams it at a fraction of the
-memory bandwidth: on a 2-core EPYC, the embedded model's LM head ([8, 576] x [576, 49152]) took 20.6 ms against
-8.0 ms through oneDNN with the weight packed once (bench/RESULTS.md). While ``packed_linears(model)`` runs, each fp32
+memory bandwidth: on a 2-core EPYC, the embedded model's LM head ([8, 576] x [576, 49152]) took 27.5 ms against
+7.7 ms through oneDNN with the weight packed once (bench/RESULTS.md). While ``packed_linears(model)`` runs, each fp32
 ``nn.Linear`` on CPU keeps a oneDNN-packed copy of its weight, and calls with at most ``DECODE_ROWS`` rows use it;
 larger calls (prefills) keep ``F.linear``, which was as fast or faster there. The outputs agree with ``F.linear``
 to float rounding (another summation order).
