@@ -16,7 +16,7 @@ from unitune.speed import lora_merged
 def _onednn() -> bool:
     try:
         packed_linear.pack(torch.randn(4, 4))
-    except RuntimeError:
+    except (RuntimeError, AttributeError):
         return False
     return torch.backends.mkldnn.is_available()
 
@@ -73,16 +73,58 @@ def test_merged_lora_sampling_gives_the_same_tokens(tiny_model_dir, pays):
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def _counting(monkeypatch) -> list:
+    calls = []
+    op = packed_linear._packed_op
+    monkeypatch.setattr(packed_linear, "_packed_op", lambda *a: calls.append(1) or op(*a))
+    return calls
+
+
 @needs_onednn
-def test_calls_that_need_gradients_or_autocast_keep_f_linear(pays):
-    layer = nn.Linear(16, 8)
-    x = torch.randn(2, 16, requires_grad=True)
-    with packed_linears(layer):
-        out = layer(x)
-        out.sum().backward()  # the packed op has no backward: this call must have gone through F.linear
-        assert torch.equal(out, nn.functional.linear(x, layer.weight, layer.bias)) and x.grad is not None
+def test_bias_rows_boundary_and_fallbacks(pays, monkeypatch):
+    calls = _counting(monkeypatch)
+    layer = nn.Linear(16, 8).requires_grad_(False)  # with a bias, frozen: what a generation sees
+    with torch.no_grad(), packed_linears(layer) as count:
+        assert count == 1
+        for rows in (1, 5, DECODE_ROWS):
+            x = torch.randn(rows, 16)
+            assert torch.allclose(layer(x), nn.functional.linear(x, layer.weight, layer.bias), atol=1e-6)
+        assert len(calls) == 3
+        layer(torch.randn(DECODE_ROWS + 1, 16))  # one row too many: F.linear
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert layer(x.detach()).dtype == torch.bfloat16
+            assert layer(torch.randn(2, 16)).dtype == torch.bfloat16  # autocast decides: F.linear
+        assert len(calls) == 3
+        layer.weight.data = torch.randn(8, 16)  # not the weight that was packed: F.linear, on the new weight
+        x = torch.randn(2, 16)
+        assert torch.equal(layer(x), nn.functional.linear(x, layer.weight, layer.bias)) and len(calls) == 3
+    x = torch.randn(2, 16, requires_grad=True)
+    with packed_linears(layer.requires_grad_(True)):
+        layer(x).sum().backward()  # the packed op has no backward: this call must have gone through F.linear
+    assert x.grad is not None and len(calls) == 3
+
+
+@needs_onednn
+def test_layers_are_restored_when_the_block_fails(tiny_model_dir, pays):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError), packed_linears(model):
+        raise ValueError("generation failed")
+    assert not any("forward" in vars(m) for m in _linears(model))
+
+
+class _FakeQuantLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x).round()
+
+
+def test_what_is_not_packed(pays, monkeypatch):
+    """Subclasses with their own forward, layers whose forward a hook replaced, and models too large for a second
+    copy of their weights keep F.linear."""
+    model = nn.Sequential(_FakeQuantLinear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    model[2].forward = lambda x: x  # as accelerate's hooks do
+    assert [packed_linear.packable(m) for m in model] == [False, True, False]
+    monkeypatch.setattr(packed_linear, "physical_memory", lambda: 4 * 4 * 4 * 4 - 1)  # a quarter < 64 bytes
+    with packed_linears(model) as count:
+        assert count == 0
 
 
 def test_nothing_is_packed_where_the_probe_says_it_does_not_pay(tiny_model_dir, monkeypatch):
@@ -102,6 +144,15 @@ def test_the_probe_runs_once_per_machine(monkeypatch, tmp_path):
     assert first[0] and second[0] and len(calls) == 1
     assert "2.00x sgemm" in first[1] and "measured now" in first[1] and "cached" in second[1]
     assert probes.probe_file("packed-linear").exists()
+
+
+def test_a_probe_leaves_the_random_stream_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("UNITUNE_HOME", str(tmp_path))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    probes.cached("test", lambda: {"drawn": torch.manual_seed(0).initial_seed() + float(torch.rand(1))})
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_without_onednn_the_probe_says_why(monkeypatch):

@@ -169,7 +169,7 @@ class ChatFormat:
             end = at + len(needle) + len(tail.rstrip())
             if not self._only_control_tokens(tail):
                 marker = re.match(r"\s*(<[^<>\s]{1,40}>)", tail)  # <|eot_id|>, <end_of_turn>: a foreign control token
-                if marker and marker.group(1) not in self.tokenizer.get_added_vocab():
+                if marker and len(self.tokenizer(marker.group(1), add_special_tokens=False)["input_ids"]) > 1:
                     self._fail(f"the template ends a reply with {marker.group(1)!r}, which is no single token of "
                                "this tokenizer", text, TOKEN_FIX)
                 self._fail(f"the trained span runs past the reply into {tail.strip()[:40]!r}", text)

@@ -59,6 +59,10 @@ def cpu_info() -> tuple[str, set[str]]:
     return (model.group(1).strip() if model else platform.machine()), set(flags.group(1).split() if flags else ())
 
 
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def cpu_line() -> str:
     """The CPU model and the flags that decide bf16/AMX speed on CPU."""
     model, flags = cpu_info()

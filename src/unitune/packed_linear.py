@@ -9,7 +9,8 @@ larger calls (prefills) keep ``F.linear``, which was as fast or faster there. Th
 to float rounding (another summation order).
 
 CPUs and BLAS builds differ, so a probe times both ways once per machine (probes.py) and packing is used only where
-it measured at least ``MIN_GAIN`` faster. For generation only: no autograd through the packed copies.
+it measured at least ``MIN_GAIN`` faster. The copies take the weights' size again: models whose linear weights
+exceed a quarter of the machine's memory are not packed. For generation only: no autograd through the copies.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import probes
+from .env import physical_memory
 
 DECODE_ROWS = 128  # larger calls are prefills: sgemm is as fast there (0.9-1.06x at 512-2048 rows)
 MIN_GAIN = 1.1
@@ -66,8 +68,8 @@ def measure() -> dict:
 
 def packing_pays() -> tuple[bool, str]:
     """Whether decode steps on this CPU run faster through packed weights, and why (probe cached per machine)."""
-    if not torch.backends.mkldnn.is_available():
-        return False, "torch has no oneDNN"
+    if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
+        return False, "torch has no oneDNN (or it is turned off)"
     found, where = probes.cached("packed-linear", measure)
     if "why" in found:
         return False, found["why"]
@@ -75,8 +77,11 @@ def packing_pays() -> tuple[bool, str]:
 
 
 def packable(module: nn.Module) -> bool:
+    """A plain fp32 CPU linear layer: not a subclass with its own forward (fake quantization, 4-bit...), and not one
+    whose forward is already replaced (accelerate's hooks)."""
     weight = getattr(module, "weight", None)
-    return (isinstance(module, nn.Linear) and "forward" not in vars(module) and isinstance(weight, torch.Tensor)
+    return (isinstance(module, nn.Linear) and type(module).forward is nn.Linear.forward
+            and "forward" not in vars(module) and isinstance(weight, torch.Tensor)
             and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2)
 
 
@@ -85,16 +90,21 @@ def packed_linears(model: nn.Module):
     """While the block runs, decode-sized calls of the model's fp32 CPU ``nn.Linear`` layers go through oneDNN-packed
     copies of their weights (where the probe measured that faster). The copies are made on entry, from the weights
     as they are then (merged LoRA weights included), and dropped on exit. Yields how many layers were packed."""
-    if next(model.parameters()).device.type != "cpu" or not packing_pays()[0]:
+    linears = [m for m in model.modules() if packable(m)]
+    if (not linears or sum(m.weight.numel() * 4 for m in linears) > physical_memory() / 4
+            or not packing_pays()[0]):
         yield 0
         return
     layers = []
     try:
         with torch.no_grad():
-            for module in model.modules():
-                if packable(module):
-                    module.forward = _decode_forward(module, pack(module.weight.detach()))
-                    layers.append(module)
+            for module in linears:
+                try:
+                    packed = pack(module.weight.detach())
+                except RuntimeError:  # a shape oneDNN has no kernel for: this layer keeps F.linear
+                    continue
+                module.forward = _decode_forward(module, packed)
+                layers.append(module)
         yield len(layers)
     finally:
         for module in layers:
@@ -103,10 +113,11 @@ def packed_linears(model: nn.Module):
 
 def _decode_forward(module: nn.Linear, packed: torch.Tensor):
     plain = module.forward
+    packed_from = (module.weight.data_ptr(), module.weight._version)  # a weight changed since is not what was packed
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if (x.numel() // x.shape[-1] > DECODE_ROWS or x.dtype != torch.float32 or module.weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu")
+        if (x.numel() // x.shape[-1] > DECODE_ROWS or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or (module.weight.data_ptr(), module.weight._version) != packed_from
                 or (torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad))):
             return plain(x)
         return _packed_op(x, packed, module.bias)

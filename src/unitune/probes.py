@@ -34,6 +34,7 @@ def cached(kind: str, measure: Callable[[], dict]) -> tuple[dict, str]:
         try:
             return json.loads(path.read_text()), f"probe cached in {path}"
         except (OSError, ValueError):
-            found = measure()
+            with torch.random.fork_rng(devices=[]):  # a probe seeds its own tensors: the run's random stream stays
+                found = measure()
             path.write_text(json.dumps(found) + "\n")
             return found, f"probe measured now, kept in {path}"

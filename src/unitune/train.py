@@ -17,6 +17,7 @@ from .data import (FORMATS, check_labels, needs_chat_template, require_chat_temp
                    resolve_dataset, split_names)
 from .normalize import canonical, drop_bad_rows, load_rows
 from .chat_format import chat_format, use_template_file
+from .env import physical_memory
 from .errors import UserError, first_line, warn
 from .methods import METHODS, MethodSpec
 from .models import (Hardware, choose_hardware, generation_config, load_model, load_tokenizer, resolve_model,
@@ -110,10 +111,6 @@ def activation_bytes_per_token(source: str) -> int | None:
         return 4 * cfg.num_hidden_layers * (16 * cfg.hidden_size + 5 * cfg.intermediate_size)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
-
-
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per_token: int | None) -> TrainConfig:
