@@ -8,9 +8,6 @@ thread count and the torch version. The adapter itself stays fp32 under autocast
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
 from . import probes
@@ -33,14 +30,13 @@ def block_seconds(bf16: bool, tokens: int = 2048, hidden: int = 576, inner: int 
     torch.manual_seed(0)
     x = torch.randn(tokens, hidden, requires_grad=True)
     up, down = torch.randn(inner, hidden) / hidden**0.5, torch.randn(hidden, inner) / inner**0.5
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+
+    def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = torch.nn.functional.silu(x @ up.T) @ down.T
         out.float().sum().backward()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return probes.median_seconds(step, repeats)
 
 
 def measure() -> dict:

@@ -16,8 +16,6 @@ exceed a quarter of the machine's memory are not packed. For generation only: no
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +39,12 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 def seconds(weights: list[torch.Tensor], packed: list[torch.Tensor] | None, rows: int = 8, repeats: int = 5) -> float:
     """Median seconds of one decode-sized call through each weight, with ``F.linear`` or the packed copies."""
     x = torch.randn(rows, weights[0].shape[1])
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
+
+    def calls():
         for i, weight in enumerate(weights):
             F.linear(x, weight) if packed is None else _packed_op(x, packed[i], None)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return probes.median_seconds(calls, repeats)
 
 
 def measure() -> dict:
