@@ -141,7 +141,7 @@ def tiny_config(arch: str, tokenizer, **extra):
         "lfm2": ("Lfm2Config", {"layer_types": ["conv", "full_attention"]}),  # a hybrid: convolution layers
     }
     cls, kwargs = specific[arch]
-    return getattr(transformers, cls)(**common, **kwargs, **extra)
+    return getattr(transformers, cls)(**{**common, **kwargs, **extra})
 
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "lfm2")

@@ -185,26 +185,60 @@ def plain_hf_loss(model, chat, prompt, reply) -> float:
 KERNELS = [(arch, attn) for arch in ARCHITECTURES for attn in ("sdpa", "eager") if (arch, attn) != ("gemma2", "sdpa")]
 
 
+def noisy_model(arch, tokenizer, attn="sdpa", **config):
+    """A tiny model with larger weights than the init, so that masking mistakes show in the losses."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, **config), attn_implementation=attn).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 0.5)
+    return model
+
+
+def plain_losses(model, tokenizer, items) -> list[float]:
+    chat = chat_format(tokenizer)
+    with torch.inference_mode():
+        return [plain_hf_loss(model, chat, prompt, r) for prompt, replies in items for r in replies]
+
+
 @pytest.mark.parametrize(("arch", "attn"), KERNELS)
 def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
     """The evaluator's packed reply losses equal a one-reply-at-a-time HF loss, under both attention kernels, with
     Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
-    from transformers import AutoModelForCausalLM
-
     from unitune.scoring import mean_loss, packable, score_replies
 
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer), attn_implementation=attn).eval()
-    with torch.no_grad():  # larger weights than the init, so that masking mistakes show in the losses
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0, 0.5)
-    chat = chat_format(tokenizer)
+    model = noisy_model(arch, tokenizer, attn)
     packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2)]
-    with torch.inference_mode():
-        plain = [[plain_hf_loss(model, chat, prompt, r) for r in replies] for prompt, replies in ITEMS]
-    assert sum(packed, []) == pytest.approx(sum(plain, []), abs=1e-4)
+    assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, ITEMS), abs=1e-4)
     assert packable(model) == (arch != "lfm2")
+
+
+SYSTEM = [{"role": "system", "content": "You are a careful assistant. Answer every question in one short sentence."}]
+SHARED_ITEMS = [(SYSTEM + prompt[-1:], replies) for prompt, replies in ITEMS] + \
+    [(SYSTEM + [{"role": "user", "content": "Is ice cold?"}],
+      [[{"role": "assistant", "content": "Yes, it is."}], [{"role": "assistant", "content": "No"}]])]
+
+
+@pytest.mark.parametrize(("arch", "window"), [("llama", None), ("qwen3", None), ("phi3", None), ("gemma3", 512),
+                                              ("gemma3", 8), ("mistral", 8), ("lfm2", None)])
+def test_scoring_computes_the_shared_head_once(arch, window, tokenizer, monkeypatch):
+    """Prompts with one system turn: the head a batch's rows share is computed once and its KV cache copied to each
+    row, and the losses still equal the one-reply-at-a-time HF loss. Not where a sliding window is shorter than the
+    rows (the cache keeps only the window) nor with convolution layers (LFM2)."""
+    from unitune import scoring
+
+    heads = []
+    head_cache = scoring.head_cache
+    monkeypatch.setattr(scoring, "head_cache", lambda model, ids, head, *a, **k:
+                        heads.append(head) or head_cache(model, ids, head, *a, **k))
+    model = noisy_model(arch, tokenizer, **({"sliding_window": window} if window else {}))
+    packed = [scoring.mean_loss(s) for s in scoring.score_replies(model, tokenizer, SHARED_ITEMS, batch_size=3)]
+    assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, SHARED_ITEMS), abs=1e-4)
+    shares = arch in ("llama", "qwen3", "phi3") or window == 512
+    assert (heads[0] >= scoring.MIN_SHARED and len(heads) == 1) if shares else heads == []
 
 
 @pytest.fixture(scope="module")

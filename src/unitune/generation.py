@@ -17,43 +17,24 @@ import inspect
 
 import torch
 
+from . import kv_head
 from .chat_format import chat_format
+from .kv_head import MIN_SHARED, head_cache, shared_head, window_reached
 from .output import bar
 from .packed_linear import packed_linears
 from .scoring import packable
-
-MIN_SHARED = 8  # shorter shared heads are not worth a separate forward
 
 
 def takes_cache(model) -> bool:
     """Whether the model's forward takes a KV cache (``cache``) and ``logits_to_keep``, as transformers 5's models do;
     others (older remote code) are left to ``generate``."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" in params and "logits_to_keep" in params
+    return kv_head.takes_cache(model) and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def generate_positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids of left-padded (or head | padding | rest) rows as ``generate`` gives them: real tokens counted
     from 0; padding gets a dummy position (its keys are masked)."""
     return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-
-
-def shared_head(rows: list[list[int]]) -> int:
-    """Tokens all rows start with, leaving each row at least one token of its own."""
-    limit = min(len(r) for r in rows) - 1
-    n = 0
-    while n < limit and all(r[n] == rows[0][n] for r in rows):
-        n += 1
-    return n
-
-
-def window_reached(model, tokens: int) -> bool:
-    """Whether a sliding-window layer's window is shorter than ``tokens``. Generation slides the window over the
-    padded row, so moving the padding behind the shared head would change what such a layer sees."""
-    config = model.config.get_text_config()
-    window = getattr(config, "sliding_window", None)
-    kinds = getattr(config, "layer_types", None)
-    return bool(window) and (not kinds or "sliding_attention" in kinds) and window < tokens
 
 
 def batch_inputs(rows: list[list[int]], head: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,13 +47,6 @@ def batch_inputs(rows: list[list[int]], head: int, pad_id: int) -> tuple[torch.T
         ids[b, :head], mask[b, :head] = torch.tensor(row[:head], dtype=torch.long), 1
         ids[b, width - len(rest):], mask[b, width - len(rest):] = torch.tensor(rest, dtype=torch.long), 1
     return ids, mask
-
-
-def head_cache(model, ids: torch.Tensor, head: int, rows: int):
-    """The KV cache of the shared head, computed once and copied to every row."""
-    cache = model(input_ids=ids[:1, :head], use_cache=True).cache
-    cache.batch_repeat_interleave(rows)
-    return cache
 
 
 # GenerationConfig fields that make `generate` process the logits before its argmax

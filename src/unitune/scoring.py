@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .chat_format import chat_format
 from .errors import warn
+from .kv_head import MIN_SHARED, head_cache, shared_head, takes_cache, window_reached
 from .output import bar
 
 
@@ -106,13 +107,30 @@ def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def scored_head(model, decoder, rows: list[dict], width: int) -> int:
+    """Prompt tokens every packed row of the batch starts with (0: not worth sharing, or not exact to share)."""
+    if len(rows) < 2 or not takes_cache(decoder) or window_reached(model, width):
+        return 0
+    head = shared_head([row["ids"][: row["segments"].count(-1)] for row in rows])
+    return head if head >= MIN_SHARED else 0
+
+
+def queries_from(mask: torch.Tensor | dict, head: int) -> torch.Tensor | dict:
+    """The 4D mask's rows for the queries after the shared head (its keys stay: the head's are in the cache)."""
+    if isinstance(mask, dict):
+        return {kind: queries_from(m, head) for kind, m in mask.items()}
+    return mask[:, :, head:] if head else mask
+
+
 @torch.inference_mode()
 def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict]]]], batch_size: int = 16,
                   desc: str = "Scoring") -> list[list[tuple[float, int]]]:
     """For each (prompt, [reply, ...]): the (summed NLL, token count) of every reply, in input order.
 
     Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
-    length-sorted and right-padded into batches. Models with layers other than attention get one reply a row."""
+    length-sorted and right-padded into batches, and the head a batch's prompts share (the chat template's system
+    turn, say) is computed once for the batch (`kv_head`). Models with layers other than attention get one reply a
+    row and no shared head."""
     shared_prompt = packable(model)
     if not shared_prompt and any(len(replies) > 1 for _, replies in items):
         flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
@@ -122,7 +140,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
     for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = [packed[i] for i in order[start: start + batch_size]]
         width = max(len(r["ids"]) for r in rows)
@@ -131,14 +149,18 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         for b, row in enumerate(rows):
             ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
             positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
-        hidden = decoder(input_ids=ids.to(device), position_ids=positions.to(device),
-                         attention_mask=attention_masks(model, rows, width, device) if shared_prompt
-                         else (~positions_pad(rows, width)).long().to(device)).last_hidden_state
+        ids, positions = ids.to(device), positions.to(device)
+        mask = attention_masks(model, rows, width, device) if shared_prompt \
+            else (~positions_pad(rows, width)).long().to(device)
+        shared = scored_head(model, decoder, rows, width) if shared_prompt else 0
+        cache = head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared]) if shared else None
+        hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
+                         attention_mask=queries_from(mask, shared)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
-        predictors = torch.tensor([p for row in rows for p in row["predictors"]], device=device)
+        predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]], device=device)
         targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
         # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
-        logits = final_logits(model, head(hidden[batch_index, predictors]).float())
+        logits = final_logits(model, lm_head(hidden[batch_index, predictors]).float())
         nll = F.cross_entropy(logits, ids.to(device)[batch_index, targets], reduction="none").double().cpu()
         at = 0
         for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):
