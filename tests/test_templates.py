@@ -222,23 +222,35 @@ SHARED_ITEMS = [(SYSTEM + prompt[-1:], replies) for prompt, replies in ITEMS] + 
       [[{"role": "assistant", "content": "Yes, it is."}], [{"role": "assistant", "content": "No"}]])]
 
 
-@pytest.mark.parametrize(("arch", "window"), [("llama", None), ("qwen3", None), ("phi3", None), ("gemma3", 512),
-                                              ("gemma3", 8), ("mistral", 8), ("lfm2", None)])
-def test_scoring_computes_the_shared_head_once(arch, window, tokenizer, monkeypatch):
+DYNAMIC_ROPE = {"rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}
+
+
+@pytest.mark.parametrize(("arch", "attn", "config", "head"), [
+    ("llama", "sdpa", {}, "all"), ("llama", "eager", {}, "all"), ("qwen3", "sdpa", {}, "all"),
+    ("phi3", "sdpa", {}, "all"), ("gemma3", "sdpa", {"sliding_window": 512}, "all"),
+    ("gemma3", "sdpa", {"sliding_window": 20}, 19), ("mistral", "sdpa", {"sliding_window": 20}, 19),
+    ("gemma3", "sdpa", {}, None), ("mistral", "sdpa", {}, None), ("lfm2", "sdpa", {}, None),
+    ("llama", "sdpa", DYNAMIC_ROPE, None)])
+def test_scoring_computes_the_shared_head_once(arch, attn, config, head, tokenizer, monkeypatch):
     """Prompts with one system turn: the head a batch's rows share is computed once and its KV cache copied to each
-    row, and the losses still equal the one-reply-at-a-time HF loss. Not where a sliding window is shorter than the
-    rows (the cache keeps only the window) nor with convolution layers (LFM2)."""
+    row, and the losses still equal the one-reply-at-a-time HF loss. A sliding window must hold the head (window 20:
+    19 tokens of it; the tiny configs' window 8: too short to share); none with convolution layers (LFM2) or a rotary
+    embedding whose frequencies depend on the row's length (dynamic NTK). The cache keeps only the head."""
     from unitune import scoring
 
-    heads = []
+    heads, caches = [], []
     head_cache = scoring.head_cache
-    monkeypatch.setattr(scoring, "head_cache", lambda model, ids, head, *a, **k:
-                        heads.append(head) or head_cache(model, ids, head, *a, **k))
-    model = noisy_model(arch, tokenizer, **({"sliding_window": window} if window else {}))
+    monkeypatch.setattr(scoring, "head_cache", lambda model, ids, n, *a, **k:
+                        heads.append(n) or caches.append(head_cache(model, ids, n, *a, **k)) or caches[-1])
+    model = noisy_model(arch, tokenizer, attn, **config)
     packed = [scoring.mean_loss(s) for s in scoring.score_replies(model, tokenizer, SHARED_ITEMS, batch_size=3)]
     assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, SHARED_ITEMS), abs=1e-4)
-    shares = arch in ("llama", "qwen3", "phi3") or window == 512
-    assert (heads[0] >= scoring.MIN_SHARED and len(heads) == 1) if shares else heads == []
+    if head is None:
+        assert heads == []
+    else:
+        prompts = [chat_format(tokenizer).encode(p + r[0], last_only=True)["input_ids"] for p, r in SHARED_ITEMS]
+        assert heads == [min(scoring.shared_head(prompts), 999 if head == "all" else head)]
+        assert heads[0] >= scoring.MIN_SHARED and caches[0].get_seq_length() == heads[0]
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ import inspect
 
 import torch
 
-from . import kv_head
 from .chat_format import chat_format
-from .kv_head import MIN_SHARED, head_cache, shared_head, window_reached
+from .kv_head import MIN_SHARED, head_cache, rope_varies, shared_head, window_reached
+from .kv_head import takes_cache as takes_kv_cache
 from .output import bar
 from .packed_linear import packed_linears
 from .scoring import packable
@@ -28,7 +28,7 @@ from .scoring import packable
 def takes_cache(model) -> bool:
     """Whether the model's forward takes a KV cache (``cache``) and ``logits_to_keep``, as transformers 5's models do;
     others (older remote code) are left to ``generate``."""
-    return kv_head.takes_cache(model) and "logits_to_keep" in inspect.signature(model.forward).parameters
+    return takes_kv_cache(model) and "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def generate_positions(mask: torch.Tensor) -> torch.Tensor:
@@ -98,14 +98,15 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                      batch_size: int = 16, desc: str | None = "Generating") -> list[str]:
     """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches; the head
     a batch's prompts share is computed once and finished rows leave the batch (not for models with layers other than
-    attention or a forward that takes no ``cache``; no shared head where a sliding window is shorter than the rows).
+    attention, a forward that takes no ``cache``, or rotary embeddings whose frequencies depend on the longest
+    position; no shared head where a sliding window is shorter than the rows).
     ``desc`` None: no progress bar (another rank shows it)."""
     chat = chat_format(tokenizer)
     encoded = [tokenizer(chat.generation_prompt(p), add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     replies: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
-    share = packable(model) and takes_cache(model)
+    share = packable(model) and takes_cache(model) and not rope_varies(model)
     own_loop = share and plain_greedy(model.generation_config)
     stop = chat.stop_ids(model.generation_config)
     with packed_linears(model):

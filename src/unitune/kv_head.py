@@ -7,7 +7,10 @@ by reply scoring (`scoring.py`).
 
 from __future__ import annotations
 
+import functools
 import inspect
+
+import torch
 
 MIN_SHARED = 8  # shorter shared heads are not worth a separate forward
 
@@ -36,9 +39,36 @@ def window_reached(model, tokens: int) -> bool:
     return bool(window) and (not kinds or "sliding_attention" in kinds) and window < tokens
 
 
+def rope_varies(model) -> bool:
+    """Whether a rotary embedding picks its frequencies per forward from the longest position (dynamic NTK, LongRoPE):
+    a head computed alone would get other frequencies than the rest of its row."""
+    for module in model.modules():
+        kind = getattr(module, "rope_type", None)
+        kinds = kind.values() if isinstance(kind, dict) else [kind]
+        if any(isinstance(k, str) and ("dynamic" in k or k == "longrope") for k in kinds):
+            return True
+    return False
+
+
 def head_cache(model, ids, head: int, rows: int, **inputs):
     """The KV cache of the shared head (``ids[:1, :head]``), computed once and copied to ``rows`` rows. ``model``
     may be a causal LM or its decoder; ``inputs`` go to its forward (position ids, say)."""
     cache = model(input_ids=ids[:1, :head], use_cache=True, **inputs).cache
     cache.batch_repeat_interleave(rows)
     return cache
+
+
+def read_through(cache):
+    """Make the cache's dynamic (and sliding-window) layers hand back the head's keys and values with the new tokens'
+    without keeping the new ones: a scoring forward reads them once, and keeping every layer's for the whole batch
+    until the forward ends would cost their size in memory again. Returns the cache."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    for layer in getattr(cache, "layers", []):
+        if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer):  # the head is within a sliding window (scoring)
+            layer.update = functools.partial(_head_with, layer)
+    return cache
+
+
+def _head_with(layer, key_states, value_states, *args, **kwargs):
+    return torch.cat([layer.keys, key_states], -2), torch.cat([layer.values, value_states], -2)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .chat_format import chat_format
 from .errors import warn
-from .kv_head import MIN_SHARED, head_cache, shared_head, takes_cache, window_reached
+from .kv_head import MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_cache, window_reached
 from .output import bar
 
 
@@ -107,11 +107,14 @@ def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-def scored_head(model, decoder, rows: list[dict], width: int) -> int:
-    """Prompt tokens every packed row of the batch starts with (0: not worth sharing, or not exact to share)."""
-    if len(rows) < 2 or not takes_cache(decoder) or window_reached(model, width):
+def scored_head(model, rows: list[dict]) -> int:
+    """Prompt tokens every packed row of the batch starts with (0: not worth sharing). A sliding window must hold
+    the whole head: the mask applies the window to the rest, but a sliding layer's cache keeps only the window."""
+    if len(rows) < 2:
         return 0
     head = shared_head([row["ids"][: row["segments"].count(-1)] for row in rows])
+    if window_reached(model, head + 1):
+        head = model.config.get_text_config().sliding_window - 1
     return head if head >= MIN_SHARED else 0
 
 
@@ -129,8 +132,8 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
 
     Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
     length-sorted and right-padded into batches, and the head a batch's prompts share (the chat template's system
-    turn, say) is computed once for the batch (`kv_head`). Models with layers other than attention get one reply a
-    row and no shared head."""
+    turn, say) is computed once for the batch (`kv_head`; not with rotary embeddings whose frequencies depend on the
+    row's length). Models with layers other than attention get one reply a row and no shared head."""
     shared_prompt = packable(model)
     if not shared_prompt and any(len(replies) > 1 for _, replies in items):
         flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
@@ -141,6 +144,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
     device = next(model.parameters()).device
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+    share_head = shared_prompt and takes_cache(decoder) and not rope_varies(model)
     for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = [packed[i] for i in order[start: start + batch_size]]
         width = max(len(r["ids"]) for r in rows)
@@ -152,8 +156,9 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         ids, positions = ids.to(device), positions.to(device)
         mask = attention_masks(model, rows, width, device) if shared_prompt \
             else (~positions_pad(rows, width)).long().to(device)
-        shared = scored_head(model, decoder, rows, width) if shared_prompt else 0
-        cache = head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared]) if shared else None
+        shared = scored_head(model, rows) if share_head else 0
+        cache = read_through(head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared])) \
+            if shared else None
         hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
                          attention_mask=queries_from(mask, shared)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
@@ -161,7 +166,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
         # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
         logits = final_logits(model, lm_head(hidden[batch_index, predictors]).float())
-        nll = F.cross_entropy(logits, ids.to(device)[batch_index, targets], reduction="none").double().cpu()
+        nll = F.cross_entropy(logits, ids[batch_index, targets], reduction="none").double().cpu()
         at = 0
         for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):
             segment_of = [row["segments"][t] for t in row["targets"]]
