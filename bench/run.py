@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 WARMUP, TIMED = 1, 5  # 2 + 6 before: the whole bench ran 27 min on a 2-core EPYC; the budget is 15
+DPO_TIMED = 3  # DPO on CPU: 1 + 5 steps of both contenders took ~5 of a 16-minute bench on that EPYC
 BATCH, ACCUM, MAX_LENGTH = 4, 4, 1024  # the seed's micro-batch and accumulation: an effective batch of 16
 ROWS = (WARMUP + TIMED) * BATCH * ACCUM
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
@@ -72,17 +73,23 @@ def step_timer():
     return StepTimer()
 
 
-def steps_for(name: str) -> tuple[int, int, int]:
-    """(warm-up steps, timed steps, gradient accumulation) of a contender. TRL's defaults (bf16 autocast,
-    checkpointing) on a CPU that emulates bf16 take minutes per step (210 s for 4 x 4 on a 2-core EPYC): one timed
-    step of one micro-batch there (tokens/s hardly depends on the accumulation), to keep the bench under 15 minutes."""
+def steps_for(name: str) -> tuple[int, int, int, str]:
+    """(warm-up steps, timed steps, gradient accumulation, why they differ from the bench's) of a contender, chosen to
+    keep the bench under 15 minutes on a 2-core CPU:
+    - TRL's defaults (bf16 autocast, checkpointing) on a CPU that emulates bf16 take minutes per step (210 s for 4 x 4
+      on a 2-core EPYC): one timed step of one micro-batch (tokens/s hardly depends on the accumulation);
+    - DPO's steps are the bench's longest on CPU (18-29 s there) and its ratio has no target: 3 timed steps."""
     import torch
 
     from unitune.dtype_probe import native_bf16
 
-    if name.endswith("_trl_default") and not torch.cuda.is_available() and not native_bf16():
-        return 0, 1, 1
-    return WARMUP, TIMED, ACCUM
+    if torch.cuda.is_available():
+        return WARMUP, TIMED, ACCUM, ""
+    if name.endswith("_trl_default") and not native_bf16():
+        return 0, 1, 1, "bf16 is emulated on this CPU"
+    if name.startswith("dpo_"):
+        return WARMUP, DPO_TIMED, ACCUM, "DPO's CPU steps are the longest, and its ratio has no target"
+    return WARMUP, TIMED, ACCUM, ""
 
 
 def summarize(timer, trainer, name: str) -> dict:
@@ -111,7 +118,8 @@ def unitune_trainer(method: str, out: str, extra: dict | None = None):
 
     settings = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
                 "max_train_samples": ROWS, **(extra or {})}
-    cfg = TrainConfig(method=method, output_dir=out, max_steps=WARMUP + TIMED, save_steps=10**6, model_name=MODEL,
+    warmup, timed, _, _ = steps_for(f"{method}_unitune")
+    cfg = TrainConfig(method=method, output_dir=out, max_steps=warmup + timed, save_steps=10**6, model_name=MODEL,
                       **settings)
     spec, hw = METHODS[method], choose_hardware("auto")
     source = resolve_model(MODEL)
@@ -166,7 +174,7 @@ def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
         rows = [{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
                 for r in trl_rows("train_prefs", ROWS)]
     tuning = {"bf16": bf16, "gradient_checkpointing": False} if tuned else {}
-    warmup, timed, accumulation = steps_for(f"{method}_trl_{'tuned' if tuned else 'default'}")
+    warmup, timed, accumulation, _ = steps_for(f"{method}_trl_{'tuned' if tuned else 'default'}")
     args = config(output_dir=out, max_steps=warmup + timed, per_device_train_batch_size=BATCH,
                   gradient_accumulation_steps=accumulation, learning_rate=METHODS[method].learning_rate,
                   logging_steps=1, save_strategy="no", report_to="none", max_length=MAX_LENGTH,
@@ -226,9 +234,8 @@ def in_child(name: str) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     gpu = f", peak GPU memory {result['peak_gpu_mb']:.0f} MB" if result.get("peak_gpu_mb") else ""
     unit = "generated tokens/s" if name.startswith("grpo_") else "tokens/s"
-    warmup, timed, accumulation = steps_for(name)
-    plan = "" if (warmup, timed, accumulation) == (WARMUP, TIMED, ACCUM) else \
-        f" ({warmup} warm-up + {timed} timed steps of {BATCH} x {accumulation}: bf16 is emulated on this CPU)"
+    warmup, timed, accumulation, why = steps_for(name)
+    plan = f" ({warmup} warm-up + {timed} timed steps of {BATCH} x {accumulation}: {why})" if why else ""
     print(f"  {name}: {result['tokens_per_s']:.1f} {unit}, {result['s_per_step']:.2f} s/step, "
           f"peak RSS {result['peak_rss_mb']:.0f} MB{gpu}{plan}", flush=True)
     return result
