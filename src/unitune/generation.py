@@ -18,8 +18,7 @@ import inspect
 import torch
 
 from .chat_format import chat_format
-from .kv_head import MIN_SHARED, head_cache, rope_varies, shared_head, window_reached
-from .kv_head import takes_cache as takes_kv_cache
+from .kv_head import MIN_SHARED, head_cache, rope_varies, shared_head, takes_kv_cache, window_reached
 from .output import bar
 from .packed_linear import packed_linears
 from .scoring import packable

@@ -15,7 +15,7 @@ import torch
 MIN_SHARED = 8  # shorter shared heads are not worth a separate forward
 
 
-def takes_cache(module) -> bool:
+def takes_kv_cache(module) -> bool:
     """Whether the module's forward takes a KV cache as ``cache``, as transformers 5's models do (older remote code
     does not)."""
     return "cache" in inspect.signature(module.forward).parameters

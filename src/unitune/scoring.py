@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .chat_format import chat_format
 from .errors import warn
-from .kv_head import MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_cache, window_reached
+from .kv_head import MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_kv_cache, window_reached
 from .output import bar
 
 
@@ -144,7 +144,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
     device = next(model.parameters()).device
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    share_head = shared_prompt and takes_cache(decoder) and not rope_varies(model)
+    share_head = shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
     for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         rows = [packed[i] for i in order[start: start + batch_size]]
         width = max(len(r["ids"]) for r in rows)
