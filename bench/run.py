@@ -81,7 +81,7 @@ def steps_for(name: str) -> tuple[int, int, int, str]:
     - DPO's steps are the bench's longest on CPU (18-29 s there) and its ratio has no target: 3 timed steps."""
     import torch
 
-    from unitune.dtype_probe import native_bf16
+    from unitune.models.precision import native_bf16
 
     if torch.cuda.is_available():
         return WARMUP, TIMED, ACCUM, ""
@@ -111,10 +111,10 @@ def summarize(timer, trainer, name: str) -> dict:
 
 def unitune_trainer(method: str, out: str, extra: dict | None = None):
     """unitune's own pipeline: its config defaults, data preparation, batch plan and trainer build."""
-    from unitune.config import TrainConfig
+    from unitune.config.train import TrainConfig
     from unitune.methods import METHODS
-    from unitune.models import choose_hardware, load_model, load_tokenizer, resolve_model
-    from unitune.train import build_trainer, fit_memory, length_plan, load_checked
+    from unitune.models.load import choose_hardware, load_model, load_tokenizer, resolve_model
+    from unitune.train.run import build_trainer, fit_memory, length_plan, load_checked
 
     settings = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
                 "max_train_samples": ROWS, **(extra or {})}
@@ -163,7 +163,7 @@ def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
     from transformers import AutoTokenizer
 
     from unitune.methods import METHODS
-    from unitune.models import resolve_model
+    from unitune.models.load import resolve_model
 
     source = resolve_model(MODEL)
     if method == "sft":  # prompt/completion conversations: TRL then puts loss on the reply only, like unitune
@@ -219,7 +219,7 @@ def unitune_speedups(name: str):
 
     import torch
 
-    from unitune.speed import compact_lm_head
+    from unitune.fast.speed import compact_lm_head
 
     if "_unitune" not in name:
         return contextlib.nullcontext()
@@ -249,11 +249,11 @@ def bench_eval() -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from unitune.config import EvalConfig
-    from unitune.chat_format import chat_format
-    from unitune.evaluate import EvalData
-    from unitune.models import load_tokenizer, resolve_model
-    from unitune.scoring import mean_loss, pack, score_replies
+    from unitune.config.train import EvalConfig
+    from unitune.templates import chat_format
+    from unitune.evaluate.run import EvalData
+    from unitune.models.load import load_tokenizer, resolve_model
+    from unitune.evaluate.scoring import mean_loss, pack, score_replies
 
     source = resolve_model(None)
     tokenizer, model = load_tokenizer(source), AutoModelForCausalLM.from_pretrained(source).eval()
@@ -291,9 +291,9 @@ def bench_eval_generation() -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from unitune.chat_format import chat_format
-    from unitune.generation import generate_replies
-    from unitune.models import load_tokenizer, resolve_model
+    from unitune.templates import chat_format
+    from unitune.fast.generation import generate_replies
+    from unitune.models.load import load_tokenizer, resolve_model
 
     source = resolve_model(None)
     tokenizer = load_tokenizer(source)
@@ -354,8 +354,8 @@ def trl_grpo_trainer(out: str):
     from transformers import AutoTokenizer
 
     from unitune.methods import METHODS
-    from unitune.models import resolve_model
-    from unitune.rewards import RewardLog, answer_format_of, build_rewards
+    from unitune.models.load import resolve_model
+    from unitune.train.rewards import RewardLog, answer_format_of, build_rewards
 
     source = resolve_model(MODEL)
     prompts = (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS
@@ -401,7 +401,7 @@ def flops_per_token(tokens_per_step: float) -> float:
     """4N for a LoRA step (forward 2N + activation gradients 2N) plus attention scores, per token."""
     from transformers import AutoConfig
 
-    from unitune.models import resolve_model
+    from unitune.models.load import resolve_model
 
     cfg = AutoConfig.from_pretrained(resolve_model(None))
     n = cfg.num_hidden_layers * (4 * cfg.hidden_size**2 * (1 + cfg.num_key_value_heads / cfg.num_attention_heads) / 2
@@ -472,7 +472,7 @@ def main() -> None:
                           "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()}}))
         return
     if args.gpu:
-        from unitune.models import resolve_model
+        from unitune.models.load import resolve_model
 
         gpu_main(args.tokenizer or resolve_model(None))
         return
@@ -484,7 +484,7 @@ def main() -> None:
     cpu = cpu_line()
     peak, peak_bf16 = gemm_peak_gflops(), gemm_peak_gflops("bfloat16", 1024)
     print(f"  {cpu}\n  GEMM peak: fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s", flush=True)
-    from unitune.dtype_probe import native_bf16
+    from unitune.models.precision import native_bf16
 
     runs = {name: in_child(name) for name in ("sft_unitune", "sft_unitune_merged", "sft_trl_tuned",
                                               *(("sft_trl_bf16",) if native_bf16() else ()),  # else emulated: slow
@@ -495,7 +495,7 @@ def main() -> None:
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
     same = [abs(a - b) / b for a, b in zip(sft["losses"], runs["sft_trl_tuned"]["losses"])]
     best, why = trl_best(runs)
-    from unitune.packed_linear import packing_pays
+    from unitune.fast.packed_linear import packing_pays
 
     packing, packing_why = packing_pays()
     decode_packing = f"{'on' if packing else 'off'}: {packing_why}"

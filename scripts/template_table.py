@@ -5,8 +5,8 @@
 
 from pathlib import Path
 
-from unitune.chat_format import template_table
-from unitune.models import load_tokenizer, resolve_model
+from unitune.templates import template_table
+from unitune.models.load import load_tokenizer, resolve_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- template table: scripts/template_table.py -->", "<!-- end of template table -->"

@@ -29,14 +29,14 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted to a safetensors folder (cached in $UNITUNE_HOME across runs)."""
-    from unitune.models import resolve_model
+    from unitune.models.load import resolve_model
 
     return Path(resolve_model(None))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(embedded_dir):
-    from unitune.models import load_tokenizer
+    from unitune.models.load import load_tokenizer
 
     return load_tokenizer(str(embedded_dir))
 
@@ -82,7 +82,7 @@ def _template_dir() -> Path:
 
 
 def _text_templates() -> list[str]:
-    from unitune.chat_format import shipped_templates
+    from unitune.templates import shipped_templates
 
     return list(shipped_templates())
 

@@ -3,7 +3,7 @@ one rejected (the evaluator's task_accuracy and the GRPO accuracy reward both us
 
 import pytest
 
-from unitune import rewards
+from unitune.train import rewards
 from unitune.answers import check_answer, format_score, resolve_format
 
 GSM8K_REFERENCE = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from unitune.report import write_report
+from unitune.evaluate.report import write_report
 
 pytestmark = pytest.mark.slow  # a real browser
 

@@ -4,10 +4,10 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 
-from unitune.chat_format import chat_format
-from unitune.data import DEMO_DIR, detect_format, pair_row, to_conversations, to_pairs, to_unpaired
+from unitune.templates import chat_format
+from unitune.data.load import DEMO_DIR, detect_format, pair_row, to_conversations, to_pairs, to_unpaired
 from unitune.answers import check_answer
-from unitune.tasks import SPLIT_SIZES, generate_splits
+from unitune.data.demo_tasks import SPLIT_SIZES, generate_splits
 
 COLUMNS = {"prompt", "prompt_id", "messages", "chosen", "rejected", "score_chosen", "score_rejected", "answer"}
 
@@ -106,7 +106,7 @@ def test_local_folder_is_read_once_until_a_file_changes(tmp_path, monkeypatch):
     edited file is read again, never served stale from the datasets cache."""
     import os
 
-    from unitune import data
+    from unitune.data import load as data
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -9,10 +9,11 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import read_json
-from unitune import dtype_probe, probes
+from unitune.fast import probes
+from unitune.models import precision as dtype_probe
 from unitune.cli import main
-from unitune.models import choose_hardware
-from unitune.speed import Fp32Linear, fp32_adapters, lora_merged
+from unitune.models.load import choose_hardware
+from unitune.fast.speed import Fp32Linear, fp32_adapters, lora_merged
 
 
 def _machine(monkeypatch, tmp_path, flags, measured=None):

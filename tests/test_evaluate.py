@@ -10,11 +10,11 @@ from transformers import AutoModelForCausalLM
 
 from conftest import read_json
 from unitune.cli import main, parse_config
-from unitune.config import EvalConfig
-from unitune.data import DEMO_DIR
+from unitune.config.train import EvalConfig
+from unitune.data.load import DEMO_DIR
 from unitune.errors import UserError
-from unitune.evaluate import TRAINING_KEYS, EvalData, discover, training_metrics
-from unitune.scoring import encode_pairs, mean_loss, reply_nll, score_replies
+from unitune.evaluate.run import TRAINING_KEYS, EvalData, discover, training_metrics
+from unitune.evaluate.scoring import encode_pairs, mean_loss, reply_nll, score_replies
 
 METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": int, "preference_total": int,
                 "preference_accuracy": float, "avg_chosen_loss": float, "avg_rejected_loss": float,
@@ -88,7 +88,7 @@ def test_rerun_is_deterministic(evaluated, runs, tmp_path):
 
 
 def test_the_base_is_scored_once_while_nothing_changes(evaluated, runs, tmp_path, monkeypatch):
-    import unitune.evaluate as evaluate
+    from unitune.evaluate import run as evaluate
 
     loaded, real = [], evaluate.load_entry_model
     monkeypatch.setattr(evaluate, "load_entry_model", lambda entry, device: loaded.append(entry.name) or
@@ -180,7 +180,7 @@ def test_broken_run_gets_an_error_entry(runs, tmp_path, capsys):
 
 
 def test_results_write_is_atomic(tmp_path, monkeypatch):
-    from unitune import runs as runs_module
+    from unitune import files as runs_module
 
     target = tmp_path / "evaluation_results.json"
     target.write_text('{"good": 1}')
@@ -268,7 +268,7 @@ def test_results_are_readable_by_others(tmp_path):
     """Atomic writes go through a private temp file; the result gets the usual 0644 (under umask 022)."""
     import os
 
-    from unitune.runs import temp_dir_beside, write_json_atomic
+    from unitune.files import temp_dir_beside, write_json_atomic
 
     old = os.umask(0o022)
     try:
@@ -341,7 +341,8 @@ def test_a_failing_reward_leaves_the_other_metrics(runs, tmp_path):
 def test_task_accuracy_reads_the_datas_answer_format(runs, tmp_path, monkeypatch, capsys, answer_format,
                                                      references, right_reply):
     """GSM8K- and MATH-style answers score right replies as right (they scored 0 against the demo's Answer: line)."""
-    from unitune import answers, evaluate
+    from unitune import answers
+    from unitune.evaluate import run as evaluate
 
     rows = [{"prompt": f"Question {i}?", "answer": ref} for i, ref in enumerate(references)]
     data = tmp_path / "data.jsonl"
@@ -419,7 +420,7 @@ def test_lm_eval_hub_task_offline_is_one_line_and_keeps_the_results(runs, tmp_pa
 
 def test_report_charts_the_eval_generation_curves(tmp_path):
     """--eval_generation's metrics, logged beside eval_loss, get an overlaid chart each, with their direction."""
-    from unitune.report import overlay_keys, run_histories
+    from unitune.evaluate.report import overlay_keys, run_histories
 
     run = tmp_path / "sft_x"
     run.mkdir()

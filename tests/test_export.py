@@ -70,8 +70,8 @@ def test_gguf_metadata_matches_the_shipped_gguf(embedded_dir, tokenizer, tmp_pat
     import gguf
     from transformers import AutoModelForCausalLM
 
-    from unitune.gguf_file import write_gguf
-    from unitune.models import embedded_gguf_path
+    from unitune.deploy.gguf_writer import write_gguf
+    from unitune.models.load import embedded_gguf_path
 
     tokenizer.save_pretrained(tmp_path / "tok")
     model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
@@ -107,7 +107,7 @@ def test_export_runs_in_llama_cpp_like_transformers(real_run, tmp_path, capsys):
     import numpy as np
     from transformers import AutoModelForCausalLM
 
-    from unitune.merge import merge_adapter
+    from unitune.deploy.merge import merge_adapter
 
     for quant in ("f16", "q8_0", "f32"):
         assert main(["export", "--run", str(real_run), "--output", str(tmp_path / quant), "--quant", quant]) == 0
@@ -191,7 +191,7 @@ def sentencepiece_style_tokenizer(chat_template: str, legacy: bool = True):
     from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from unitune.data import load_split, resolve_dataset
+    from unitune.data.load import load_split, resolve_dataset
 
     texts = [m["content"] for row in load_split(resolve_dataset(None), "train_sft") for m in row["messages"]]
     spm = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
@@ -249,7 +249,7 @@ def test_tiny_export_logits_match_llama_cpp(kind, quant, tolerance, tokenizer, t
     factors. Greedy tokens of a random model flip on near-ties, so logits are compared."""
     import numpy as np
 
-    from unitune.merge import merge_adapter
+    from unitune.deploy.merge import merge_adapter
 
     Llama = llama_cpp().Llama
     base = save_base(tmp_path / "base", kind, tokenizer)
@@ -282,8 +282,8 @@ def test_qlora_merges_into_the_quantized_base(tiny_args, tiny_model_dir, tmp_pat
     by the quantisation error (measured 2e-2). The merge records which base it used."""
     from peft import PeftModel
 
-    from unitune.merge import merge_adapter
-    from unitune.models import Hardware, load_model, load_tokenizer
+    from unitune.deploy.merge import merge_adapter
+    from unitune.models.load import Hardware, load_model, load_tokenizer
 
     run = tmp_path / "sft_run"
     assert main(tiny_args("sft", "--use_qlora", "true", "--learning_rate", "5e-2", "--max_steps", "3")) == 0
@@ -380,7 +380,7 @@ def test_export_safetensors_and_overwrite(tiny_args, tmp_path):
     assert main(["export", "--run", str(run), "--output", str(out), "--format", "safetensors"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
     assert read_json(out / "unitune_export.json")["format"] == "safetensors"
-    from unitune.runs import umask
+    from unitune.files import umask
 
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask() for p in out.iterdir())  # safetensors wrote 0600
     assert main(["export", "--run", str(run), "--output", str(out), "--overwrite"]) == 0
@@ -489,7 +489,7 @@ def byte_level(*steps: dict) -> dict:
 
 def test_pre_tokenizer_names_and_refusals():
     from unitune.errors import UserError
-    from unitune.gguf_file import LLAMA3_SPLIT, check_supported, pre_tokenizer, prepends_space, tokenizer_kind
+    from unitune.deploy.gguf_writer import LLAMA3_SPLIT, check_supported, pre_tokenizer, prepends_space, tokenizer_kind
 
     split = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
     assert pre_tokenizer(byte_level({"type": "ByteLevel", "add_prefix_space": False})) == "gpt-2"
@@ -522,7 +522,7 @@ def test_pre_tokenizer_names_and_refusals():
 def test_llama3_rope_factors_keep_blend_and_divide():
     """On the llama.cpp test's settings every branch of Meta's formula is taken (so that test covers them): the
     fastest frequency kept (1), the slow ones divided by the factor (8), one blended in between."""
-    from unitune.gguf_file import rope_metadata
+    from unitune.deploy.gguf_writer import rope_metadata
 
     class Writer:
         def __getattr__(self, name):
@@ -543,8 +543,8 @@ def test_a_run_whose_cached_base_is_gone_still_merges(real_run, tmp_path):
     converts the embedded model again instead of failing."""
     import shutil
 
-    from unitune.merge import run_base
-    from unitune.models import resolve_model
+    from unitune.deploy.merge import run_base
+    from unitune.models.load import resolve_model
 
     moved = tmp_path / "sft_run"
     shutil.copytree(real_run, moved)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import read_json
-from unitune.chat_format import chat_format
+from unitune.templates import chat_format
 from unitune.cli import main
-from unitune.data import detect_format, row_views
-from unitune.normalize import bad_rows, canonical
+from unitune.data.load import detect_format, row_views
+from unitune.data.canonical import bad_rows, canonical
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 ALPACA = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "system": None, "history": []},
@@ -171,7 +171,7 @@ def readme_formats() -> list[tuple[str, dict, list[str]]]:
 
 
 def test_readme_table_lists_every_format():
-    from unitune.data import FORMATS
+    from unitune.data.load import FORMATS
 
     assert [name for name, _, _ in readme_formats()] == list(FORMATS)
 
@@ -189,7 +189,7 @@ def test_readme_examples_check_and_train(name, row, methods, tiny_args, tmp_path
 
 def test_columns_as_a_yaml_mapping(tmp_path):
     from unitune.cli import parse_config
-    from unitune.config import TrainConfig
+    from unitune.config.train import TrainConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("method: dpo\ncolumns:\n  prompt: question\n  chosen: good\n")

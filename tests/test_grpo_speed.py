@@ -11,8 +11,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import save_tiny, tiny_config
-from unitune.methods.grpo import GRPOTrainer
-from unitune.speed import lora_merged
+from unitune.train.methods.grpo import GRPOTrainer
+from unitune.fast.speed import lora_merged
 
 
 def _peft(folder, dropout=0.0):
@@ -73,7 +73,7 @@ def test_shared_prompt_logps_match_trl(arch, tokenizer, tmp_path):
 
 def test_shared_prompts_leave_unrepeated_prompts_to_trl(tiny_model_dir, tokenizer, tmp_path, monkeypatch):
     """Nothing to share (every prompt once) or a hybrid model (convolution layers): TRL's own pass runs."""
-    from unitune import shared_prompts
+    from unitune.fast import shared_prompts
 
     trainer = _trainer(tiny_model_dir, tokenizer, tmp_path)
     ids, mask = _batch(tokenizer)
@@ -110,7 +110,7 @@ def test_lora_merged_samples_the_same_model_and_restores_the_weights(tiny_model_
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
     """Greedy, so every token must match: repeated left-padded prompts, each prefilled once, then expanded."""
-    from unitune.speed import shared_prefill
+    from unitune.fast.speed import shared_prefill
 
     model = _peft(save_tiny(tmp_path / arch, arch, tokenizer)).eval()
     ids, mask = _batch(tokenizer)
@@ -138,7 +138,7 @@ def test_evaluator_generation_equals_generate(arch, tokenizer, tmp_path, monkeyp
     equal plain left-padded `generate`, token for token. Mistral and Gemma-2 slide an 8-token window over longer
     rows, and LFM2's convolution layers cannot share a cache: they keep `generate`'s layout, and Mistral shares
     again once its window covers the rows."""
-    from unitune import generation
+    from unitune.fast import generation
 
     torch.manual_seed(0)  # large random weights: replies that depend on the prompt, not one repeated token
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, initializer_range=0.5)).eval()
@@ -179,7 +179,7 @@ def test_evaluator_generation_equals_generate(arch, tokenizer, tmp_path, monkeyp
 
 def test_models_without_a_cache_argument_keep_generate(tiny_model_dir):
     """Older remote-code models take ``past_key_values``, not ``cache``: the evaluator and GRPO leave them to generate."""
-    from unitune.generation import takes_cache
+    from unitune.fast.generation import takes_cache
 
     class Old(torch.nn.Module):
         def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):

@@ -186,7 +186,7 @@ def test_merge_bad_run(capsys, tmp_path):
 
 def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
     """Any .gguf path: converted once into a cached safetensors folder that trains."""
-    from unitune.models import embedded_gguf_path
+    from unitune.models.load import embedded_gguf_path
 
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path / "home"))
     gguf = tmp_path / "my-model.gguf"
@@ -207,7 +207,7 @@ def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
 def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     import transformers
 
-    from unitune import models
+    from unitune.models import load as models
 
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path))
 
@@ -223,7 +223,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
 def test_every_install_shares_one_embedded_conversion(embedded_dir, tmp_path, monkeypatch):
     """The embedded model's cache folder is keyed by its package version, not the wheel's path: another venv (the
     same file at another path, with another mtime) reuses the conversion instead of writing 540 MB again."""
-    from unitune import models
+    from unitune.models import load as models
 
     other_venv = tmp_path / "venv2" / models.EMBEDDED_GGUF
     other_venv.parent.mkdir()

@@ -8,11 +8,11 @@ import pytest
 from conftest import read_json
 from test_sft import SEED_FILES, lora_b_norm
 from unitune.cli import main, parse_config
-from unitune.config import TrainConfig
-from unitune.data import DEMO_DIR
+from unitune.config.train import TrainConfig
+from unitune.data.load import DEMO_DIR
 from unitune.methods import METHODS
-from unitune.models import choose_hardware
-from unitune.train import prepare_split, training_args
+from unitune.models.load import choose_hardware
+from unitune.train.run import prepare_split, training_args
 
 USER = {"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}
 GOOD = {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}
@@ -58,7 +58,7 @@ def test_kto_unpaired_input_used_as_is(tiny_args, tmp_path):
 
 
 def test_kto_imbalanced_weights():
-    from unitune.methods.kto import class_weights
+    from unitune.train.methods.kto import class_weights
 
     assert class_weights([True, False])[:2] == (1.0, 1.0)
     desirable, undesirable, why = class_weights([True] * 1 + [False] * 4)
@@ -163,10 +163,10 @@ def test_grpo_reward_errors(spec, message, tiny_args, tmp_path, capsys):
 
 
 def test_grpo_module_reward(tiny_args, tmp_path, capsys):
-    args = tiny_args("grpo", "--reward_funcs", "unitune.rewards:length", "--max_completion_length", "4",
+    args = tiny_args("grpo", "--reward_funcs", "unitune.train.rewards:length", "--max_completion_length", "4",
                      "--num_generations", "2", "--max_steps", "1")
     assert main(args) == 0
-    assert "GRPO rewards: unitune.rewards:length (from --reward_funcs)" in capsys.readouterr().out
+    assert "GRPO rewards: unitune.train.rewards:length (from --reward_funcs)" in capsys.readouterr().out
     assert "rewards/length/mean" in read_json(tmp_path / "grpo_run" / "trainer_state.json")["log_history"][0]
 
 
@@ -215,7 +215,7 @@ def test_grpo_needs_a_reward(tiny_args, tmp_path, capsys):
 
 
 def test_rewards_builtins():
-    from unitune.rewards import accuracy, format, length, reference
+    from unitune.train.rewards import accuracy, format, length, reference
 
     completions = [[{"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}], [{"role": "assistant", "content": "4"}]]
     assert accuracy(None, completions, answer=["4", "4"], answer_format="tagged") == [1.0, 0.0]
@@ -268,7 +268,7 @@ def test_tracker_problems_are_one_line_before_loading(tiny_args, capsys, flags, 
 
 
 def test_wandb_without_a_login_is_one_line(monkeypatch, tmp_path):
-    from unitune import trackers
+    from unitune.config import trackers
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -287,7 +287,7 @@ def test_eval_generation_logs_task_accuracy_at_each_evaluation(tiny_args, tmp_pa
     (and the final evaluation is not repeated when the last step had one)."""
     from datasets import load_dataset
 
-    from unitune import generation_eval
+    from unitune.train import generation_eval
 
     answers = {row["prompt"]: row["answer"] for row in load_dataset(str(DEMO_DIR), split="test_gen")}
     calls = []

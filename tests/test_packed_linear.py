@@ -7,9 +7,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from unitune import packed_linear, probes
-from unitune.packed_linear import DECODE_ROWS, packed_linears
-from unitune.speed import lora_merged
+from unitune.fast import packed_linear, probes
+from unitune.fast.packed_linear import DECODE_ROWS, packed_linears
+from unitune.fast.speed import lora_merged
 
 
 

@@ -10,12 +10,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import read_json
 from unitune.cli import main, parse_config
-from unitune.config import TrainConfig
-from unitune.data import DEMO_DIR
+from unitune.config.train import TrainConfig
+from unitune.data.load import DEMO_DIR
 from unitune.methods import METHODS
-from unitune.models import choose_hardware
-from unitune.runs import RUN_FILE
-from unitune.train import prepare_split, training_args
+from unitune.models.load import choose_hardware
+from unitune.files import RUN_FILE
+from unitune.train.run import prepare_split, training_args
 
 SEED_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "training_args.bin",
               "tokenizer.json", "tokenizer_config.json", RUN_FILE]

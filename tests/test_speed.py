@@ -9,12 +9,12 @@ from trl.trainer.utils import add_fused_lm_head
 
 from conftest import read_json
 from unitune.cli import main
-from unitune.config import TrainConfig
+from unitune.config.train import TrainConfig
 from unitune.errors import UserError
-from unitune.models import Hardware, choose_hardware
-from unitune.runs import RUN_FILE
-from unitune.speed import FastDropout, compact_lm_head, fast_lora_dropout, keep_mask
-from unitune.train import fit_memory, merge_batches
+from unitune.models.load import Hardware, choose_hardware
+from unitune.files import RUN_FILE
+from unitune.fast.speed import FastDropout, compact_lm_head, fast_lora_dropout, keep_mask
+from unitune.train.run import fit_memory, merge_batches
 
 
 def test_keep_mask_drops_the_requested_share():

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ARCHITECTURES, TEXT_TEMPLATES, read_json, save_tiny, tiny_config, with_template
 from test_sft import lora_b_norm
-from unitune.chat_format import chat_format
+from unitune.templates import chat_format
 from unitune.cli import main
 from unitune.errors import UserError
 
@@ -208,7 +208,7 @@ def plain_losses(model, tokenizer, items) -> list[float]:
 def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
     """The evaluator's packed reply losses equal a one-reply-at-a-time HF loss, under both attention kernels, with
     Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
-    from unitune.scoring import mean_loss, packable, score_replies
+    from unitune.evaluate.scoring import mean_loss, packable, score_replies
 
     model = noisy_model(arch, tokenizer, attn)
     packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2)]
@@ -236,7 +236,7 @@ def test_scoring_computes_the_shared_head_once(arch, attn, config, head, tokeniz
     row, and the losses still equal the one-reply-at-a-time HF loss. A sliding window must hold the head (window 20:
     19 tokens of it; the tiny configs' window 8: too short to share); none with convolution layers (LFM2) or a rotary
     embedding whose frequencies depend on the row's length (dynamic NTK). The cache keeps only the head."""
-    from unitune import scoring
+    from unitune.evaluate import scoring
 
     heads, caches = [], []
     head_cache = scoring.head_cache
@@ -276,7 +276,7 @@ def test_readme_template_table_matches_code(tokenizer):
     import importlib.util
     from pathlib import Path
 
-    from unitune.chat_format import template_table
+    from unitune.templates import template_table
 
     path = Path(__file__).resolve().parent.parent / "scripts" / "template_table.py"
     spec = importlib.util.spec_from_file_location("template_table", path)
@@ -293,7 +293,7 @@ def test_preference_trainers_see_the_end_of_turn_as_eos(tokenizer):
     <end_of_turn>, so their tokenizer's EOS is that token and nothing is added that SFT does not train."""
     from datasets import Dataset
 
-    from unitune.chat_format import render_pairs, trainer_tokenizer
+    from unitune.templates import render_pairs, trainer_tokenizer
 
     tok = with_template(tokenizer, "gemma")
     pairs = render_pairs(Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from unitune.live_log import read_log
+from unitune.train.live_log import read_log
 
 pytestmark = pytest.mark.slow  # a browser and training processes
 

@@ -4,11 +4,11 @@ ties, NaN and no pairs; preference pairs with a system turn; reward loading erro
 import pytest
 from datasets import Dataset
 
-from unitune import rewards
-from unitune.data import pair_row, row_views
+from unitune.train import rewards
+from unitune.data.load import pair_row, row_views
 from unitune.errors import UserError
-from unitune.rewards import RewardLog, build_rewards, load_reward
-from unitune.scoring import preference_metrics
+from unitune.train.rewards import RewardLog, build_rewards, load_reward
+from unitune.evaluate.scoring import preference_metrics
 
 NAN = float("nan")
 
@@ -64,7 +64,7 @@ def test_system_turn_stays_in_the_prompt(row, fmt):
 
 
 def test_rendered_pair_has_the_system_turn_before_both_replies(tokenizer):
-    from unitune.chat_format import render_pairs
+    from unitune.templates import render_pairs
 
     pair = render_pairs(Dataset.from_list([pair_row({"chosen": [SYSTEM, USER, GOOD], "rejected": [SYSTEM, USER, BAD]},
                                                      "preference_implicit")]), tokenizer)[0]
@@ -86,7 +86,7 @@ def load_error(spec: str) -> str:
 
 
 def test_builtin_and_file_functions_load(tmp_path):
-    assert load_reward("accuracy") is rewards.accuracy and load_reward("unitune.rewards:length") is rewards.length
+    assert load_reward("accuracy") is rewards.accuracy and load_reward("unitune.train.rewards:length") is rewards.length
     (tmp_path / "mine.py").write_text(REWARDS)
     assert load_reward(f"{tmp_path / 'mine.py'}:brevity")(None, ["ab", "abcd"]) == [0.5, 0.25]
 
@@ -101,7 +101,7 @@ def test_missing_file(tmp_path):
                                                       "path in --reward_funcs"
 
 
-@pytest.mark.parametrize("spec,where", [("{file}:score", "{file}"), ("unitune.rewards:score", "unitune.rewards")])
+@pytest.mark.parametrize("spec,where", [("{file}:score", "{file}"), ("unitune.train.rewards:score", "unitune.train.rewards")])
 def test_missing_function_lists_the_public_functions(tmp_path, spec, where):
     (tmp_path / "mine.py").write_text(REWARDS)
     message = load_error(spec.format(file=tmp_path / "mine.py"))
@@ -147,7 +147,7 @@ def test_a_second_signal_exits_at_once_but_a_duplicate_does_not(monkeypatch):
     twice within a few seconds, must not cut the checkpoint short; a later second signal exits at once."""
     import signal
 
-    from unitune import lifecycle
+    from unitune.train import lifecycle
 
     clock, exits = [100.0], []
     monkeypatch.setattr(lifecycle.time, "monotonic", lambda: clock[0])
@@ -165,7 +165,7 @@ def test_a_second_signal_exits_at_once_but_a_duplicate_does_not(monkeypatch):
 
 def test_a_bar_in_a_log_file_prints_whole_lines(capsys):
     """stderr is not a terminal here, as in a log file: each refresh is its own line, no carriage returns."""
-    from unitune.output import bar
+    from unitune.console import bar
 
     progress = bar(total=3, desc="training", unit="step", mininterval=0, delay=0)
     for _ in range(3):
@@ -180,7 +180,7 @@ def test_a_bar_in_a_log_file_prints_whole_lines(capsys):
 def test_dataset_bars_only_for_long_preparations(monkeypatch):
     import datasets
 
-    from unitune import output
+    from unitune import console as output
 
     monkeypatch.setattr(output, "_quiet", True)
     was_disabled = datasets.are_progress_bars_disabled()

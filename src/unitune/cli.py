@@ -14,11 +14,11 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .config import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, UiConfig, as_bool,
+from .config.train import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, UiConfig, as_bool,
                      base_type, closest, from_mapping)
 from .errors import Interrupted, UserError
 from .methods import METHODS
-from .output import quiet_libraries
+from .console import quiet_libraries
 
 
 def _bool(text: str) -> bool:
@@ -98,8 +98,8 @@ def parse_config(cls, argv: list[str], prog: str):
 
 def _train(argv: list[str], prog: str) -> int:
     cfg = parse_config(TrainConfig, argv, prog)
-    from .lifecycle import is_main_process
-    from .train import run_training
+    from .train.lifecycle import is_main_process
+    from .train.run import run_training
 
     out = run_training(cfg)
     if not cfg.dry_run and is_main_process():
@@ -131,11 +131,11 @@ def _demo(argv: list[str], prog: str) -> int:
 
 def _eval(argv: list[str], prog: str) -> int:
     cfg = parse_config(EvalConfig, argv, prog)
-    from .evaluate import run_eval
+    from .evaluate.run import run_eval
 
     run_eval(cfg)
     if cfg.report:
-        from .report import write_report
+        from .evaluate.report import write_report
 
         print(f"unitune eval: done; open {write_report(cfg.runs_dir, cfg.output)} in a browser to compare the runs")
     return 0
@@ -146,7 +146,7 @@ def _report(argv: list[str], prog: str) -> int:
     parser.add_argument("--runs_dir", default="runs", help="folder holding the runs and evaluation_results.json")
     parser.add_argument("--results", default=None, help="results file (default: <runs_dir>/evaluation_results.json)")
     args = parser.parse_args(argv)
-    from .report import write_report
+    from .evaluate.report import write_report
 
     print(f"unitune report: wrote {write_report(args.runs_dir, args.results)} (and report.md beside it)")
     return 0
@@ -154,7 +154,7 @@ def _report(argv: list[str], prog: str) -> int:
 
 def _check(argv: list[str], prog: str) -> int:
     cfg = parse_config(CheckConfig, argv, prog)
-    from .check import render, render_tokens, run_check
+    from .data.check import render, render_tokens, run_check
 
     report, ok = run_check(cfg)
     print(json.dumps(report, indent=2, ensure_ascii=False) if cfg.json else render(report, cfg.method))
@@ -165,7 +165,7 @@ def _check(argv: list[str], prog: str) -> int:
 
 def _merge(argv: list[str], prog: str) -> int:
     cfg = parse_config(MergeConfig, argv, prog)
-    from .merge import merge_run
+    from .deploy.merge import merge_run
 
     merge_run(cfg)
     return 0
@@ -173,7 +173,7 @@ def _merge(argv: list[str], prog: str) -> int:
 
 def _export(argv: list[str], prog: str) -> int:
     cfg = parse_config(ExportConfig, argv, prog)
-    from .export import run_export
+    from .deploy.export import run_export
 
     path = run_export(cfg)
     if path.suffix == ".gguf":
@@ -184,7 +184,7 @@ def _export(argv: list[str], prog: str) -> int:
 
 def _chat(argv: list[str], prog: str) -> int:
     cfg = parse_config(ChatConfig, argv, prog)
-    from .chat import run_chat
+    from .deploy.chat import run_chat
 
     run_chat(cfg)
     return 0
@@ -249,7 +249,7 @@ def usage(prog: str) -> str:
 
 
 def version_line() -> str:
-    from .runs import library_versions
+    from .files import library_versions
 
     found = library_versions()
     libs = ", ".join(f"{name} {found[name] or 'not installed'}" for name in ("trl", "peft", "transformers", "torch"))

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config import EvalConfig, TrainConfig
-from .evaluate import run_eval
-from .report import markdown_table, ordered, write_report
-from .train import run_training
+from .config.train import EvalConfig, TrainConfig
+from .evaluate.run import run_eval
+from .evaluate.report import markdown_table, ordered, write_report
+from .train.run import run_training
 
 # method -> flags over the TrainConfig defaults. Why these values:
 # - no gradient accumulation: more optimizer steps in the budget (the seed's 4 x 4 = 16 rows per step

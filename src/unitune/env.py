@@ -85,7 +85,7 @@ def device_lines() -> list[str]:
 
 
 def cache_lines() -> list[str]:
-    from .models import unitune_home
+    from .models.load import unitune_home
 
     home = unitune_home()
     models = sorted(p.name for p in (home / "models").iterdir() if p.is_dir() and not p.name.startswith(".")) \

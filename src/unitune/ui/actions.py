@@ -10,9 +10,9 @@ import shutil
 import threading
 from pathlib import Path
 
-from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
+from ..config.train import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
 from ..errors import UserError, first_line
-from ..lifecycle import FINISHED, record_of, run_status, run_to_keep
+from ..train.lifecycle import FINISHED, record_of, run_status, run_to_keep
 from . import form
 from .jobs import Job, JobQueue
 from .listing import COLUMNS, history, run_folders, run_row, updated
@@ -114,7 +114,7 @@ class Ui:
             ". Follow it in the Runs tab."
 
     def check_data(self, values: dict) -> str:
-        from ..check import render, render_tokens, run_check
+        from ..data.check import render, render_tokens, run_check
 
         try:
             mapping = form.to_mapping(values)
@@ -165,7 +165,7 @@ class Ui:
     def chart(self, folders: list[Path]) -> str:
         """The report's overlay chart of these runs against steps, as an <img> ("" when nothing is logged yet).
         Drawn again only when a run wrote something; pyplot is not thread-safe, and every tab asks."""
-        from ..report import overlay_png
+        from ..evaluate.report import overlay_png
 
         key = tuple((str(f), updated(f)) for f in folders if f.is_dir())
         with self._chart_lock:
@@ -237,7 +237,7 @@ class Ui:
 
     def results(self) -> tuple[list[list], list[str], str, list[str]]:
         """The evaluation table (header, rows), the report's charts and its files, from the last evaluation."""
-        from ..report import TABLE_KEYS, chart_images, fmt, load_results, ordered
+        from ..evaluate.report import TABLE_KEYS, chart_images, fmt, load_results, ordered
 
         path = self.root / "evaluation_results.json"
         if not path.is_file():
@@ -267,7 +267,7 @@ class Ui:
         return [(label, value) for value, label in bases.items()] + runs
 
     def speaker(self, source: str):
-        from ..chat import load_speaker
+        from ..deploy.chat import load_speaker
 
         with self._speakers_lock:
             if source not in self._speakers:
@@ -278,7 +278,7 @@ class Ui:
 
     def stream_reply(self, source: str, history: list[dict], message: str, cfg: ChatConfig):
         """The reply to ``message`` after ``history``, yielded as it grows (chat.reply runs in a thread)."""
-        from ..chat import Speaker, reply
+        from ..deploy.chat import Speaker, reply
 
         loaded = self.speaker(source)
         speaker = Speaker(loaded.label, loaded.model, loaded.tokenizer, [dict(m) for m in history])
@@ -313,7 +313,7 @@ class Ui:
     # ------------------------------------------------------------------ export
     def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str) -> tuple[str, list]:
         """unitune export into a new folder (the UI never replaces one): exported/<run>-<quant> unless given."""
-        from ..export import run_export
+        from ..deploy.export import run_export
 
         if not run:
             return "Pick a finished run to export.", []

@@ -8,7 +8,7 @@ import shlex
 import typing
 from dataclasses import MISSING, dataclass, fields
 
-from ..config import TrainConfig, base_type, from_mapping
+from ..config.train import TrainConfig, base_type, from_mapping
 
 # Flags the form leaves out: resume is the Runs tab's Resume button; resume_from_checkpoint (a checkpoint folder of
 # another run) and dry_run (the plan, printed) are for the command line.

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..lifecycle import EXIT_CODES
+from ..train.lifecycle import EXIT_CODES
 
 # A run stopped by SIGTERM/SIGINT exits 143/130 after its checkpoint; one stopped before it installed its handler
 # (while loading the model) dies of the signal: -15/-2.

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from ..lifecycle import ASIDE, FINISHED, record_of, run_status, status_line
-from ..live_log import LOG_FILE, read_log
-from ..runs import RUN_FILE
+from ..train.lifecycle import ASIDE, FINISHED, record_of, run_status, status_line
+from ..train.live_log import LOG_FILE, read_log
+from ..files import RUN_FILE
 
 COLUMNS = ["run", "method", "status", "step", "loss", "updated"]
 

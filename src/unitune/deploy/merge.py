@@ -1,0 +1,138 @@
+"""`unitune merge`: base + LoRA adapter -> one full model folder (safetensors) with the tokenizer.
+
+    unitune merge --run runs/sft_smollm2-135m-instruct --output merged/sft --dtype bfloat16
+
+A QLoRA adapter learned to correct the 4-bit weights it was trained on, so by default it is merged into that
+dequantised 4-bit base (``--merge_base quantized``), the model that was trained and evaluated; ``original``
+merges it into the full-precision weights instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config.train import MERGE_DTYPES, MergeConfig
+from ..errors import UserError
+from ..models.load import Hardware, load_model, load_tokenizer, resolve_model
+from ..files import (guard_output, publish_tree, read_run, recorded_base, replace_dir, temp_dir_beside,
+                   write_json_atomic)
+
+DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
+MERGE_FILE = "unitune_merge.json"
+
+
+def run_base(run: Path) -> str:
+    """The base model a run was trained from (runs.recorded_base); a one-line error when it records none."""
+    base = recorded_base(run)
+    if not base:
+        raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run")
+    return base
+
+
+def is_model_folder(folder: Path) -> bool:
+    """What an earlier merge wrote: a model's config and weights, no sub-folders (runs, checkpoints, anything else)."""
+    return ((folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+            and not any(p.is_dir() for p in folder.iterdir()))
+
+
+def check_run(run: Path) -> None:
+    if not (run / "adapter_config.json").exists():
+        raise UserError(f"{run} holds no adapter (adapter_config.json); pass a finished run folder to --run")
+
+
+def check_output(out: Path, run: Path, overwrite: bool, is_earlier_output, what: str) -> None:
+    """Refuse an --output that would destroy a run, its base model or something that is not an earlier output of
+    this command."""
+    guard_output(out, "--output", run)
+    base = run_base(run)
+    if Path(base).exists() and out.resolve() == Path(base).resolve():
+        raise UserError(f"--output {out} is the run's base model; replacing it would delete it, so this is refused "
+                        "even with --overwrite; choose a new folder for --output")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {out} is a file; pass a folder path")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} is not empty; pass --overwrite to replace it or choose another --output")
+        if not is_earlier_output(out):
+            raise UserError(f"--output {out} is not {what}; --overwrite replaces only an earlier one: choose a new "
+                            "folder for --output")
+
+
+@dataclass
+class Merged:
+    model: object  # the merged transformers model, fp32
+    tokenizer: object
+    base: str
+    record: dict  # what unitune_merge.json records
+
+    def describe(self) -> str:
+        if not self.record["qlora"]:
+            return "a LoRA run: merged into its base"
+        return f"a QLoRA run: merged into the {self.record['merge_base']} base"
+
+
+def qlora_dtype(run: Path) -> torch.dtype | None:
+    """The compute dtype a QLoRA run quantised its base in; None for a LoRA run."""
+    hardware = (read_run(run) or {}).get("hardware") or {}
+    if not hardware.get("qlora"):
+        return None
+    return getattr(torch, str(hardware.get("dtype", "torch.float32")).removeprefix("torch."), torch.float32)
+
+
+def load_base(base: str, run: Path, merge_base: str):
+    """The base weights to merge into, fp32: for a QLoRA run with --merge_base quantized, the 4-bit NF4 base it
+    trained on (quantised as in training, then dequantised); else the full-precision weights."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = qlora_dtype(run)
+    if dtype is None or merge_base == "original":
+        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    # Quantise on the CPU as training did on its device: NF4 blocks and absmax do not depend on the device.
+    model = load_model(base, Hardware("cpu", dtype, True, False, "merge"))
+    return model.dequantize(dtype=dtype).to(torch.float32)
+
+
+def merge_adapter(run: Path, merge_base: str = "quantized") -> Merged:
+    """Merge ``run``'s adapter into its base (in fp32: exact for an fp32 base); nothing written."""
+    from peft import PeftModel
+
+    check_run(run)
+    base = resolve_model(run_base(run))
+    used = merge_base if qlora_dtype(run) is not None else "original"
+    model = PeftModel.from_pretrained(load_base(base, run, used), str(run)).merge_and_unload()
+    tokenizer = load_tokenizer(str(run))  # the run's tokenizer carries the chat template it trained with
+    record = {"run": str(run.resolve()), "base_model": base, "qlora": qlora_dtype(run) is not None,
+              "merge_base": used}
+    return Merged(model.eval(), tokenizer, base, record)
+
+
+def save_merged(merged: Merged, run: Path, folder: Path, dtype: str) -> None:
+    """Write the merged model, tokenizer, generation config and merge record into ``folder``."""
+    merged.model.to(DTYPES[dtype]).save_pretrained(folder, safe_serialization=True)
+    merged.tokenizer.save_pretrained(folder)
+    if (run / "generation_config.json").exists():  # its EOS ids stop generation at the end of a turn
+        shutil.copy2(run / "generation_config.json", folder / "generation_config.json")
+    write_json_atomic(folder / MERGE_FILE, {**merged.record, "dtype": dtype})
+
+
+def merge_run(cfg: MergeConfig) -> Path:
+    run, out = Path(cfg.run), Path(cfg.output)
+    check_run(run)
+    check_output(out, run, cfg.overwrite, is_model_folder,
+                 "a merged model (config.json and *.safetensors, no sub-folders)")
+    merged = merge_adapter(run, cfg.merge_base)
+    print(f"unitune merge: {merged.base} + {run} -> {out} ({cfg.dtype}; {merged.describe()})", flush=True)
+    tmp = temp_dir_beside(out)
+    try:
+        save_merged(merged, run, tmp, cfg.dtype)
+        publish_tree(tmp)
+        replace_dir(tmp, out)  # an old --output (only with --overwrite) goes once the new folder is complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"unitune merge: wrote {out}", flush=True)
+    return out

@@ -1,0 +1,214 @@
+"""Reply loss: mean token NLL of a reply given its prompt, scored in padded, length-sorted batches.
+
+The reply's tokens are exactly those SFT puts loss on (chat_format's spans of the last
+assistant turn): the reply text plus its end-of-turn token, after the prompt rendered as training
+renders it (TRL's generation-tagged twin of the chat template where one exists). Only those positions go through the LM head: full-vocabulary logits are
+never built for prompt or padding tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..templates import chat_format
+from ..errors import warn
+from ..fast.kv_head import MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_kv_cache, window_reached
+from ..console import bar
+
+
+def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
+    chat = chat_format(tokenizer)
+    return [chat.encode(prompt + reply, last_only=True) for prompt, reply in items]
+
+
+def pack(tokenizer, prompt: list[dict], replies: list[list[dict]]) -> dict:
+    """One row: the prompt's tokens once, then each reply's tokens; each reply sees only the prompt.
+
+    Returns ids, position ids, the segment of every token (-1 prompt, k reply k), and for every loss
+    token the position whose hidden state predicts it (a reply's first token is predicted from the
+    prompt's last token, not from the previous reply)."""
+    encoded = encode_pairs(tokenizer, [(prompt, reply) for reply in replies])
+    starts = [enc["assistant_masks"].index(1) if 1 in enc["assistant_masks"] else len(enc["input_ids"])
+              for enc in encoded]
+    prefix = encoded[0]["input_ids"][: starts[0]]
+    if any(enc["input_ids"][:start] != prefix for enc, start in zip(encoded, starts)):
+        raise ValueError("prompt tokens differ between replies")
+    ids, positions, segments, predictors, targets = list(prefix), list(range(len(prefix))), [-1] * len(prefix), [], []
+    for k, (enc, start) in enumerate(zip(encoded, starts)):
+        offset = len(ids)
+        tail = enc["input_ids"][start:]
+        for j, (token, loss) in enumerate(zip(tail, enc["assistant_masks"][start:])):
+            if loss:
+                predictors.append(offset + j - 1 if j else len(prefix) - 1)
+                targets.append(offset + j)
+        ids += tail
+        positions += range(start, start + len(tail))
+        segments += [k] * len(tail)
+    return {"ids": ids, "positions": positions, "segments": segments, "predictors": predictors,
+            "targets": targets, "replies": len(replies)}
+
+
+def _allowed(rows: list[dict], width: int, window: int | None = None) -> torch.Tensor:
+    """(batch, 1, width, width) boolean: causal, prompt visible to all, replies blind to each other, and with
+    ``window`` only keys fewer than ``window`` positions back (sliding-window layers)."""
+    allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for b, row in enumerate(rows):
+        n = len(row["ids"])
+        seg = torch.tensor(row["segments"])
+        same = (seg[:, None] == seg[None, :]) | (seg[None, :] == -1)
+        allowed[b, 0, :n, :n] = same & causal[:n, :n]
+        if window:
+            pos = torch.tensor(row["positions"])
+            allowed[b, 0, :n, :n] &= (pos[:, None] - pos[None, :]) < window
+        allowed[b, 0, n:, :] = causal[n:, :]  # padding rows attend causally (ignored, avoids empty rows)
+    return allowed
+
+
+ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
+
+
+def packable(model) -> bool:
+    """Replies can share a prompt in one row only when every layer is attention a 4D mask steers: convolution,
+    linear-attention and state-space layers (LFM2, Qwen3.5, Nemotron-H) would carry one reply into the next."""
+    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []  # absent: all attention
+    return set(layer_types) <= ATTENTION_LAYERS
+
+
+def positions_pad(rows: list[dict], width: int) -> torch.Tensor:
+    """(batch, width) boolean: True at the right padding of each row."""
+    return torch.arange(width)[None, :] >= torch.tensor([len(r["ids"]) for r in rows])[:, None]
+
+
+def attention_masks(model, rows: list[dict], width: int, device) -> torch.Tensor | dict:
+    """The packed rows' 4D mask in the form the model's attention adds to its scores: 0 where a query may look,
+    the dtype's minimum elsewhere (eager attention adds the mask; a boolean one would add 0/1). Models with
+    sliding-window layers get the window too: one mask per layer type where the config names them (Gemma-2/3,
+    Qwen2), as the model's own forward builds them."""
+    config = model.config.get_text_config()
+    dtype = next(model.parameters()).dtype
+
+    def additive(allowed):
+        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
+
+    layer_types = getattr(config, "layer_types", None)  # absent on architectures without per-layer kinds
+    if not layer_types:  # Mistral, Phi-3: one window (or none) for every layer
+        return additive(_allowed(rows, width, getattr(config, "sliding_window", None)))
+    return {kind: additive(_allowed(rows, width, config.sliding_window if kind == "sliding_attention" else None))
+            for kind in set(layer_types)}
+
+
+def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
+    """What the model's own forward applies after the LM head: Gemma-2's final-logit softcapping."""
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma-2/3 only
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def scored_head(model, rows: list[dict]) -> int:
+    """Prompt tokens every packed row of the batch starts with (0: not worth sharing). A sliding window must hold
+    the whole head: the mask applies the window to the rest, but a sliding layer's cache keeps only the window."""
+    if len(rows) < 2:
+        return 0
+    head = shared_head([row["ids"][: row["segments"].count(-1)] for row in rows])
+    if window_reached(model, head + 1):
+        head = model.config.get_text_config().sliding_window - 1
+    return head if head >= MIN_SHARED else 0
+
+
+def queries_from(mask: torch.Tensor | dict, head: int) -> torch.Tensor | dict:
+    """The 4D mask's rows for the queries after the shared head (its keys stay: the head's are in the cache)."""
+    if isinstance(mask, dict):
+        return {kind: queries_from(m, head) for kind, m in mask.items()}
+    return mask[:, :, head:] if head else mask
+
+
+@torch.inference_mode()
+def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict]]]], batch_size: int = 16,
+                  desc: str = "Scoring") -> list[list[tuple[float, int]]]:
+    """For each (prompt, [reply, ...]): the (summed NLL, token count) of every reply, in input order.
+
+    Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
+    length-sorted and right-padded into batches, and the head a batch's prompts share (the chat template's system
+    turn, say) is computed once for the batch (`kv_head`; not with rotary embeddings whose frequencies depend on the
+    row's length). Models with layers other than attention get one reply a row and no shared head."""
+    shared_prompt = packable(model)
+    if not shared_prompt and any(len(replies) > 1 for _, replies in items):
+        flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
+        it = iter(flat)
+        return [[next(it)[0] for _ in replies] for _, replies in items]
+    packed = [pack(tokenizer, prompt, replies) for prompt, replies in items]
+    order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
+    results: list[list[tuple[float, int]]] = [[] for _ in packed]
+    device = next(model.parameters()).device
+    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
+    share_head = shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
+    for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        rows = [packed[i] for i in order[start: start + batch_size]]
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, row in enumerate(rows):
+            ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
+            positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
+        ids, positions = ids.to(device), positions.to(device)
+        mask = attention_masks(model, rows, width, device) if shared_prompt \
+            else (~positions_pad(rows, width)).long().to(device)
+        shared = scored_head(model, rows) if share_head else 0
+        cache = read_through(head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared])) \
+            if shared else None
+        hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
+                         attention_mask=queries_from(mask, shared)).last_hidden_state
+        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
+        predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]], device=device)
+        targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
+        # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
+        logits = final_logits(model, lm_head(hidden[batch_index, predictors]).float())
+        nll = F.cross_entropy(logits, ids[batch_index, targets], reduction="none").double().cpu()
+        at = 0
+        for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):
+            segment_of = [row["segments"][t] for t in row["targets"]]
+            chunk = nll[at: at + len(row["targets"])]
+            at += len(row["targets"])
+            results[i] = [(float(chunk[[s == k for s in segment_of]].sum()), segment_of.count(k))
+                          for k in range(row["replies"])]
+    return results
+
+
+def reply_nll(model, tokenizer, items: list[tuple[list[dict], list[dict]]], batch_size: int = 16,
+              desc: str = "Scoring") -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each (prompt messages, reply messages) item, in input order."""
+    return [scored[0] for scored in score_replies(model, tokenizer, [(p, [r]) for p, r in items], batch_size, desc)]
+
+
+def mean_loss(scored: list[tuple[float, int]]) -> list[float]:
+    """Per-item mean token NLL."""
+    return [total / count if count else float("nan") for total, count in scored]
+
+
+def token_weighted(scored: list[tuple[float, int]]) -> float:
+    tokens = sum(count for _, count in scored)
+    return sum(total for total, _ in scored) / tokens if tokens else float("nan")
+
+
+def preference_metrics(chosen: list[float], rejected: list[float]) -> dict:
+    """Pairs where the chosen reply has the lower mean loss; ties and pairs with a NaN loss count as wrong.
+    The average losses and their margin are over the pairs whose two losses are numbers (``preference_unscored``
+    counts the others)."""
+    total = len(chosen)
+    correct = sum(c < r for c, r in zip(chosen, rejected))
+    scored = [(c, r) for c, r in zip(chosen, rejected) if not (math.isnan(c) or math.isnan(r))]
+    if len(scored) < total:
+        warn(f"{total - len(scored)} of {total} preference pairs have a NaN loss (a reply with no scored tokens, or "
+             "a model that overflows); they count as wrong and are left out of the average losses")
+    avg_chosen = sum(c for c, _ in scored) / len(scored) if scored else None
+    avg_rejected = sum(r for _, r in scored) / len(scored) if scored else None
+    return {
+        "preference_correct": correct, "preference_total": total,
+        "preference_accuracy": correct / total if total else None,
+        "avg_chosen_loss": avg_chosen, "avg_rejected_loss": avg_rejected,
+        "loss_margin": avg_rejected - avg_chosen if scored else None,
+        "preference_unscored": total - len(scored),
+    }

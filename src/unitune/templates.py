@@ -1,0 +1,367 @@
+"""Render conversations with the chat template and find the trained spans.
+
+The one place SFT, the preference methods, GRPO prompts, `unitune check` and the evaluator turn messages
+into text: the tokens the evaluator scores as a reply are the tokens SFT trains.
+
+How a reply's span is found, per template (`ChatFormat.how`):
+- **markers**: the template marks assistant output with `{% generation %}` (the model repo's own, or a
+  user's `--chat_template FILE`);
+- **TRL training template**: TRL ships generation-tagged, prefix-preserving twins of the templates of the
+  families people fine-tune most (Qwen3, Llama-3, Gemma, Phi-3, DeepSeek, GLM, ...); rows are rendered with
+  the twin (`trl.chat_template_utils.get_training_chat_template`);
+- **turn by turn**: other templates are rendered one assistant turn at a time; the span is what the turn
+  adds after the generation prompt, up to where the full render and the partial one part.
+
+Every row is then checked against its messages: each reply's text lies inside its span, no other message's
+text does, and the span ends on the end-of-turn token (what the model must learn to stop). A row that fails
+stops training with one line; a guessed mask is never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+from jinja2 import TemplateError
+
+from .data.load import as_messages, require_chat_template
+from .errors import UserError, warn
+
+FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
+TOKEN_FIX = ("use the chat template written for this model's tokenizer, or a tokenizer that has the token (a template "
+             "from another model family needs that family's special tokens)")
+
+
+def eos_ids(tokenizer, generation_config=None) -> set[int]:
+    """The tokenizer's EOS id and the generation config's (one id or a list)."""
+    configured = getattr(generation_config, "eos_token_id", None)  # None: no config given
+    ids = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    return {i for i in ids if i is not None}
+
+
+def fold_system(messages: list[dict]) -> list[dict]:
+    """A leading system message merged into the first user turn (for templates that reject system turns)."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0]["content"], list(messages[1:])
+    if rest and rest[0]["role"] == "user":
+        return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
+
+
+def _reply_text(content: str) -> str:
+    """What of a reply the template must show: templates may drop reasoning before </think>, and trim."""
+    return content.split("</think>")[-1].strip()
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How one tokenizer's chat template is rendered for training, scoring and generation."""
+
+    tokenizer: object
+    template: str  # what training rows are rendered with (the TRL twin when one exists)
+    how: str  # "markers", "trl", "turns": see the module docstring
+    folds_system: bool  # the template rejects system turns: they are folded into the first user turn
+
+    @property
+    def description(self) -> str:
+        return {"markers": "the template's {% generation %} markers",
+                "trl": "TRL's generation-tagged training twin of this template",
+                "turns": "rendered turn by turn, checked per row"}[self.how]
+
+    def prepare(self, messages: list[dict]) -> list[dict]:
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return fold_system(messages) if self.folds_system else messages
+
+    def render(self, messages: list[dict], generation_prompt: bool = False, template: str | None = None) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(self.prepare(messages), tokenize=False,
+                                                      add_generation_prompt=generation_prompt,
+                                                      chat_template=template or self.template)
+        except TemplateError as err:
+            raise UserError(f"the chat template rejected a row ({err}); fix the row's roles "
+                            "(user and assistant turns alternating) or " + FIX) from None
+
+    def generation_prompt(self, messages: list[dict]) -> str:
+        """The prompt as the model sees it at inference: the tokenizer's own template, generation prompt added."""
+        return self.render(messages, generation_prompt=True, template=self.tokenizer.chat_template)
+
+    # ------------------------------------------------------------ spans
+
+    def _marked_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        try:
+            rendered, spans = render_jinja_template(conversations=[self.prepare(messages)], chat_template=self.template,
+                                                    return_assistant_tokens_mask=True,
+                                                    **self.tokenizer.special_tokens_map)
+        except TemplateError as err:
+            raise UserError(f"the chat template rejected a row ({err}); fix the row's roles or " + FIX) from None
+        merged: list[tuple[int, int]] = []
+        for start, end in spans[0]:  # a template may mark a turn in pieces (Phi-3: the reply, then the final EOS)
+            if merged and not rendered[0][merged[-1][1]:start].strip():
+                start = merged.pop()[0]
+            merged.append((start, end))
+        return rendered[0], merged
+
+    def _turn_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+        messages = self.prepare(messages)
+        full = self.render(messages)
+        spans = []
+        for i in (i for i, m in enumerate(messages) if m["role"] == "assistant"):
+            prompt = self.render(messages[:i], generation_prompt=True)
+            if not full.startswith(prompt):
+                spans.append((0, 0))  # the check below reports it
+                continue
+            upto = self.render(messages[: i + 1])
+            # Where this turn's render and the full one part: the next turn starts, or a final-turn-only token.
+            end = _common_prefix(upto, full)
+            spans.append((len(prompt), len(full[:end].rstrip())))
+        return full, spans
+
+    def spans(self, messages: list[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        """(rendered text, character span of each assistant reply), checked; the last reply only with last_only."""
+        text, spans = self._turn_spans(messages) if self.how == "turns" else self._marked_spans(messages)
+        spans = self.check(messages, text, spans)
+        return text, spans[-1:] if last_only else spans
+
+    def check(self, messages: list[dict], text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """One span per assistant reply, holding that reply's text and ending on an end-of-turn token; no other
+        message's text inside any span. Returns the spans with trailing whitespace dropped."""
+        messages = self.prepare(messages)
+        spans = [(s, e) for s, e in spans if e > s]
+        replies = [m for m in messages if m["role"] == "assistant"]
+        tidy = []
+        if len(spans) != len(replies):
+            self._fail(f"found {len(spans)} trained spans for {len(replies)} assistant replies", text)
+        cursor = 0
+        turns = iter(spans)
+        for index, message in enumerate(messages):
+            needle = _reply_text(str(message["content"])) if message["role"] == "assistant" else str(
+                message["content"]).strip()
+            if message["role"] != "assistant":
+                at = text.find(needle, cursor) if needle else -1
+                if at >= 0 and any(s < at + len(needle) and at < e for s, e in spans):
+                    self._fail(f"the text of a {message['role']} turn would carry loss", text)
+                cursor = at + len(needle) if at >= 0 else cursor
+                continue
+            start, end = next(turns)
+            if not needle:
+                raise UserError(f"a row has an empty assistant reply (row starts {text[:60]!r}); fill it in or "
+                                "remove the row")
+            at = text.rfind(needle, start, end)  # the reply closes its span (reasoning may come before it)
+            if at < 0:
+                self._fail("an assistant reply does not lie inside its trained span", text)
+            # Role headers are not trained: a span starts no earlier than the end of the generation prompt.
+            start = max(start, min(_common_prefix(self.render(messages[:index], generation_prompt=True), text), at))
+            tail = text[at + len(needle): end]
+            end = at + len(needle) + len(tail.rstrip())
+            if not self._only_control_tokens(tail):
+                marker = re.match(r"\s*(<[^<>\s]{1,40}>)", tail)  # <|eot_id|>, <end_of_turn>: a foreign control token
+                if marker and len(self.tokenizer(marker.group(1), add_special_tokens=False)["input_ids"]) > 1:
+                    self._fail(f"the template ends a reply with {marker.group(1)!r}, which is no single token of "
+                               "this tokenizer", text, TOKEN_FIX)
+                self._fail(f"the trained span runs past the reply into {tail.strip()[:40]!r}", text)
+            if not tail.strip():
+                self._fail("no end-of-turn token is trained after the reply, so the model would not learn to stop",
+                           text)
+            tidy.append((start, end))
+            cursor = end
+        return tidy
+
+    def _only_control_tokens(self, tail: str) -> bool:
+        """Whitespace and the tokenizer's added tokens (end-of-turn markers) only."""
+        rest = tail
+        for token in sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True):
+            rest = rest.replace(token, "")
+        return not rest.strip()
+
+    def _fail(self, why: str, text: str, fix: str = FIX):
+        name = getattr(self.tokenizer, "name_or_path", "") or "the model"
+        raise UserError(f"cannot find a correct loss mask with the chat template of {name} ({why}; row starts "
+                        f"{text[:60]!r}); {fix}")
+
+    @cached_property
+    def end_of_turn(self) -> str | None:
+        """The control token that closes an assistant reply (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``...)."""
+        probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"},
+                 {"role": "user", "content": "again"}]
+        try:
+            text, spans = self.spans(probe)
+        except UserError:
+            return None
+        tail = text[text.find("pong", spans[0][0]) + len("pong"): spans[0][1]]
+        found = [(tail.find(tok), tok) for tok in self.tokenizer.get_added_vocab() if tok in tail]
+        return min(found)[1] if found else None
+
+    def stop_ids(self, generation_config=None) -> list[int]:
+        """Token ids generation must stop on: the tokenizer's and the model's EOS ids, and the end-of-turn token."""
+        ids = eos_ids(self.tokenizer, generation_config)
+        if self.end_of_turn:
+            ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
+        return sorted(ids)
+
+    # ------------------------------------------------------------ tokens
+
+    def encode(self, messages: list[dict], last_only: bool = False) -> dict:
+        """Token ids and an assistant mask (1 = carries loss): each reply and its end-of-turn token."""
+        _, ids, mask, _ = self.tokens(messages, last_only)
+        return {"input_ids": ids, "assistant_masks": mask}
+
+    def tokens(self, messages: list[dict], last_only: bool = False) -> tuple[str, list[int], list[int], list[int]]:
+        """(rendered text, token ids, assistant mask, each token's start offset in the text).
+
+        Character spans map to tokens through the fast tokenizer's offsets: a token is trained when it starts
+        inside a span, so a token merged across the boundary goes with the side it starts on."""
+        text, spans = self.spans(messages, last_only)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        starts = [a for a, _ in enc["offset_mapping"]]
+        mask = [int(any(s <= a < e for s, e in spans)) for a in starts]
+        return text, enc["input_ids"], mask, starts
+
+    def split_reply(self, prompt: list[dict], reply: list[dict]) -> tuple[str, str]:
+        """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings.
+
+        A BOS token the tokenizer adds by itself is left off the prompt, so it is not doubled."""
+        text, spans = self.spans(prompt + reply, last_only=True)
+        start, end = spans[0]
+        head = text[:start]
+        bos = self.tokenizer.bos_token
+        if bos and head.startswith(bos) and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]:
+            head = head[len(bos):]
+        return head, text[start:end]
+
+
+def trainer_tokenizer(tokenizer):
+    """The tokenizer for trainers that take rendered strings (DPO, ORPO, KTO), with its EOS set to the template's
+    end-of-turn token: they append the EOS to a reply that does not end with it, and the reply already ends with
+    its end-of-turn token (Gemma's <end_of_turn>, Llama-3's <|eot_id|>), as SFT and the evaluator have it."""
+    import copy
+
+    if not tokenizer.chat_template:
+        return tokenizer
+    end = chat_format(tokenizer).end_of_turn
+    if not end or end == tokenizer.eos_token:
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = end
+    return tokenizer
+
+
+def render_pairs(ds, tokenizer):
+    """DPO/ORPO rows whose replies are messages, as the strings SFT would train: the prompt text up to the reply,
+    and each reply's trained span (its end-of-turn token included). Plain-text pairs are left as they are."""
+    if not isinstance(ds[0]["chosen"], list):
+        return ds
+    chat = chat_format(tokenizer)
+
+    def render(row):
+        prompt, chosen = chat.split_reply(row["prompt"], row["chosen"])
+        other, rejected = chat.split_reply(row["prompt"], row["rejected"])
+        if other != prompt:
+            raise UserError("the chat template renders a pair's prompt differently before its chosen and its rejected "
+                            f"reply ({prompt[-40:]!r} vs {other[-40:]!r}); " + FIX)
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    return ds.map(render, desc="Rendering pairs with the chat template")
+
+
+def render_unpaired(ds, tokenizer):
+    """KTO rows {prompt, completion, label} with messages, rendered as render_pairs renders pairs."""
+    if not isinstance(ds[0]["completion"], list) and not isinstance(ds[0]["prompt"], list):
+        return ds
+    chat = chat_format(tokenizer)
+
+    def render(row):
+        prompt, completion = chat.split_reply(as_messages(row["prompt"], "user"),
+                                              as_messages(row["completion"], "assistant"))
+        return {"prompt": prompt, "completion": completion}
+
+    return ds.map(render, desc="Rendering rows with the chat template")
+
+
+def _rejects_system(tokenizer, template: str) -> bool:
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    try:
+        tokenizer.apply_chat_template(probe, tokenize=False, chat_template=template)
+    except TemplateError:
+        return True
+    return False
+
+
+def _training_template(tokenizer) -> tuple[str, str]:
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if has_generation_markers(template):
+        return template, "markers"
+    try:
+        twin = get_training_chat_template(tokenizer)
+    except (ValueError, TemplateError, TypeError):  # TRL has no twin for this template
+        twin = None
+    return (twin, "trl") if twin else (template, "turns")
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(tokenizer, template: str) -> ChatFormat:
+    training, how = _training_template(tokenizer)
+    folds = _rejects_system(tokenizer, training)
+    if folds:
+        warn("the chat template rejects system messages: each row's system text is put at the start of its "
+             "first user turn")
+    return ChatFormat(tokenizer, training, how, folds)
+
+
+def use_template_file(tokenizer, path: str | None) -> None:
+    """Put the template in ``path`` (--chat_template) on the tokenizer: training saves it with the run."""
+    if path:
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+
+
+def chat_format(tokenizer) -> ChatFormat:
+    """The ChatFormat of a tokenizer's current chat template (worked out once per tokenizer and template)."""
+    if isinstance(tokenizer.chat_template, dict):  # named variants: the default one is what chat uses
+        tokenizer.chat_template = tokenizer.chat_template.get("default")
+    require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
+    return _cached(tokenizer, tokenizer.chat_template)
+
+
+# TRL's shipped templates that are not text chat: vision models and the diffusion model.
+NOT_TEXT = {"idefics3", "lfm2_2_5_vl", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
+
+
+def shipped_templates() -> dict[str, str]:
+    """TRL's copies of the model repos' own text chat templates (``trl/chat_templates``), by name."""
+    from pathlib import Path
+
+    import trl
+
+    folder = Path(trl.__file__).parent / "chat_templates"
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.jinja"))
+            if not p.stem.endswith("_training") and p.stem not in NOT_TEXT}
+
+
+def template_table(tokenizer) -> str:
+    """The README's table of supported templates: how each is masked, and what happens to system turns."""
+    import copy
+
+    lines = ["| template (TRL's copy) | loss mask from | system turns |", "|---|---|---|"]
+    for name, text in shipped_templates().items():
+        tok = copy.copy(tokenizer)
+        tok.chat_template = text
+        chat = chat_format(tok)
+        system = "folded into the first user turn" if chat.folds_system else "kept"
+        lines.append(f"| `{name}` | {chat.description} | {system} |")
+    return "\n".join(lines)

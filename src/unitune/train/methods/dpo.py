@@ -1,0 +1,21 @@
+"""DPO: TRL DPOTrainer. With LoRA the reference is the base with the adapter disabled (no second copy)."""
+
+from __future__ import annotations
+
+from trl import DPOConfig, DPOTrainer
+
+from ...templates import render_pairs, trainer_tokenizer
+from ...data.load import to_pairs
+from ...models.load import lora_config
+
+
+def prepare(ds, fmt, cfg, tokenizer):
+    return render_pairs(to_pairs(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
+
+
+def build(cfg, model, tokenizer, train_ds, eval_ds, args):
+    extra = {"loss_type": [cfg.loss_type]} if cfg.loss_type else {}
+    config = DPOConfig(**args, beta=cfg.beta, max_length=cfg.max_length, **extra)
+    return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                      processing_class=trainer_tokenizer(tokenizer),
+                      peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
