@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import tempfile
 
+import run
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 from transformers import TrainerCallback
-
-import run
 
 
 class Step(TrainerCallback):

@@ -111,10 +111,13 @@ def summarize(timer, trainer, name: str) -> dict:
 
 def unitune_trainer(method: str, out: str, extra: dict | None = None):
     """unitune's own pipeline: its config defaults, data preparation, batch plan and trainer build."""
-    from unitune.config.train import TrainConfig
+    from unitune.config import TrainConfig
+    from unitune.data.pipeline import prepare
     from unitune.methods import METHODS
-    from unitune.models.load import choose_hardware, load_model, load_tokenizer, resolve_model
-    from unitune.train.run import build_trainer, fit_memory, length_plan, load_checked
+    from unitune.models.hardware import choose_hardware
+    from unitune.models.load import load_model, load_tokenizer, resolve_model
+    from unitune.train.plan import fit_memory, length_plan
+    from unitune.train.run import build_trainer, data_settings
 
     settings = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
                 "max_train_samples": ROWS, **(extra or {})}
@@ -124,13 +127,14 @@ def unitune_trainer(method: str, out: str, extra: dict | None = None):
     spec, hw = METHODS[method], choose_hardware("auto")
     source = resolve_model(MODEL)
     tokenizer = load_tokenizer(source)
-    raw, fmt = load_checked(str(ROOT / "src/unitune/assets/demo"), spec.split, cfg.max_train_samples, "x", spec, cfg)
+    prepared = prepare(str(ROOT / "src/unitune/assets/demo"), spec.split, spec,
+                       data_settings(cfg, cfg.max_train_samples, "max_train_samples"), tokenizer)
+    raw, fmt = prepared.rows, prepared.format
     cfg, hw = fit_memory(cfg, hw, length_plan(raw, fmt, tokenizer, cfg.max_length), source)
     print(f"unitune batch: {cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps}; {hw.line()}",
           file=sys.stderr)
     os.environ["UNITUNE_BENCH_DTYPE"] = str(hw.dtype).removeprefix("torch.")
-    ds = spec.module.prepare(raw, fmt, cfg, tokenizer)
-    return build_trainer(spec, cfg, hw, load_model(source, hw), tokenizer, ds, None, Path(out))
+    return build_trainer(spec, cfg, hw, load_model(source, hw), tokenizer, prepared.converted, None, Path(out))
 
 
 def trl_rows(split: str, n: int):
@@ -214,12 +218,12 @@ def run_child(name: str) -> dict:
 
 
 def unitune_speedups(name: str):
-    """What `unitune train` wraps its trainer.train() in (train.py): for unitune's contenders only."""
+    """What `unitune train` wraps its trainer.train() in (train/run.py): for unitune's contenders only."""
     import contextlib
 
     import torch
 
-    from unitune.fast.speed import compact_lm_head
+    from unitune.fast.lm_head import compact_lm_head
 
     if "_unitune" not in name:
         return contextlib.nullcontext()
@@ -249,11 +253,11 @@ def bench_eval() -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from unitune.config.train import EvalConfig
-    from unitune.templates import chat_format
-    from unitune.evaluate.run import EvalData
-    from unitune.models.load import load_tokenizer, resolve_model
+    from unitune.config import EvalConfig
+    from unitune.evaluate.heldout import EvalData
     from unitune.evaluate.scoring import mean_loss, pack, score_replies
+    from unitune.models.load import load_tokenizer, resolve_model
+    from unitune.templates import chat_format
 
     source = resolve_model(None)
     tokenizer, model = load_tokenizer(source), AutoModelForCausalLM.from_pretrained(source).eval()
@@ -291,9 +295,9 @@ def bench_eval_generation() -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from unitune.templates import chat_format
     from unitune.fast.generation import generate_replies
     from unitune.models.load import load_tokenizer, resolve_model
+    from unitune.templates import chat_format
 
     source = resolve_model(None)
     tokenizer = load_tokenizer(source)

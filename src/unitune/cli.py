@@ -1,4 +1,4 @@
-"""The `unitune` command line. Flags come from the config dataclasses (config.py), nowhere else.
+"""The `unitune` command line. Flags come from the config dataclasses (unitune.config), nowhere else.
 
     unitune train --method sft            # embedded model + bundled data
     unitune train --config examples/dpo.yaml --learning_rate 1e-5
@@ -11,14 +11,14 @@ import json
 import shlex
 import sys
 import typing
-from dataclasses import MISSING, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from .config.train import (ChatConfig, CheckConfig, EvalConfig, ExportConfig, MergeConfig, TrainConfig, UiConfig, as_bool,
-                     base_type, closest, from_mapping)
-from .errors import Interrupted, UserError
-from .methods import METHODS
+from .config import (ChatConfig, CheckConfig, DemoConfig, EnvConfig, EvalConfig, ExportConfig, MergeConfig,
+                     ReportConfig, TrainConfig, UiConfig, as_bool, base_type, from_mapping)
 from .console import quiet_libraries
+from .errors import Interrupted, UserError, closest
 
 
 def _bool(text: str) -> bool:
@@ -96,9 +96,8 @@ def parse_config(cls, argv: list[str], prog: str):
     return from_mapping(cls, merged, config_path or "flags")
 
 
-def _train(argv: list[str], prog: str) -> int:
-    cfg = parse_config(TrainConfig, argv, prog)
-    from .train.lifecycle import is_main_process
+def _train(cfg: TrainConfig, prog: str) -> int:
+    from .machine import is_main_process
     from .train.run import run_training
 
     out = run_training(cfg)
@@ -117,20 +116,14 @@ def shell_path(path: Path) -> str:
     return shlex.quote(str(path))
 
 
-def _demo(argv: list[str], prog: str) -> int:
-    parser = _Parser(prog=prog, description="Train on the embedded model and bundled data (the main job).")
-    parser.add_argument("--runs_dir", default="runs/demo",
-                        help="where the demo runs, results and report go (its own folder, so runs of yours are not re-evaluated)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="only these methods (default: all)")
-    args = parser.parse_args(argv)
+def _demo(cfg: DemoConfig, prog: str) -> int:
     from .demo import run_demo
 
-    run_demo(args.runs_dir, args.methods)
+    run_demo(cfg.runs_dir, cfg.methods)
     return 0
 
 
-def _eval(argv: list[str], prog: str) -> int:
-    cfg = parse_config(EvalConfig, argv, prog)
+def _eval(cfg: EvalConfig, prog: str) -> int:
     from .evaluate.run import run_eval
 
     run_eval(cfg)
@@ -141,19 +134,14 @@ def _eval(argv: list[str], prog: str) -> int:
     return 0
 
 
-def _report(argv: list[str], prog: str) -> int:
-    parser = _Parser(prog=prog, description="Write report.html and report.md from evaluation_results.json.")
-    parser.add_argument("--runs_dir", default="runs", help="folder holding the runs and evaluation_results.json")
-    parser.add_argument("--results", default=None, help="results file (default: <runs_dir>/evaluation_results.json)")
-    args = parser.parse_args(argv)
+def _report(cfg: ReportConfig, prog: str) -> int:
     from .evaluate.report import write_report
 
-    print(f"unitune report: wrote {write_report(args.runs_dir, args.results)} (and report.md beside it)")
+    print(f"unitune report: wrote {write_report(cfg.runs_dir, cfg.results)} (and report.md beside it)")
     return 0
 
 
-def _check(argv: list[str], prog: str) -> int:
-    cfg = parse_config(CheckConfig, argv, prog)
+def _check(cfg: CheckConfig, prog: str) -> int:
     from .data.check import render, render_tokens, run_check
 
     report, ok = run_check(cfg)
@@ -163,16 +151,14 @@ def _check(argv: list[str], prog: str) -> int:
     return 0 if ok else 1
 
 
-def _merge(argv: list[str], prog: str) -> int:
-    cfg = parse_config(MergeConfig, argv, prog)
+def _merge(cfg: MergeConfig, prog: str) -> int:
     from .deploy.merge import merge_run
 
     merge_run(cfg)
     return 0
 
 
-def _export(argv: list[str], prog: str) -> int:
-    cfg = parse_config(ExportConfig, argv, prog)
+def _export(cfg: ExportConfig, prog: str) -> int:
     from .deploy.export import run_export
 
     path = run_export(cfg)
@@ -182,16 +168,14 @@ def _export(argv: list[str], prog: str) -> int:
     return 0
 
 
-def _chat(argv: list[str], prog: str) -> int:
-    cfg = parse_config(ChatConfig, argv, prog)
+def _chat(cfg: ChatConfig, prog: str) -> int:
     from .deploy.chat import run_chat
 
     run_chat(cfg)
     return 0
 
 
-def _ui(argv: list[str], prog: str) -> int:
-    cfg = parse_config(UiConfig, argv, prog)
+def _ui(cfg: UiConfig, prog: str) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -203,28 +187,40 @@ def _ui(argv: list[str], prog: str) -> int:
     return 0
 
 
-def _env(argv: list[str], prog: str) -> int:
-    _Parser(prog=prog, description="Print the environment for bug reports.").parse_args(argv)
+def _env(cfg: EnvConfig, prog: str) -> int:
     from .env import report
 
     print(report())
     return 0
 
 
-COMMANDS = {  # name: (function, what it does, shown by `unitune --help`)
-    "train": (_train, "fine-tune a model with SFT, DPO, ORPO, KTO or GRPO (LoRA, or QLoRA on 4-bit weights)"),
-    "eval": (_eval, "evaluate every run in a runs folder and the base model; write the results and a report"),
-    "check": (_check, "check a dataset before training: its format, the methods it feeds, token lengths, "
-                      "problems"),
-    "report": (_report, "write report.html and report.md from evaluation_results.json"),
-    "merge": (_merge, "merge a run's LoRA adapter into its base model: one safetensors model folder"),
-    "export": (_export, "export a run for llama.cpp and Ollama: a GGUF file (f16, bf16, q8_0, k-quants) and a "
-                        "Modelfile"),
-    "chat": (_chat, "chat with a run, a merged model, a GGUF or the base model in the terminal (or from a pipe)"),
-    "ui": (_ui, "a local web UI: train from a form, watch live loss curves, evaluate, chat side by side, export"),
-    "demo": (_demo, "the main job: train all five methods on the embedded model and bundled data, then "
-                    "evaluate and report"),
-    "env": (_env, "print versions (against the tested ones), devices, CPU flags and caches, for bug reports"),
+@dataclass(frozen=True)
+class Command:
+    run: Callable  # (the parsed config, prog) -> exit status
+    config: type  # its config dataclass: the flags, the YAML keys and --help
+    summary: str  # what it does, shown by `unitune --help`
+
+
+COMMANDS = {
+    "train": Command(_train, TrainConfig, "fine-tune a model with SFT, DPO, ORPO, KTO or GRPO (LoRA, or QLoRA on "
+                                          "4-bit weights)"),
+    "eval": Command(_eval, EvalConfig, "evaluate every run in a runs folder and the base model; write the results "
+                                       "and a report"),
+    "check": Command(_check, CheckConfig, "check a dataset before training: its format, the methods it feeds, token "
+                                          "lengths, problems"),
+    "report": Command(_report, ReportConfig, "write report.html and report.md from evaluation_results.json"),
+    "merge": Command(_merge, MergeConfig, "merge a run's LoRA adapter into its base model: one safetensors model "
+                                          "folder"),
+    "export": Command(_export, ExportConfig, "export a run for llama.cpp and Ollama: a GGUF file (f16, bf16, q8_0, "
+                                             "k-quants) and a Modelfile"),
+    "chat": Command(_chat, ChatConfig, "chat with a run, a merged model, a GGUF or the base model in the terminal (or "
+                                       "from a pipe)"),
+    "ui": Command(_ui, UiConfig, "a local web UI: train from a form, watch live loss curves, evaluate, chat side by "
+                                 "side, export"),
+    "demo": Command(_demo, DemoConfig, "the main job: train all five methods on the embedded model and bundled data, "
+                                       "then evaluate and report"),
+    "env": Command(_env, EnvConfig, "print versions (against the tested ones), devices, CPU flags and caches, for bug "
+                                    "reports"),
 }
 
 EXAMPLES = """examples:
@@ -241,7 +237,7 @@ def usage(prog: str) -> str:
     lines = [f"usage: {prog} COMMAND [flags]", "",
              "Post-train causal LMs with SFT, DPO, ORPO, KTO and GRPO, then evaluate and compare the runs.", "",
              "commands:"]
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
     lines += ["", EXAMPLES, "", "options:", "  -h, --help  this help", "  --version   unitune's version and the "
               "libraries it runs on", "",
               f"`{prog} COMMAND --help` lists a command's flags; the README explains every command and output."]
@@ -249,7 +245,7 @@ def usage(prog: str) -> str:
 
 
 def version_line() -> str:
-    from .files import library_versions
+    from .machine import library_versions
 
     found = library_versions()
     libs = ", ".join(f"{name} {found[name] or 'not installed'}" for name in ("trl", "peft", "transformers", "torch"))
@@ -273,13 +269,13 @@ def main(argv: list[str] | None = None, prog: str = "unitune") -> int:
         return 2
     if not verbose:
         quiet_libraries(loads_models=argv[0] not in ("report", "env"))
-    return run_command(COMMANDS[argv[0]][0], argv[1:], f"{prog} {argv[0]}", debug)
+    return run_command(COMMANDS[argv[0]], argv[1:], f"{prog} {argv[0]}", debug)
 
 
-def run_command(command, argv: list[str], prog: str, debug: bool) -> int:
-    """Run one command; user errors print as one line (traceback only with --debug)."""
+def run_command(command: Command, argv: list[str], prog: str, debug: bool) -> int:
+    """Parse one command's flags and run it; user errors print as one line (traceback only with --debug)."""
     try:
-        return command(argv, prog)
+        return command.run(parse_config(command.config, argv, prog), prog)
     except UserError as err:
         if debug:
             raise

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .config.train import EvalConfig, TrainConfig
-from .evaluate.run import run_eval
+from .config import EvalConfig, TrainConfig
 from .evaluate.report import markdown_table, ordered, write_report
+from .evaluate.run import run_eval
 from .train.run import run_training
 
 # method -> flags over the TrainConfig defaults. Why these values:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+
+from .machine import cpu_info
 
 CONSTRAINTS = Path(__file__).parent / "assets" / "constraints.txt"
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes", "deepspeed")
@@ -48,21 +49,6 @@ def library_lines() -> list[str]:
     return lines
 
 
-def cpu_info() -> tuple[str, set[str]]:
-    """The CPU model and its flags (Linux /proc/cpuinfo; elsewhere the machine name and no flags)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine(), set()
-    model = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.M)
-    return (model.group(1).strip() if model else platform.machine()), set(flags.group(1).split() if flags else ())
-
-
-def physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def cpu_line() -> str:
     """The CPU model and the flags that decide bf16/AMX speed on CPU."""
     model, flags = cpu_info()
@@ -85,7 +71,7 @@ def device_lines() -> list[str]:
 
 
 def cache_lines() -> list[str]:
-    from .models.load import unitune_home
+    from .machine import unitune_home
 
     home = unitune_home()
     models = sorted(p.name for p in (home / "models").iterdir() if p.is_dir() and not p.name.startswith(".")) \

@@ -1,5 +1,6 @@
 """User-facing errors and warnings: one line that names the problem and the fix."""
 
+import difflib
 import sys
 
 
@@ -26,3 +27,8 @@ def first_line(err: BaseException, typed: bool = True) -> str:
 def warn(message: str) -> None:
     """A warning for the user: one line on stderr (library warnings keep their own format)."""
     print(f"unitune: warning: {message}", file=sys.stderr, flush=True)
+
+
+def closest(word: str, options) -> str:
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""

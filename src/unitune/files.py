@@ -1,19 +1,12 @@
-"""Run folders and the files in them: the run record, atomic writes readable by others, guarded outputs."""
+"""Files written so that a crash never leaves half of one, readable by others, and the folders no --output may replace."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-from .errors import UserError
-
-RUN_FILE = "unitune_run.json"
-LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
 def umask() -> int:
@@ -91,71 +84,3 @@ def protected_folders(run: Path | None = None) -> dict[Path, str]:
     return found
 
 
-def guard_output(out: Path, flag: str, run: Path | None = None) -> None:
-    """Refuse an --output whose replacement would destroy a run, its checkpoints or a folder that holds others."""
-    where = out.resolve()
-    why = protected_folders(run).get(where)
-    if why is None and run is not None and run.resolve() in where.parents:
-        inside = where.relative_to(run.resolve()).parts[0]
-        why = f"inside the run's checkpoint {inside}" if inside.startswith("checkpoint-") else None
-    if why is None and where.is_dir() and (is_run_folder(where) or any(where.glob("checkpoint-*"))):
-        why = "a training run folder"
-    if why:
-        raise UserError(f"{flag} {out} is {why}; replacing it would delete what is there, so this is refused even "
-                        f"with --overwrite; choose a new folder for {flag}")
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder training wrote: a run record or an adapter."""
-    return (folder / RUN_FILE).exists() or (folder / "adapter_config.json").exists()
-
-
-def library_versions() -> dict[str, str | None]:
-    found = {}
-    for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpus"] = torch.cuda.device_count()
-    return info
-
-
-def adapter_base(folder: Path) -> str | None:
-    """The base model PEFT recorded in a run's adapter_config.json, if readable."""
-    try:
-        return json.loads((Path(folder) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-
-
-def recorded_base(run: Path) -> str | None:
-    """The base model a run was trained from: unitune_run.json, else adapter_config.json. A recorded cache folder
-    that is gone (a new $UNITUNE_HOME, a cleaned cache, the embedded model's cache key changed) is made again from
-    what the run was given: the embedded model or the .gguf file."""
-    try:
-        record = read_run(run) or {}
-    except (OSError, ValueError):
-        record = {}
-    base = record.get("base_model") or adapter_base(run)
-    given = (record.get("settings") or {}).get("model_name")
-    if base and not Path(base).exists() and Path(base).is_absolute() and (given is None or
-                                                                           str(given).endswith(".gguf")):
-        from .models.load import resolve_model
-
-        return resolve_model(given)
-    return base
-
-
-def read_run(folder: Path) -> dict | None:
-    path = Path(folder) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else None

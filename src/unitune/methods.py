@@ -1,9 +1,9 @@
-"""The method table: one row per training method.
+"""The method table: one row per training method, read by every layer (flags, data, training, evaluation, the UI).
 
-Adding a method means one row here and one module in this package with two functions:
-``prepare(ds, fmt, cfg, tokenizer) -> Dataset`` (shape the data for the TRL trainer) and
-``build(cfg, model, tokenizer, train_ds, eval_ds, args) -> Trainer`` (``args`` holds the shared
-TrainingArguments fields; the module adds its own).
+Adding a method means one row here and one module in ``unitune/train/methods/`` with two functions:
+``prepare(ds, fmt, settings, tokenizer) -> Dataset`` (shape the canonical rows for the TRL trainer; ``settings`` is
+the pipeline's ``DataSettings``) and ``build(cfg, model, tokenizer, train_ds, eval_ds, args) -> Trainer`` (``args``
+holds the shared TrainingArguments fields; the module adds its own). The table itself imports nothing of unitune.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from types import ModuleType
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    formats: tuple[str, ...]  # data formats it accepts (see data.FORMATS), preferred first
+    formats: tuple[str, ...]  # data formats it accepts (see data.formats.FORMATS), preferred first
     learning_rate: float  # the seed's default
     split: str  # its natural split in UltraFeedback-style datasets
     beta: float | None  # default --beta, None when the method has none

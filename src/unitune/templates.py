@@ -26,7 +26,6 @@ from functools import cached_property
 
 from jinja2 import TemplateError
 
-from .data.load import as_messages, require_chat_template
 from .errors import UserError, warn
 
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
@@ -259,38 +258,6 @@ def trainer_tokenizer(tokenizer):
     return tokenizer
 
 
-def render_pairs(ds, tokenizer):
-    """DPO/ORPO rows whose replies are messages, as the strings SFT would train: the prompt text up to the reply,
-    and each reply's trained span (its end-of-turn token included). Plain-text pairs are left as they are."""
-    if not isinstance(ds[0]["chosen"], list):
-        return ds
-    chat = chat_format(tokenizer)
-
-    def render(row):
-        prompt, chosen = chat.split_reply(row["prompt"], row["chosen"])
-        other, rejected = chat.split_reply(row["prompt"], row["rejected"])
-        if other != prompt:
-            raise UserError("the chat template renders a pair's prompt differently before its chosen and its rejected "
-                            f"reply ({prompt[-40:]!r} vs {other[-40:]!r}); " + FIX)
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-    return ds.map(render, desc="Rendering pairs with the chat template")
-
-
-def render_unpaired(ds, tokenizer):
-    """KTO rows {prompt, completion, label} with messages, rendered as render_pairs renders pairs."""
-    if not isinstance(ds[0]["completion"], list) and not isinstance(ds[0]["prompt"], list):
-        return ds
-    chat = chat_format(tokenizer)
-
-    def render(row):
-        prompt, completion = chat.split_reply(as_messages(row["prompt"], "user"),
-                                              as_messages(row["completion"], "assistant"))
-        return {"prompt": prompt, "completion": completion}
-
-    return ds.map(render, desc="Rendering rows with the chat template")
-
-
 def _rejects_system(tokenizer, template: str) -> bool:
     probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
     try:
@@ -338,30 +305,8 @@ def chat_format(tokenizer) -> ChatFormat:
     return _cached(tokenizer, tokenizer.chat_template)
 
 
-# TRL's shipped templates that are not text chat: vision models and the diffusion model.
-NOT_TEXT = {"idefics3", "lfm2_2_5_vl", "llava_next", "qwen2_5_vl", "qwen3_vl", "smolvlm", "diffusion_gemma"}
-
-
-def shipped_templates() -> dict[str, str]:
-    """TRL's copies of the model repos' own text chat templates (``trl/chat_templates``), by name."""
-    from pathlib import Path
-
-    import trl
-
-    folder = Path(trl.__file__).parent / "chat_templates"
-    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.jinja"))
-            if not p.stem.endswith("_training") and p.stem not in NOT_TEXT}
-
-
-def template_table(tokenizer) -> str:
-    """The README's table of supported templates: how each is masked, and what happens to system turns."""
-    import copy
-
-    lines = ["| template (TRL's copy) | loss mask from | system turns |", "|---|---|---|"]
-    for name, text in shipped_templates().items():
-        tok = copy.copy(tokenizer)
-        tok.chat_template = text
-        chat = chat_format(tok)
-        system = "folded into the first user turn" if chat.folds_system else "kept"
-        lines.append(f"| `{name}` | {chat.description} | {system} |")
-    return "\n".join(lines)
+def require_chat_template(tokenizer, model: str) -> None:
+    if not tokenizer.chat_template:
+        raise UserError(f"the tokenizer of {model} has no chat template, which conversational data need; "
+                        "use a chat model, pass one with --chat_template FILE, or give the data as plain 'text' "
+                        "or prompt/completion strings")

@@ -22,7 +22,7 @@ NONE = "none"
 
 def check_names(report_to: list[str] | None) -> None:
     """Known tracker names only (a config-time check: nothing imported)."""
-    from .train import closest
+    from ..errors import closest
 
     for name in report_to or []:
         if name != NONE and name not in TRACKERS:

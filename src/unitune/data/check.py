@@ -8,13 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..config.train import CheckConfig
-from .load import FORMATS, as_text, detect_format, prompt_messages, resolve_dataset, row_views, split_names
-from .canonical import bad_rows, canonical, describe, load_rows
-from ..templates import chat_format, eos_ids, use_template_file
-from .lengths import Lengths, measure
+from ..config import CheckConfig
 from ..methods import METHODS
 from ..models.load import generation_config, load_tokenizer, resolve_model
+from ..templates import chat_format, eos_ids, use_template_file
+from .formats import FORMATS, as_text, conversational, detect_format
+from .lengths import Lengths, measure
+from .load import resolve_dataset, split_names
+from .pipeline import DataSettings, prepare
+from .rows import describe
+from .views import prompt_messages, row_views
 
 
 def role_problems(row: dict, fmt: str) -> list[str]:
@@ -32,17 +35,15 @@ def role_problems(row: dict, fmt: str) -> list[str]:
 
 
 def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) -> dict:
-    ds = load_rows(dataset, split, cfg.column_map)
-    source = detect_format(ds.column_names)
-    report: dict = {"split": split, "rows": len(ds), "columns": ds.column_names, "format": source,
+    prepared = prepare(dataset, split, None, DataSettings(cfg.column_map, max_bad_rows=None), required=False)
+    source, columns = prepared.source_format, prepared.columns
+    report: dict = {"split": split, "rows": prepared.read, "columns": columns, "format": source,
                     "format_description": FORMATS[source][1] if source else "unknown",
-                    "feeds": [m for m, spec in METHODS.items() if detect_format(ds.column_names, spec.formats)]}
-    if source is None or len(ds) == 0:
+                    "feeds": [m for m, spec in METHODS.items() if detect_format(columns, spec.formats)]}
+    if source is None or prepared.read == 0:
         return report
-    ds, fmt = canonical(ds, source)
-    report["bad_rows"] = bad_rows(ds, fmt)  # {kind: row numbers}; the numbers below are over the usable rows
-    drop = {n for rows in report["bad_rows"].values() for n in rows}
-    ds = ds.select([i for i in range(len(ds)) if i not in drop])
+    report["bad_rows"] = prepared.bad  # {kind: row numbers}; the numbers below are over the usable rows
+    ds, fmt = prepared.rows, prepared.format
     if len(ds) == 0:
         return report
     empty_prompts = empty_replies = same_pairs = duplicates = 0
@@ -106,7 +107,7 @@ def row_tokens(row: dict, fmt: str, tokenizer, method: str | None = None) -> lis
     prompt, replies = row_views(row, fmt)
     if method == "grpo":
         prompt, replies = prompt_messages(row, fmt), []
-    if any(isinstance(row[col], list) for col in FORMATS[fmt][0] if col != "label"):
+    if conversational(row, fmt):
         chat = chat_format(tokenizer)
         if not replies:
             text = chat.generation_prompt(prompt)

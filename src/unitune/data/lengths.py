@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 
 from ..templates import chat_format
-from .load import as_text, row_views
+from .formats import as_text
+from .views import row_views
 
 
 def percentile(values: list[int], q: float) -> int:

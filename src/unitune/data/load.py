@@ -1,8 +1,5 @@
-"""Data: load (bundled demo, Hub id, local folder, file), detect the format, validate, convert.
-
-Every method names the formats it accepts (``methods.METHODS``); this module turns any of them into
-the shape the method's TRL trainer wants, in one place.
-"""
+"""Where a dataset comes from: the bundled demo data, a Hub id, a local folder in Hub layout, or a .json/.jsonl/.csv/
+.parquet file; its split names, and one split loaded."""
 
 from __future__ import annotations
 
@@ -12,29 +9,12 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, get_dataset_split_names, load_dataset
 
-from ..errors import UserError, first_line, warn
+from ..errors import UserError, first_line
 from ..hub import hub_reachable
 
 DEMO_DIR = Path(__file__).parent.parent / "assets" / "demo"
 DEMO_ALIAS = "demo"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-# format name -> (columns it needs, what it is). Order matters: the first match wins in `detect_format`.
-FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
-    "preference": (("prompt", "chosen", "rejected"), "explicit-prompt preference pairs"),
-    "alpaca_preference": (("instruction", "chosen", "rejected"), "Alpaca-style preference pairs"),
-    "preference_implicit": (("chosen", "rejected"), "implicit-prompt preference pairs"),
-    "unpaired": (("prompt", "completion", "label"), "unpaired labelled completions (KTO)"),
-    "alpaca": (("instruction", "output"), "Alpaca instruction/input/output"),
-    "sharegpt": (("conversations",), "ShareGPT conversations"),
-    "conversational": (("messages",), "conversational messages"),
-    "prompt_completion": (("prompt", "completion"), "prompt/completion pairs"),
-    "prompt_only": (("prompt",), "prompts only"),
-    "text": (("text",), "plain text"),
-}
-
-# Source formats and the canonical format each is converted into (normalize.canonical).
-CANONICAL = {"alpaca_preference": "preference", "alpaca": "conversational", "sharegpt": "conversational"}
 
 
 # ---------------------------------------------------------------- loading
@@ -147,166 +127,9 @@ def load_split(dataset: str, split: str) -> Dataset:
 # ---------------------------------------------------------------- detection and validation
 
 
-def with_sources(accepted: tuple[str, ...]) -> list[str]:
-    """Accepted canonical formats, each followed by the source formats converted into it."""
-    return [n for canon in accepted for n in (canon, *(s for s, c in CANONICAL.items() if c == canon))]
-
-
-def detect_format(columns: list[str], accepted: tuple[str, ...] | None = None) -> str | None:
-    """The first format in ``accepted`` (default: all, most specific first; a canonical format admits the source
-    formats converted into it) whose columns are present."""
-    for name in with_sources(accepted) if accepted else FORMATS:
-        if all(col in columns for col in FORMATS[name][0]):
-            return name
-    return None
-
-
-def require_format(ds: Dataset, method: str, accepted: tuple[str, ...]) -> str:
-    fmt = detect_format(ds.column_names, accepted)
-    if fmt is None:
-        needs = "; ".join(f"{name}: {'+'.join(FORMATS[name][0])}" for name in with_sources(accepted))
-        raise UserError(f"the data cannot feed --method {method}: found columns [{', '.join(ds.column_names)}], "
-                        f"need one of ({needs}); map your columns with --columns KEY=COLUMN or pick another --method")
-    return fmt
-
-
-def check_labels(ds: Dataset, fmt: str) -> None:
-    """KTO labels are booleans (a whole-column type, not a broken row)."""
-    if fmt != "unpaired":
-        return
-    for index, value in enumerate(ds["label"]):
-        if not isinstance(value, bool):
-            raise UserError(f"row {index}: column 'label' is {type(value).__name__} ({value!r}), KTO needs "
-                            "booleans (true = desirable); convert the column to true/false")
-
-
-def as_text(value) -> str:
-    """Text or messages as plain text (contents joined)."""
-    return value if isinstance(value, str) else " ".join(str(m.get("content", "")) for m in value)
-
-
 # ---------------------------------------------------------------- conversion
-
-
-def as_messages(value, role: str) -> list[dict]:
-    """Text as one message of ``role``; messages as plain {role, content} dicts."""
-    return [{"role": role, "content": value}] if isinstance(value, str) else [
-        {"role": m["role"], "content": m["content"]} for m in value]
-
-
-def _split_shared(chosen: list[dict], rejected: list[dict]) -> int:
-    """Length of the shared leading turns of two conversations."""
-    n = 0
-    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-        n += 1
-    return n
-
-
-def pair_row(row: dict, fmt: str) -> dict:
-    """One preference row as {prompt, chosen, rejected}: messages lists, or plain strings for plain text."""
-    chosen, rejected = row["chosen"], row["rejected"]
-    if isinstance(chosen, str) and isinstance(rejected, str):
-        if fmt == "preference" and isinstance(row["prompt"], str):
-            return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected}
-        chosen, rejected = as_messages(chosen, "assistant"), as_messages(rejected, "assistant")
-    chosen, rejected = as_messages(chosen, "assistant"), as_messages(rejected, "assistant")
-    shared = _split_shared(chosen, rejected)
-    if fmt == "preference":
-        prompt = as_messages(row["prompt"], "user")
-        # UltraFeedback repeats the prompt turn at the start of chosen/rejected: drop it there.
-        if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
-            shared = len(prompt)
-        elif shared and chosen[:shared][-len(prompt):] == prompt:  # after a system turn (or earlier turns): keep them
-            prompt = chosen[:shared]
-        elif shared and chosen[:shared] != prompt:
-            shared = 0
-    else:
-        prompt = chosen[:shared]
-        if not prompt:
-            raise UserError("implicit-prompt pairs must share their opening turns (the prompt); add a 'prompt' "
-                            "column or start chosen/rejected with the same user turn")
-    return {"prompt": prompt, "chosen": chosen[shared:], "rejected": rejected[shared:]}
-
-
-def to_pairs(ds: Dataset, fmt: str) -> Dataset:
-    """Preference data for DPO/ORPO, with pairs whose chosen equals rejected dropped (warned)."""
-    pairs = ds.map(lambda row: pair_row(row, fmt), remove_columns=ds.column_names, desc="Preparing pairs")
-    same = [i for i, row in enumerate(pairs) if row["chosen"] == row["rejected"]]
-    if same:
-        if len(same) == len(pairs):
-            raise UserError("every pair has chosen equal to rejected, nothing to learn from; check the data")
-        warn(f"dropping {len(same)} pair(s) whose chosen reply equals the rejected one "
-                      f"(first: row {same[0]})")
-        drop = set(same)
-        pairs = pairs.select([i for i in range(len(pairs)) if i not in drop])
-    return pairs
-
-
-def to_unpaired(ds: Dataset, fmt: str) -> Dataset:
-    """KTO rows {prompt, completion, label}; preference pairs are unpaired into one row per reply."""
-    if fmt == "unpaired":
-        return ds.select_columns(["prompt", "completion", "label"])
-    pairs = to_pairs(ds, fmt)
-    rows = []
-    for row in pairs:
-        rows.append({"prompt": row["prompt"], "completion": row["chosen"], "label": True})
-        rows.append({"prompt": row["prompt"], "completion": row["rejected"], "label": False})
-    return Dataset.from_list(rows)
-
-
-def to_conversations(ds: Dataset, fmt: str) -> Dataset:
-    """SFT rows: conversations stay; preference pairs train on prompt + chosen."""
-    if fmt == "preference" or fmt == "preference_implicit":
-        def join(row):
-            pair = pair_row(row, fmt)
-            return {"messages": as_messages(pair["prompt"], "user") + as_messages(pair["chosen"], "assistant")}
-        return ds.map(join, remove_columns=ds.column_names, desc="Preparing conversations")
-    keep = {"conversational": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
-    return ds.select_columns(keep)
-
-
-def prompt_messages(row: dict, fmt: str) -> list[dict]:
-    """The prompt of any row as messages: the conversation up to its last assistant turn."""
-    if fmt == "conversational":
-        messages = as_messages(row["messages"], "user")
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-        return messages[:last]
-    if fmt == "preference_implicit":
-        return pair_row(row, fmt)["prompt"]
-    return as_messages(row["prompt"], "user")
-
-
-def row_views(row: dict, fmt: str) -> tuple[list[dict], list[list[dict]]]:
-    """(prompt messages, replies) of one row in any format."""
-    if fmt in ("preference", "preference_implicit"):
-        pair = pair_row(row, fmt)
-        return as_messages(pair["prompt"], "user"), [as_messages(pair["chosen"], "assistant"),
-                                                   as_messages(pair["rejected"], "assistant")]
-    if fmt == "conversational":
-        prompt = prompt_messages(row, fmt)
-        return prompt, [list(row["messages"])[len(prompt):]]
-    if fmt in ("unpaired", "prompt_completion"):
-        return as_messages(row["prompt"], "user"), [as_messages(row["completion"], "assistant")]
-    if fmt == "prompt_only":
-        return as_messages(row["prompt"], "user"), []
-    return [], [as_messages(row["text"], "assistant")]
-
-
-def to_prompts(ds: Dataset, fmt: str) -> Dataset:
-    """GRPO rows: ``prompt`` as messages; other columns stay for reward functions (e.g. ``answer``)."""
-    return ds.map(lambda row: {"prompt": prompt_messages(row, fmt)}, desc="Preparing prompts")
 
 
 # ---------------------------------------------------------------- chat templates
 
 
-def needs_chat_template(ds: Dataset, fmt: str) -> bool:
-    """Rows hold role/content messages (rendered with the chat template), not plain strings."""
-    return any(isinstance(ds[0][col], list) for col in FORMATS[fmt][0] if col != "label")
-
-
-def require_chat_template(tokenizer, model: str) -> None:
-    if not tokenizer.chat_template:
-        raise UserError(f"the tokenizer of {model} has no chat template, which conversational data need; "
-                        "use a chat model, pass one with --chat_template FILE, or give the data as plain 'text' "
-                        "or prompt/completion strings")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config.train import ChatConfig
+from ..config import ChatConfig
 from ..errors import UserError
 
 HELP = "/reset forgets the conversation, /system TEXT sets the system prompt, /quit ends (or Ctrl-D)"
@@ -57,8 +57,8 @@ def load_speaker(source: str | None) -> Speaker:
     None (the embedded model)."""
     from transformers import AutoModelForCausalLM
 
-    from .merge import merge_adapter
     from ..models.load import load_tokenizer, resolve_model
+    from .merge import merge_adapter
 
     print(f"unitune chat: loading {source or 'the embedded model'}", file=sys.stderr, flush=True)
     if source and is_run(source):

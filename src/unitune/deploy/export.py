@@ -15,10 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..config.train import K_QUANTS, ExportConfig
+from ..config import K_QUANTS, ExportConfig
 from ..errors import UserError
-from .merge import check_output, check_run, is_model_folder, merge_adapter, save_merged
 from ..files import publish_tree, replace_dir, temp_dir_beside, write_json_atomic, write_text_atomic
+from .merge import check_output, check_run, is_model_folder, merge_adapter, save_merged
 
 EXPORT_FILE = "unitune_export.json"
 QUANTIZE_BIN = "llama-quantize"
@@ -122,9 +122,9 @@ def preflight(cfg: ExportConfig, run: Path) -> None:
 
     from transformers import AutoConfig
 
+    from ..models.load import resolve_model
     from .gguf_writer import check_supported
     from .merge import run_base
-    from ..models.load import resolve_model
 
     if cfg.format != "gguf":
         return
@@ -139,8 +139,8 @@ def preflight(cfg: ExportConfig, run: Path) -> None:
 
 def write_export(cfg: ExportConfig, run: Path, folder: Path) -> str:
     """Merge and write the export into the empty ``folder``; return the main file's name."""
-    from .gguf_writer import write_gguf
     from ..models.load import generation_config
+    from .gguf_writer import write_gguf
 
     merged = merge_adapter(run, cfg.merge_base)
     print(f"unitune export: {merged.describe()}", flush=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
 from ..console import bar
+from ..errors import UserError
 
 ARCHS = {  # transformers architecture: (GGUF architecture, permute q/k for llama.cpp's rotary layout)
     "LlamaForCausalLM": ("LLAMA", True),

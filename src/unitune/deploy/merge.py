@@ -15,18 +15,19 @@ from pathlib import Path
 
 import torch
 
-from ..config.train import MERGE_DTYPES, MergeConfig
+from ..config import MERGE_DTYPES, MergeConfig
 from ..errors import UserError
-from ..models.load import Hardware, load_model, load_tokenizer, resolve_model
-from ..files import (guard_output, publish_tree, read_run, recorded_base, replace_dir, temp_dir_beside,
-                   write_json_atomic)
+from ..files import protected_folders, publish_tree, replace_dir, temp_dir_beside, write_json_atomic
+from ..models.hardware import Hardware
+from ..models.load import load_model, load_tokenizer, resolve_model
+from ..train.records import is_run_folder, read_run, recorded_base
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 MERGE_FILE = "unitune_merge.json"
 
 
 def run_base(run: Path) -> str:
-    """The base model a run was trained from (runs.recorded_base); a one-line error when it records none."""
+    """The base model a run was trained from (train.records.recorded_base); a one-line error when it records none."""
     base = recorded_base(run)
     if not base:
         raise UserError(f"{run} has no readable adapter_config.json; pass a finished run folder to --run")
@@ -136,3 +137,17 @@ def merge_run(cfg: MergeConfig) -> Path:
         raise
     print(f"unitune merge: wrote {out}", flush=True)
     return out
+
+
+def guard_output(out: Path, flag: str, run: Path | None = None) -> None:
+    """Refuse an --output whose replacement would destroy a run, its checkpoints or a folder that holds others."""
+    where = out.resolve()
+    why = protected_folders(run).get(where)
+    if why is None and run is not None and run.resolve() in where.parents:
+        inside = where.relative_to(run.resolve()).parts[0]
+        why = f"inside the run's checkpoint {inside}" if inside.startswith("checkpoint-") else None
+    if why is None and where.is_dir() and (is_run_folder(where) or any(where.glob("checkpoint-*"))):
+        why = "a training run folder"
+    if why:
+        raise UserError(f"{flag} {out} is {why}; replacing it would delete what is there, so this is refused even "
+                        f"with --overwrite; choose a new folder for {flag}")

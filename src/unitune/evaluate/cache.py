@@ -11,8 +11,9 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config.train import EvalConfig
-from ..files import library_versions, write_json_atomic
+from ..config import EvalConfig
+from ..files import write_json_atomic
+from ..machine import library_versions
 
 # The EvalConfig fields a base result depends on (the others choose runs, files, or run after it, like lm-eval).
 SETTINGS = ("max_samples", "max_generation_samples", "skip_perplexity", "sft_split", "prefs_split", "gen_split",
@@ -21,7 +22,7 @@ SETTINGS = ("max_samples", "max_generation_samples", "skip_perplexity", "sft_spl
 
 def cache_dir() -> Path:
     """$UNITUNE_EVAL_CACHE, else $UNITUNE_HOME/eval-cache (the tests keep theirs apart)."""
-    from ..models.load import unitune_home
+    from ..machine import unitune_home
 
     return Path(os.environ.get("UNITUNE_EVAL_CACHE") or unitune_home() / "eval-cache")
 

@@ -19,7 +19,7 @@ def task_manager(include_path: str | None):
 
 def check_tasks(manager, tasks: list[str]) -> None:
     """Every task known to lm-eval (built in, or under --lm_eval_include_path), before any model loads."""
-    from ..config.train import closest
+    from ..errors import closest
 
     for task in tasks:
         if task not in manager.all_tasks:

@@ -13,10 +13,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..templates import chat_format
-from ..errors import warn
-from ..fast.kv_head import MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_kv_cache, window_reached
 from ..console import bar
+from ..errors import warn
+from ..fast.kv_head import (MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_kv_cache,
+                            window_reached)
+from ..fast.packing import attention_masks, attention_only
+from ..templates import chat_format
 
 
 def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
@@ -51,54 +53,9 @@ def pack(tokenizer, prompt: list[dict], replies: list[list[dict]]) -> dict:
             "targets": targets, "replies": len(replies)}
 
 
-def _allowed(rows: list[dict], width: int, window: int | None = None) -> torch.Tensor:
-    """(batch, 1, width, width) boolean: causal, prompt visible to all, replies blind to each other, and with
-    ``window`` only keys fewer than ``window`` positions back (sliding-window layers)."""
-    allowed = torch.zeros((len(rows), 1, width, width), dtype=torch.bool)
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    for b, row in enumerate(rows):
-        n = len(row["ids"])
-        seg = torch.tensor(row["segments"])
-        same = (seg[:, None] == seg[None, :]) | (seg[None, :] == -1)
-        allowed[b, 0, :n, :n] = same & causal[:n, :n]
-        if window:
-            pos = torch.tensor(row["positions"])
-            allowed[b, 0, :n, :n] &= (pos[:, None] - pos[None, :]) < window
-        allowed[b, 0, n:, :] = causal[n:, :]  # padding rows attend causally (ignored, avoids empty rows)
-    return allowed
-
-
-ATTENTION_LAYERS = {"full_attention", "sliding_attention"}
-
-
-def packable(model) -> bool:
-    """Replies can share a prompt in one row only when every layer is attention a 4D mask steers: convolution,
-    linear-attention and state-space layers (LFM2, Qwen3.5, Nemotron-H) would carry one reply into the next."""
-    layer_types = getattr(model.config.get_text_config(), "layer_types", None) or []  # absent: all attention
-    return set(layer_types) <= ATTENTION_LAYERS
-
-
 def positions_pad(rows: list[dict], width: int) -> torch.Tensor:
     """(batch, width) boolean: True at the right padding of each row."""
     return torch.arange(width)[None, :] >= torch.tensor([len(r["ids"]) for r in rows])[:, None]
-
-
-def attention_masks(model, rows: list[dict], width: int, device) -> torch.Tensor | dict:
-    """The packed rows' 4D mask in the form the model's attention adds to its scores: 0 where a query may look,
-    the dtype's minimum elsewhere (eager attention adds the mask; a boolean one would add 0/1). Models with
-    sliding-window layers get the window too: one mask per layer type where the config names them (Gemma-2/3,
-    Qwen2), as the model's own forward builds them."""
-    config = model.config.get_text_config()
-    dtype = next(model.parameters()).dtype
-
-    def additive(allowed):
-        return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min).to(device)
-
-    layer_types = getattr(config, "layer_types", None)  # absent on architectures without per-layer kinds
-    if not layer_types:  # Mistral, Phi-3: one window (or none) for every layer
-        return additive(_allowed(rows, width, getattr(config, "sliding_window", None)))
-    return {kind: additive(_allowed(rows, width, config.sliding_window if kind == "sliding_attention" else None))
-            for kind in set(layer_types)}
 
 
 def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
@@ -134,7 +91,7 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     length-sorted and right-padded into batches, and the head a batch's prompts share (the chat template's system
     turn, say) is computed once for the batch (`kv_head`; not with rotary embeddings whose frequencies depend on the
     row's length). Models with layers other than attention get one reply a row and no shared head."""
-    shared_prompt = packable(model)
+    shared_prompt = attention_only(model)
     if not shared_prompt and any(len(replies) > 1 for _, replies in items):
         flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
         it = iter(flat)

@@ -17,11 +17,11 @@ import inspect
 
 import torch
 
+from ..console import bar
 from ..templates import chat_format
 from .kv_head import MIN_SHARED, head_cache, rope_varies, shared_head, takes_kv_cache, window_reached
-from ..console import bar
 from .packed_linear import packed_linears
-from ..evaluate.scoring import packable
+from .packing import attention_only
 
 
 def takes_cache(model) -> bool:
@@ -105,7 +105,7 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     replies: list[str] = [""] * len(encoded)
     device = next(model.parameters()).device
-    share = packable(model) and takes_cache(model) and not rope_varies(model)
+    share = attention_only(model) and takes_cache(model) and not rope_varies(model)
     own_loop = share and plain_greedy(model.generation_config)
     stop = chat.stop_ids(model.generation_config)
     with packed_linears(model):

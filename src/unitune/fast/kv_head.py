@@ -1,7 +1,7 @@
 """The head every row of a batch starts with, computed once.
 
 Chat prompts share a head: the template's system turn, often an instruction. Its KV cache is computed for one row
-and copied to every row, which then computes only its own rest. Used by greedy generation (`generation.py`) and
+and copied to every row, which then computes only its own rest. Used by greedy generation (`fast/generation.py`) and
 by reply scoring (`scoring.py`).
 """
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..machine import physical_memory
 from . import probes
-from ..env import physical_memory
 
 DECODE_ROWS = 128  # larger calls are prefills: sgemm is as fast there (0.9-1.06x at 512-2048 rows)
 MIN_GAIN = 1.1

@@ -15,11 +15,11 @@ from typing import Callable
 
 import torch
 
-from ..env import cpu_info
+from ..machine import cpu_info
 
 
 def probe_file(kind: str) -> Path:
-    from ..models.load import unitune_home
+    from ..machine import unitune_home
 
     model, flags = cpu_info()
     key = json.dumps([model, sorted(flags), torch.get_num_threads(), torch.__version__])

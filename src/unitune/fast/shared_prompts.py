@@ -2,7 +2,7 @@
 
 TRL's GRPOTrainer scores ``num_generations`` completions per prompt as separate rows: the prompt is computed once
 per completion, and every row is padded to the longest prompt plus the longest completion. Here the rows that share
-a prompt become one packed row, the way the evaluator scores replies (scoring.py):
+a prompt become one packed row, the way the evaluator scores replies (evaluate/scoring.py):
 
     prompt[:-1] | prompt[-1] completion 1 | prompt[-1] completion 2 | ...
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate.scoring import attention_masks, packable
+from .packing import attention_masks, attention_only
 
 
 def groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]]:
@@ -58,7 +58,7 @@ def usable(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, complet
     """The packing (see ``pack``) where it pays and is exact: prompts that repeat, non-empty, an attention-only
     model. None: TRL's own pass."""
     prompt_mask = attention_mask[:, :-completion_width]
-    if not packable(getattr(model, "module", model)) or not bool(prompt_mask.sum(1).min() > 0):  # DDP: .module
+    if not attention_only(getattr(model, "module", model)) or not bool(prompt_mask.sum(1).min() > 0):  # DDP: .module
         return None
     rows, where = pack(input_ids, attention_mask, completion_width)
     return (rows, where) if len(rows) < input_ids.size(0) else None

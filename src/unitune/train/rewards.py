@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError, first_line
 from ..answers import check_answer, format_score
+from ..errors import UserError, first_line
 
 LENGTH_TARGET_WORDS = 40  # replies longer than this lose reward softly (the demo's answers are ~10 words)
 

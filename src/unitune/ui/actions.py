@@ -5,17 +5,18 @@ back as its one line, shown in the page (never only in the server's log)."""
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import threading
 from pathlib import Path
 
-from ..config.train import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
+from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
 from ..errors import UserError, first_line
-from ..train.lifecycle import FINISHED, record_of, run_status, run_to_keep
+from ..train.output_dir import run_to_keep
+from ..train.records import FINISHED, record_of, run_status
 from . import form
 from .jobs import Job, JobQueue
 from .listing import COLUMNS, history, run_folders, run_row, updated
+from .speakers import Speakers
 
 EMBEDDED = "embedded"  # the chat's value for the embedded base model
 DOWNLOAD_LIMIT = 2 << 30  # bigger exports are named by path, not copied into Gradio's cache for a download link
@@ -62,8 +63,7 @@ class Ui:
         self.root = Path(cfg.runs_dir)
         self.state_dir = self.root / ".ui"
         self.queue = JobQueue(self.state_dir / "jobs")
-        self._speakers: dict[str, object] = {}
-        self._speakers_lock = threading.Lock()
+        self.speakers = Speakers()
         self._charts: dict[tuple, str] = {}
         self._chart_lock = threading.Lock()
 
@@ -165,7 +165,7 @@ class Ui:
     def chart(self, folders: list[Path]) -> str:
         """The report's overlay chart of these runs against steps, as an <img> ("" when nothing is logged yet).
         Drawn again only when a run wrote something; pyplot is not thread-safe, and every tab asks."""
-        from ..evaluate.report import overlay_png
+        from ..evaluate.charts import overlay_png
 
         key = tuple((str(f), updated(f)) for f in folders if f.is_dir())
         with self._chart_lock:
@@ -237,7 +237,8 @@ class Ui:
 
     def results(self) -> tuple[list[list], list[str], str, list[str]]:
         """The evaluation table (header, rows), the report's charts and its files, from the last evaluation."""
-        from ..evaluate.report import TABLE_KEYS, chart_images, fmt, load_results, ordered
+        from ..evaluate.charts import chart_images
+        from ..evaluate.report import TABLE_KEYS, fmt, load_results, ordered
 
         path = self.root / "evaluation_results.json"
         if not path.is_file():
@@ -266,49 +267,8 @@ class Ui:
             runs.append((f"run: {folder.name}", str(folder)))
         return [(label, value) for value, label in bases.items()] + runs
 
-    def speaker(self, source: str):
-        from ..deploy.chat import load_speaker
-
-        with self._speakers_lock:
-            if source not in self._speakers:
-                if len(self._speakers) >= 3:  # keep memory bounded: drop the oldest
-                    self._speakers.pop(next(iter(self._speakers)))
-                self._speakers[source] = load_speaker(None if source == EMBEDDED else source)
-            return self._speakers[source]
-
     def stream_reply(self, source: str, history: list[dict], message: str, cfg: ChatConfig):
-        """The reply to ``message`` after ``history``, yielded as it grows (chat.reply runs in a thread)."""
-        from ..deploy.chat import Speaker, reply
-
-        loaded = self.speaker(source)
-        speaker = Speaker(loaded.label, loaded.model, loaded.tokenizer, [dict(m) for m in history])
-        pieces: queue.Queue = queue.Queue()
-
-        class Pieces:
-            def write(self, text: str) -> None:
-                if text:
-                    pieces.put(text)
-
-            def flush(self) -> None:
-                pass
-
-        failure: list[BaseException] = []
-
-        def generate():
-            try:
-                reply(speaker, message, cfg.system, cfg, Pieces())
-            except BaseException as err:  # shown in the page, below
-                failure.append(err)
-            finally:
-                pieces.put(None)
-
-        threading.Thread(target=generate, daemon=True).start()
-        text = ""
-        while (piece := pieces.get()) is not None:
-            text += piece
-            yield text
-        if failure:
-            raise failure[0]
+        return self.speakers.stream_reply(None if source == EMBEDDED else source, history, message, cfg)
 
     # ------------------------------------------------------------------ export
     def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str) -> tuple[str, list]:

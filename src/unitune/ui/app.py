@@ -10,7 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline machines: 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..config.train import GGUF_QUANTS, K_QUANTS, MERGE_BASES, ChatConfig  # noqa: E402
+from ..config import GGUF_QUANTS, K_QUANTS, MERGE_BASES, ChatConfig  # noqa: E402
 from ..errors import UserError  # noqa: E402
 from . import form  # noqa: E402
 from .actions import COLUMNS, EMBEDDED, Ui, problem  # noqa: E402

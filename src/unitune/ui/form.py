@@ -1,5 +1,5 @@
 """The Train form, generated from TrainConfig: one input per field, with its help, default, section and the methods
-it applies to (config.py), so a new flag appears in the UI by itself. The form's values become the same mapping a
+it applies to (unitune.config), so a new flag appears in the UI by itself. The form's values become the same mapping a
 YAML config holds, checked by the same code as the command line."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import shlex
 import typing
 from dataclasses import MISSING, dataclass, fields
 
-from ..config.train import TrainConfig, base_type, from_mapping
+from ..config import TrainConfig, base_type, from_mapping
 
 # Flags the form leaves out: resume is the Runs tab's Resume button; resume_from_checkpoint (a checkpoint folder of
 # another run) and dry_run (the plan, printed) are for the command line.

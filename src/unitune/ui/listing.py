@@ -7,9 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from ..train.lifecycle import ASIDE, FINISHED, record_of, run_status, status_line
 from ..train.live_log import LOG_FILE, read_log
-from ..files import RUN_FILE
+from ..train.records import ASIDE, FINISHED, RUN_FILE, record_of, run_status, status_line
 
 COLUMNS = ["run", "method", "status", "step", "loss", "updated"]
 

@@ -6,7 +6,7 @@ import signal
 import sys
 import time
 
-from ..config.train import UiConfig
+from ..config import UiConfig
 from ..errors import UserError
 
 

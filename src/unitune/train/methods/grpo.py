@@ -1,4 +1,4 @@
-"""GRPO: TRL GRPOTrainer with unitune's reward functions (rewards.py).
+"""GRPO: TRL GRPOTrainer with unitune's reward functions (train/rewards.py).
 
 Reward mean/std per step go to trainer_state.json through TRL's logs ("reward", "reward_std",
 "rewards/<name>/mean"); a few sampled completions with their rewards go to completions.jsonl.
@@ -14,19 +14,21 @@ import trl
 from transformers import TrainerCallback
 from trl import GRPOConfig
 
-from ...templates import chat_format
-from ...data.load import to_prompts
+from ...data.convert import to_prompts
 from ...errors import UserError
 from ...fast import shared_prompts
-from ...models.load import lora_config, world_size
-from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
+from ...fast.lora_merge import lora_merged
 from ...fast.packed_linear import packed_linears
-from ...fast.speed import lora_merged, shared_prefill
+from ...fast.prefill import shared_prefill
+from ...machine import world_size
+from ...models.load import lora_config
+from ...templates import chat_format
+from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
 
 COMPLETIONS_FILE = "completions.jsonl"
 
 
-def prepare(ds, fmt, cfg, tokenizer):
+def prepare(ds, fmt, settings, tokenizer):
     chat = chat_format(tokenizer)  # TRL renders the prompts; system turns are folded first where the template wants
     return to_prompts(ds, fmt).map(lambda row: {"prompt": chat.prepare(row["prompt"])})
 
@@ -45,8 +47,8 @@ def num_generations(cfg, world_size: int) -> int:
 
 class GRPOTrainer(trl.GRPOTrainer):
     """TRL's GRPOTrainer with CPU speed-ups, each measured in bench/ (RESULTS.md): it samples through merged LoRA
-    weights (speed.lora_merged), packed for decode steps where that measured faster (packed_linear), and prefills
-    each prompt once (speed.shared_prefill); its log-prob passes compute each prompt once for its group of
+    weights (fast.lora_merge), packed for decode steps where that measured faster (fast.packed_linear), and
+    prefills each prompt once (fast.prefill); its log-prob passes compute each prompt once for its group of
     completions (shared_prompts). Elsewhere, and for inputs these do not cover, TRL's own code runs."""
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,

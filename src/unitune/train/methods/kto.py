@@ -1,15 +1,15 @@
-"""KTO: TRL KTOTrainer. Preference pairs are unpaired automatically (data.to_unpaired)."""
+"""KTO: TRL KTOTrainer. Preference pairs are unpaired automatically (data.convert.to_unpaired)."""
 
 from __future__ import annotations
 
 from trl import KTOConfig, KTOTrainer
 
-from ...templates import render_unpaired, trainer_tokenizer
-from ...data.load import to_unpaired
+from ...data.convert import render_unpaired, to_unpaired
 from ...models.load import lora_config
+from ...templates import trainer_tokenizer
 
 
-def prepare(ds, fmt, cfg, tokenizer):
+def prepare(ds, fmt, settings, tokenizer):
     return render_unpaired(to_unpaired(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from ...templates import render_pairs, trainer_tokenizer
-from ...data.load import to_pairs
+from ...data.convert import render_pairs, to_pairs
 from ...models.load import lora_config
+from ...templates import trainer_tokenizer
 
 
-def prepare(ds, fmt, cfg, tokenizer):
+def prepare(ds, fmt, settings, tokenizer):
     return render_pairs(to_pairs(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 

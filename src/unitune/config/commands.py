@@ -1,0 +1,243 @@
+"""The settings of every command but ``train``: eval, check, merge, export, chat, ui, demo and report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError, closest
+from ..methods import METHODS
+from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, opt,
+                     parse_columns)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate every run under --runs_dir, plus the base model, and write evaluation_results.json + a report."""
+
+    runs_dir: str = opt("runs", "folder holding the runs (any sub-folder with adapter_config.json or unitune_run.json)")
+    methods: list[str] | None = opt(None, "evaluate only runs of these methods (default: all)")
+    runs: list[str] | None = opt(None, "evaluate only these runs: folder names under --runs_dir (default: all)")
+    max_samples: int = opt(100, "score the first N rows of each test split")
+    max_generation_samples: int = opt(3, "greedy generation samples to keep per run")
+    skip_perplexity: bool = opt(False, "skip test_loss / perplexity on the SFT test split")
+    base_model: str | None = opt(None, "base model for runs that do not record one (fallback only)")
+    output: str | None = opt(None, "results file (default: <runs_dir>/evaluation_results.json)")
+    dataset: str | None = opt(None, "evaluate on this dataset instead of each run's recorded one")
+    sft_split: str = opt("test_sft", "split for test_loss / perplexity")
+    prefs_split: str = opt("test_prefs", "split for preference accuracy")
+    gen_split: str = opt("test_gen", "split for task accuracy, mean reward and generation samples")
+    batch_size: int = opt(32, "batch size for scoring and generation")
+    max_new_tokens: int = opt(48, "longest greedy generation, in tokens")
+    skip_base: bool = opt(False, "do not evaluate the base model")
+    reuse_base: bool = opt(True, "reuse the base model's results from an earlier evaluation with the same model files, "
+                                 "data, settings, device and library versions (kept in $UNITUNE_HOME/eval-cache); "
+                                 "false scores it again")
+    report: bool = opt(True, "write report.html and report.md after evaluating")
+    columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
+    reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "
+                                               "package.module:function (default: the GRPO run's own)")
+    trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
+                                         "without it such runs get mean_reward null: a runs folder from someone "
+                                         "else must not run their Python")
+    answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
+    lm_eval_tasks: list[str] | None = opt(None, "lm-evaluation-harness tasks to run on the base model and every run "
+                                                "(needs the lm-eval extra), e.g. gsm8k or a task under "
+                                                "--lm_eval_include_path")
+    lm_eval_include_path: str | None = opt(None, "a folder of lm-eval task YAMLs (e.g. examples/lm_eval)")
+    lm_eval_limit: int | None = opt(None, "lm-eval: only the first N examples of each task")
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return parse_columns(self.columns)
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_samples", "batch_size", "max_new_tokens", "lm_eval_limit")
+        _answer_format(self)
+        if self.lm_eval_include_path and not Path(self.lm_eval_include_path).is_dir():
+            raise UserError(f"--lm_eval_include_path {self.lm_eval_include_path} is not a folder; point it at a "
+                            "folder of lm-eval task YAMLs")
+        parse_columns(self.columns)
+        if self.max_generation_samples < 0:
+            raise UserError("--max_generation_samples must be 0 or more")
+        for method in self.methods or []:
+            if method not in METHODS:
+                raise UserError(f"unknown method '{method}' in --methods{closest(method, METHODS)}; "
+                                f"choose from: {', '.join(METHODS)}")
+        if self.output is None:
+            self.output = str(Path(self.runs_dir) / "evaluation_results.json")
+
+
+@dataclass
+class CheckConfig:
+    """Check a dataset before training: formats, the methods each split feeds, token lengths, problems."""
+
+    dataset: str | None = opt(None, "Hub id, local folder or data file (default: the bundled demo data)")
+    split: str | None = opt(None, "check only this split (default: every split)")
+    method: str | None = opt(None, "exit non-zero unless every checked split can feed this method")
+    model_name: str | None = opt(None, "model whose tokenizer and chat template measure the lengths "
+                                       "(default: the embedded model)")
+    max_length: int = opt(1024, "count rows longer than this many tokens")
+    chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's")
+    show_tokens: int = opt(0, "print the first N rows of each split as the trainer sees them, trained text "
+                              "highlighted (with --json: a token_view per split)")
+    json: bool = opt(False, "print the report as JSON")
+    columns: str | None = opt(None, COLUMNS_HELP)
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return parse_columns(self.columns)
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_length")
+        parse_columns(self.columns)
+        _template_file(self.chat_template)
+        if self.show_tokens < 0:
+            raise UserError(f"--show_tokens must be 0 (off) or more, got {self.show_tokens}")
+        if self.method is not None and self.method not in METHODS:
+            raise UserError(f"unknown method '{self.method}'{closest(self.method, METHODS)}; "
+                            f"choose --method from: {', '.join(METHODS)}")
+
+
+MERGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+MERGE_BASES = ("quantized", "original")
+
+
+MERGE_BASE_HELP = ("for a QLoRA run: merge into the dequantised 4-bit base it trained on (quantized: the model that "
+                   "was trained and evaluated) or into the full-precision weights (original); LoRA runs ignore it")
+
+
+GGUF_QUANTS = ("f16", "bf16", "q8_0", "f32")  # written by the gguf package
+
+
+K_QUANTS = ("q4_k_m", "q4_k_s", "q5_k_m", "q5_k_s", "q6_k", "q3_k_m", "q2_k")  # need llama.cpp's llama-quantize
+
+
+EXPORT_FORMATS = ("gguf", "safetensors")
+
+
+@dataclass
+class MergeConfig:
+    """Merge a run's LoRA adapter into its base model and save a full safetensors model folder."""
+
+    run: str = opt(None, "run folder holding the adapter", required=True)
+    output: str = opt(None, "folder for the merged model", required=True)
+    dtype: str = opt("float32", "dtype of the saved weights", choices=MERGE_DTYPES)
+    merge_base: str = opt("quantized", MERGE_BASE_HELP, choices=MERGE_BASES)
+    overwrite: bool = opt(False, "replace a non-empty --output folder (only once the new one is complete)")
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, "--dtype", MERGE_DTYPES)
+        _choice(self.merge_base, "--merge_base", MERGE_BASES)
+
+
+@dataclass
+class ExportConfig:
+    """Merge a run's adapter and export the model for llama.cpp and Ollama (GGUF + Modelfile) or as safetensors."""
+
+    run: str = opt(None, "run folder holding the adapter", required=True)
+    output: str = opt(None, "folder for the export (model-<quant>.gguf and a Modelfile)", required=True)
+    format: str = opt("gguf", "gguf (llama.cpp, Ollama) or safetensors (a merged model folder)",
+                      choices=EXPORT_FORMATS)
+    quant: str | None = opt(None, "GGUF weights (default f16): f16, bf16, q8_0 or f32 (written here), or a k-quant "
+                                  f"({', '.join(K_QUANTS)}) made by llama.cpp's quantizer (llama-quantize on PATH, "
+                                  "or llama-cpp-python)")
+    merge_base: str = opt("quantized", MERGE_BASE_HELP, choices=MERGE_BASES)
+    overwrite: bool = opt(False, "replace an earlier export in --output (only once the new one is complete)")
+
+    def __post_init__(self) -> None:
+        _choice(self.format, "--format", EXPORT_FORMATS)
+        if self.format == "safetensors" and self.quant is not None:
+            raise UserError("--quant is for --format gguf; a safetensors export is the fp32 merge (for another "
+                            "dtype, use unitune merge --dtype)")
+        self.quant = (self.quant or "f16").lower()
+        _choice(self.quant, "--quant", GGUF_QUANTS + K_QUANTS)
+        _choice(self.merge_base, "--merge_base", MERGE_BASES)
+
+
+@dataclass
+class ChatConfig:
+    """Chat with a model in the terminal, streaming; one prompt per line when stdin is not a terminal."""
+
+    run: str | None = opt(None, "run folder, merged model folder, .gguf file or Hub id (default: the embedded model)")
+    compare: str | None = opt(None, "a second model answering each prompt after the first: a run, folder, .gguf, "
+                                    "or 'base' for --run's base model")
+    max_new_tokens: int = opt(256, "longest reply, in tokens")
+    temperature: float = opt(0.0, "sampling temperature; 0 is greedy")
+    system: str | None = opt(None, "system prompt (also /system TEXT in the chat)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_new_tokens")
+        if self.temperature < 0:
+            raise UserError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+UI_AUTH_ENV = "UNITUNE_UI_AUTH"
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+@dataclass
+class UiConfig:
+    """A local web UI: train (a form built from the train flags), watch and compare runs, evaluate, chat, export."""
+
+    host: str = opt("127.0.0.1", "address to listen on; anything but a loopback address needs --auth, since the UI "
+                                 "trains, reads and writes files as you")
+    port: int = opt(7860, "port to listen on")
+    runs_dir: str = opt("runs", "folder holding the runs: the UI lists them, and new runs go there")
+    auth: str | None = opt(None, f"USER:PASS asked for by the browser (or set {UI_AUTH_ENV}); required off loopback")
+
+    def __post_init__(self) -> None:
+        import os
+
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port must be between 1 and 65535, got {self.port}")
+        self.auth = self.auth or os.environ.get(UI_AUTH_ENV) or None
+        if self.auth is not None:
+            user, sep, password = self.auth.partition(":")
+            if not (sep and user and password):
+                raise UserError(f"--auth expects USER:PASS (also in {UI_AUTH_ENV}), e.g. --auth me:a-long-secret")
+        if not is_loopback(self.host) and self.auth is None:
+            raise UserError(f"--host {self.host} would open the UI to other machines without a password; add "
+                            f"--auth USER:PASS (or set {UI_AUTH_ENV}), or keep the default --host 127.0.0.1")
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        if self.auth is None:
+            return None
+        user, _, password = self.auth.partition(":")
+        return user, password
+
+
+@dataclass
+class DemoConfig:
+    """Train all five methods on the embedded model and bundled data, evaluate every run and the base model, and
+    write the report (the main job)."""
+
+    runs_dir: str = opt("runs/demo", "where the demo runs, results and report go (its own folder, so runs of yours "
+                                     "are not re-evaluated)")
+    methods: list[str] | None = opt(None, "only these methods (default: all)")
+
+    def __post_init__(self) -> None:
+        for method in self.methods or []:
+            _choice(method, "--methods", tuple(METHODS))
+
+
+@dataclass
+class ReportConfig:
+    """Write report.html and report.md from evaluation_results.json."""
+
+    runs_dir: str = opt("runs", "folder holding the runs and evaluation_results.json")
+    results: str | None = opt(None, "results file (default: <runs_dir>/evaluation_results.json)")
+
+
+@dataclass
+class EnvConfig:
+    """Print the environment for bug reports: versions against the tested ones, devices, CPU flags and caches."""

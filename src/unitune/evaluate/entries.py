@@ -1,0 +1,113 @@
+"""What the evaluator scores: the finished runs under --runs_dir and the base model (entries), and the test rows they
+are scored on (loaded once per dataset)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import EvalConfig
+from ..errors import UserError, warn
+from ..methods import METHODS
+from ..models.load import resolve_model
+from ..train.records import ASIDE, FINISHED, RUN_FILE, read_run, recorded_base, run_status, status_line
+
+TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
+                 "training_time_seconds", "training_time_hours")
+
+
+@dataclass
+class Entry:
+    """One thing to evaluate: a run folder, or the base model (path None)."""
+
+    name: str
+    method: str | None
+    base_model: str | None
+    path: Path | None = None
+    record: dict = field(default_factory=dict)
+
+
+def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
+    """The finished runs under --runs_dir, and the unfinished ones with why they are skipped."""
+    root = Path(cfg.runs_dir)
+    if not root.is_dir():
+        raise UserError(f"runs folder not found: {root}; train first (`unitune train --method sft`) or pass "
+                        "--runs_dir")
+    entries, skipped = [], {}
+    missing = [name for name in cfg.runs or [] if run_status(root / name) is None]
+    if missing:
+        raise UserError(f"--runs: no run named {', '.join(missing)} in {root}; give folder names of runs under "
+                        "--runs_dir, or omit --runs to evaluate them all")
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if cfg.runs and folder.name not in cfg.runs:
+            continue
+        status = run_status(folder)
+        if status is None:
+            continue
+        if ASIDE in folder.name:  # kept by --overwrite_output_dir, not a run to compare
+            print(f"unitune eval: skipping {folder.name}: a previous run moved aside by --overwrite_output_dir",
+                  flush=True)
+            continue
+        if status != FINISHED:
+            skipped[folder.name] = {"skipped": f"the run is {status_line(folder)}", "status": status,
+                                    "model_path": str(folder)}
+            warn(f"skipping {folder.name}: the run is {status_line(folder)}")
+            continue
+        try:
+            record = read_run(folder) or {}
+        except (OSError, ValueError):
+            record = {}
+        prefix = folder.name.split("_")[0].lower()
+        method = record.get("method") or (prefix if prefix in METHODS else None)
+        if cfg.methods and method not in cfg.methods:
+            continue
+        entries.append(Entry(folder.name, method, recorded_base(folder) or cfg.base_model,
+                             folder, record))
+    if not entries:
+        unfinished = f" ({len(skipped)} unfinished: {', '.join(skipped)})" if skipped else ""
+        raise UserError(f"no finished runs in {root}{unfinished} (a run is a folder with adapter_config.json or "
+                        f"{RUN_FILE}); train one with `unitune train --method sft`, or point --runs_dir at your runs")
+    return entries, skipped
+
+
+def training_metrics(folder: Path | None) -> dict:
+    """The seed's training keys from trainer_state.json (all null for the base model)."""
+    metrics = dict.fromkeys(TRAINING_KEYS)
+    if folder is None:
+        return metrics
+    state = json.loads((folder / "trainer_state.json").read_text())
+    history = state.get("log_history", [])
+    losses = [e["loss"] for e in history if "loss" in e]
+    evals = [e["eval_loss"] for e in history if "eval_loss" in e]
+    runtime = next((e["train_runtime"] for e in reversed(history) if "train_runtime" in e), None)
+    metrics.update(initial_train_loss=losses[0] if losses else None, final_train_loss=losses[-1] if losses else None,
+                   best_eval_loss=min(evals) if evals else None, final_eval_loss=evals[-1] if evals else None,
+                   total_steps=state.get("global_step"), training_time_seconds=runtime,
+                   training_time_hours=runtime / 3600 if runtime is not None else None)
+    return metrics
+
+
+def load_entry_model(entry: Entry, device: str):
+    """The base model, or base + adapter merged (faster scoring; identical outputs up to rounding)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=torch.float32)
+    if entry.path is not None:
+        if not (entry.path / "adapter_config.json").exists():
+            raise UserError("no adapter_config.json (the run did not finish saving)")
+        model = PeftModel.from_pretrained(model, str(entry.path)).merge_and_unload()
+    return model.to(device).eval()
+
+
+def common_base(entries: list[Entry], fallback: str | None) -> str | None:
+    """The base model most runs share (local folders that exist first), for the "base" entry."""
+    counts = Counter(e.base_model for e in entries if e.base_model)
+    ranked = sorted(counts, key=lambda b: (not Path(b).exists(), -counts[b]))
+    return ranked[0] if ranked else fallback
+
+

@@ -1,0 +1,129 @@
+"""The plan printed before training: optimizer steps as the trainers count them, token lengths and truncation, and the
+batch that fits this machine's memory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..data.lengths import Lengths, measure
+from ..errors import UserError, warn
+from ..machine import physical_memory, world_size
+from ..methods import METHODS
+from ..models.hardware import Hardware
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def steps_per_epoch(cfg: TrainConfig, examples: int) -> int:
+    """Optimizer steps per epoch over ``examples`` (what the trainer iterates), by the trainers' own formulas.
+
+    Most methods: micro-batches per process, then accumulation, rounded up. GRPO: its batch counts completions,
+    so a step takes batch x accumulation x processes / num_generations prompts, and TRL's sampler drops a last
+    partial group of prompts.
+    """
+    batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
+    if METHODS[cfg.method].samples_completions:
+        from .methods.grpo import num_generations
+
+        prompts = batch // num_generations(cfg, world_size())
+        if examples < prompts:
+            raise UserError(f"GRPO takes {prompts} prompts per optimizer step (batch x accumulation x processes / "
+                            f"num_generations) but the data have {examples}; use more rows or a smaller batch")
+        return examples // prompts
+    micro = math.ceil(examples / (cfg.per_device_train_batch_size * world_size()))
+    return max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)
+
+
+def planned_steps(cfg: TrainConfig, examples: int) -> int:
+    """Optimizer steps the trainer will take: --max_steps, else the epochs times steps_per_epoch."""
+    per_epoch = steps_per_epoch(cfg, examples)  # also checks GRPO has a full group of prompts
+    return cfg.max_steps or math.ceil(cfg.num_train_epochs * per_epoch)
+
+
+def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
+    """Tokens and truncation of the training rows, measured as `unitune check` measures them."""
+    summary = measure(ds, fmt, Lengths(tokenizer), max_length)
+    if fmt != "text" and summary["prompt_over_max_length"] == len(ds):
+        shortest = summary["prompt_tokens"]["min"]
+        raise UserError(f"every row's prompt alone is at least --max_length {max_length} tokens (shortest: "
+                        f"{shortest}), so nothing would be trained; raise --max_length above {shortest}")
+    return summary
+
+
+def activation_bytes_per_token(source: str) -> int | None:
+    """A generous estimate of the fp32 activations one token keeps for the backward pass (LoRA, no checkpointing).
+
+    Measured on SmolLM2-135M (hidden 576, MLP 1536, 30 layers): 1.65 MB per token; this formula gives 2.0 MB.
+    """
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(source).get_text_config()
+        return 4 * cfg.num_hidden_layers * (16 * cfg.hidden_size + 5 * cfg.intermediate_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per_token: int | None) -> TrainConfig:
+    """Fold gradient accumulation into larger micro-batches while the longest row (tokens) fits --max_batch_tokens.
+
+    The effective batch (micro-batch x accumulation) and so the optimizer steps stay the same; TRL normalises the
+    loss over the whole effective batch, so the update is the same too. A fold must also keep the estimated
+    activations under a quarter of this machine's memory. GRPO is left alone: its batch counts completions.
+    """
+    budget = cfg.max_batch_tokens or 0  # off by default: measured within noise on our CPUs (bench/RESULTS.md)
+    if not budget or not longest or not bytes_per_token or METHODS[cfg.method].samples_completions:
+        return cfg
+    micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+    fold = max((k for k in range(1, accum + 1) if accum % k == 0
+                and micro * k * longest <= budget and micro * k * longest * bytes_per_token <= physical_memory() / 4),
+               default=1)
+    if fold == 1:
+        return cfg
+    return replace(cfg, per_device_train_batch_size=micro * fold, gradient_accumulation_steps=accum // fold)
+
+
+def fit_memory(cfg: TrainConfig, hw: Hardware, lengths: dict, source: str) -> tuple[TrainConfig, Hardware]:
+    """The batch plan and checkpointing that fit this machine (printed with the plan).
+
+    With --max_batch_tokens: merge accumulation into larger micro-batches (merge_batches). CUDA: gradient
+    checkpointing only when the estimated activations of one micro-batch exceed a quarter of the GPU's memory; below
+    that it only costs time (measured in bench/RESULTS.md, GPU mode).
+    """
+    per_token = activation_bytes_per_token(source)
+    longest = (lengths.get("row_tokens") or {}).get("max")
+    cfg = merge_batches(cfg, hw, longest, per_token)
+    if hw.device == "cuda" and hw.gradient_checkpointing and per_token and longest:
+        import torch
+
+        need = cfg.per_device_train_batch_size * longest * per_token * hw.dtype.itemsize / 4
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        if need <= total / 4:
+            hw = replace(hw, gradient_checkpointing=False,
+                         reason=f"{hw.reason}; no gradient checkpointing: activations ~{need / 2**30:.1f} GiB fit "
+                                f"in a quarter of the GPU's {total / 2**30:.0f} GiB")
+    return cfg, hw
+
+
+def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, examples: int, split: str, out: Path,
+               lengths: dict) -> None:
+    """The plan: rows, optimizer steps over the ``examples`` the trainer iterates, batch, lr, output; lengths."""
+    steps = planned_steps(cfg, examples)
+    merged = (f", merged from {given.per_device_train_batch_size} x {given.gradient_accumulation_steps} to fit "
+              f"--max_batch_tokens" if cfg is not given else "")
+    unit = " completions" if METHODS[cfg.method].samples_completions else ""
+    seen = f" ({examples} examples)" if examples != rows else ""
+    print(f"unitune: plan: {cfg.method} on {plural(rows, 'row')} of '{split}'{seen}, "
+          f"{plural(steps, 'optimizer step')} (batch {cfg.per_device_train_batch_size}{unit} x accumulation "
+          f"{cfg.gradient_accumulation_steps} x {plural(world_size(), 'process')}{merged}), lr {cfg.learning_rate:g}, "
+          f"output {out}")
+    print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
+    cut = lengths["truncated"]
+    if cut["rows"]:
+        warn(f"{cut['rows']} rows exceed --max_length {cfg.max_length} and will be truncated (by up to "
+             f"{cut['max_cut']} tokens); raise --max_length to keep them whole")
