@@ -73,6 +73,20 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+# the files of a run the seed's snippet and tools read
+SEED_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "training_args.bin",
+              "tokenizer.json", "tokenizer_config.json", "unitune_run.json"]
+
+
+def lora_b_norm(path) -> float:
+    """The LoRA B weights' total mass: B starts at zero, so any mass means the adapter trained."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(path) / "adapter_model.safetensors"))
+    return sum(t.abs().sum().item() for k, t in weights.items() if "lora_B" in k)
+
+
 # ---------------------------------------------------------------- chat templates and architectures
 
 def _template_dir() -> Path:
@@ -81,13 +95,17 @@ def _template_dir() -> Path:
     return Path(trl.__file__).parent / "chat_templates"
 
 
-def _text_templates() -> list[str]:
-    from unitune.templates import shipped_templates
+def load_script(name: str):
+    """A script of scripts/ as a module (they are not a package)."""
+    import importlib.util
 
-    return list(shipped_templates())
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-TEXT_TEMPLATES = _text_templates()
+TEXT_TEMPLATES = list(load_script("make_docs").shipped_templates())
 
 
 def control_tokens(template: str) -> list[str]:

@@ -3,8 +3,8 @@ one rejected (the evaluator's task_accuracy and the GRPO accuracy reward both us
 
 import pytest
 
-from unitune.train import rewards
 from unitune.answers import check_answer, format_score, resolve_format
+from unitune.train import rewards
 
 GSM8K_REFERENCE = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
                    "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")

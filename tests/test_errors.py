@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from conftest import read_json
 from unitune.cli import main
 from unitune.hub import hub_reachable
+
+from conftest import read_json
 
 
 def run_cli(capsys, argv):
@@ -43,8 +44,8 @@ def test_help_explains_every_command(capsys):
     for flag in ("--help", "-h"):
         assert main([flag]) == 0
         out = capsys.readouterr().out
-        for name, (_, summary) in COMMANDS.items():
-            assert f"  {name}" in out and summary in out
+        for name, command in COMMANDS.items():
+            assert f"  {name}" in out and command.summary in out
         assert "unitune demo" in out and "unitune train --method dpo --dataset" in out and "unitune eval" in out
     assert main([]) == 2 and "commands:" in capsys.readouterr().out  # no command: the help, and a failure
 

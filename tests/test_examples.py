@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from unitune.cli import main, parse_config
-from unitune.config.train import EvalConfig, TrainConfig
+from unitune.config import EvalConfig, TrainConfig
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TRAIN = sorted(p for p in EXAMPLES.glob("*.yaml") if p.stem != "eval")

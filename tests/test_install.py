@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from unitune.cli import main
 from unitune import env
+from unitune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

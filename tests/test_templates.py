@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from conftest import ARCHITECTURES, TEXT_TEMPLATES, read_json, save_tiny, tiny_config, with_template
-from test_sft import lora_b_norm
-from unitune.templates import chat_format
 from unitune.cli import main
 from unitune.errors import UserError
+from unitune.templates import chat_format
+
+from conftest import ARCHITECTURES, TEXT_TEMPLATES, lora_b_norm, read_json, save_tiny, tiny_config, with_template
 
 CONVERSATION = [{"role": "user", "content": "apple banana"}, {"role": "assistant", "content": "cherry date"},
                 {"role": "user", "content": "zebra yak"}, {"role": "assistant", "content": "mango kiwi"},
@@ -208,12 +208,13 @@ def plain_losses(model, tokenizer, items) -> list[float]:
 def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
     """The evaluator's packed reply losses equal a one-reply-at-a-time HF loss, under both attention kernels, with
     Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
-    from unitune.evaluate.scoring import mean_loss, packable, score_replies
+    from unitune.evaluate.scoring import mean_loss, score_replies
+    from unitune.fast.packing import attention_only
 
     model = noisy_model(arch, tokenizer, attn)
     packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2)]
     assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, ITEMS), abs=1e-4)
-    assert packable(model) == (arch != "lfm2")
+    assert attention_only(model) == (arch != "lfm2")
 
 
 SYSTEM = [{"role": "system", "content": "You are a careful assistant. Answer every question in one short sentence."}]
@@ -272,28 +273,13 @@ def test_each_method_trains_each_architecture(arch, method, arch_dirs, tmp_path)
         assert lora_b_norm(out) > 0, "the step did not move the adapter"
 
 
-def test_readme_template_table_matches_code(tokenizer):
-    import importlib.util
-    from pathlib import Path
-
-    from unitune.templates import template_table
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "template_table.py"
-    spec = importlib.util.spec_from_file_location("template_table", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    template = tokenizer.chat_template
-    assert script.readme_table() == template_table(tokenizer), "run scripts/template_table.py to update README.md"
-    assert tokenizer.chat_template == template
-    assert len(script.readme_table().splitlines()) == 2 + len(TEXT_TEMPLATES)
-
-
 def test_preference_trainers_see_the_end_of_turn_as_eos(tokenizer):
     """DPO/ORPO/KTO append the EOS to a reply that lacks it: with Gemma's template the reply ends on
     <end_of_turn>, so their tokenizer's EOS is that token and nothing is added that SFT does not train."""
     from datasets import Dataset
 
-    from unitune.templates import render_pairs, trainer_tokenizer
+    from unitune.data.convert import render_pairs
+    from unitune.templates import trainer_tokenizer
 
     tok = with_template(tokenizer, "gemma")
     pairs = render_pairs(Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],

@@ -3,7 +3,7 @@
 import pytest
 
 from unitune.cli import parse_config
-from unitune.config.train import TrainConfig
+from unitune.config import TrainConfig
 from unitune.errors import UserError
 from unitune.methods import METHODS
 
@@ -73,7 +73,7 @@ def test_method_required():
 def test_yaml_values_typed_like_flags(tmp_path):
     """PyYAML reads 2e-4 as a string and true as a bool: each value goes through its flag's conversion."""
     from unitune.cli import parse_config
-    from unitune.config.train import TrainConfig
+    from unitune.config import TrainConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("method: sft\nlearning_rate: 2e-4\nuse_qlora: true\nnum_train_epochs: '1'\nlora_r: 8.0\n"
@@ -102,6 +102,6 @@ def test_yaml_wrong_type_is_one_line(capsys, tmp_path, line, message):
 
 
 def test_yaml_single_value_for_a_list_flag():
-    from unitune.config.train import _typed
+    from unitune.config.fields import _typed
 
     assert _typed(list[str], "length") == ["length"] and _typed(list[float], 1) == [1.0]

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json
-from unitune.templates import chat_format
 from unitune.cli import main
-from unitune.data.load import detect_format, row_views
-from unitune.data.canonical import bad_rows, canonical
+from unitune.data.canonical import canonical
+from unitune.data.formats import detect_format
+from unitune.data.rows import bad_rows
+from unitune.data.views import row_views
+from unitune.templates import chat_format
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from conftest import read_json
+
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 ALPACA = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "system": None, "history": []},
           {"instruction": "Say hi.", "input": "", "output": "Hi!", "system": "Be brief.",
            "history": [["Who are you?", "A helper."]]}]
@@ -160,7 +163,7 @@ def test_check_lists_broken_rows_by_kind(tmp_path, capsys):
 
 
 def readme_formats() -> list[tuple[str, dict, list[str]]]:
-    text = README.read_text(encoding="utf-8")
+    text = DATA_DOC.read_text(encoding="utf-8")
     block = text[text.index("<!-- data formats -->"): text.index("<!-- end of data formats -->")]
     rows = []
     for line in block.splitlines():
@@ -171,7 +174,7 @@ def readme_formats() -> list[tuple[str, dict, list[str]]]:
 
 
 def test_readme_table_lists_every_format():
-    from unitune.data.load import FORMATS
+    from unitune.data.formats import FORMATS
 
     assert [name for name, _, _ in readme_formats()] == list(FORMATS)
 
@@ -189,7 +192,7 @@ def test_readme_examples_check_and_train(name, row, methods, tiny_args, tmp_path
 
 def test_columns_as_a_yaml_mapping(tmp_path):
     from unitune.cli import parse_config
-    from unitune.config.train import TrainConfig
+    from unitune.config import TrainConfig
 
     config = tmp_path / "c.yaml"
     config.write_text("method: dpo\ncolumns:\n  prompt: question\n  chosen: good\n")

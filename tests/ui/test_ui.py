@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from unitune.cli import main, parse_config
-from unitune.config.train import TrainConfig, UiConfig
+from unitune.config import TrainConfig, UiConfig
 from unitune.errors import UserError
 from unitune.train.live_log import LOG_FILE, read_log
 from unitune.ui import form
@@ -104,7 +104,7 @@ def wait_for(check, timeout: float = 120):
 
 @pytest.mark.slow  # training subprocesses
 def test_a_job_that_dies_shows_its_error_line_and_the_queue_goes_on(tmp_path, monkeypatch):
-    from unitune.config.train import UiConfig
+    from unitune.config import UiConfig
     from unitune.ui.actions import Ui
 
     monkeypatch.chdir(tmp_path)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_json, save_tiny
 from unitune.cli import main
+
+from conftest import read_json, save_tiny
 
 PROMPTS = ["What is 12345 + 678?", "Name three colors of the rainbow.", "Write one sentence about the sea.",
            "Translate 'good morning' into French.", "Give me a tip for learning to cook."]
@@ -71,7 +72,7 @@ def test_gguf_metadata_matches_the_shipped_gguf(embedded_dir, tokenizer, tmp_pat
     from transformers import AutoModelForCausalLM
 
     from unitune.deploy.gguf_writer import write_gguf
-    from unitune.models.load import embedded_gguf_path
+    from unitune.models.gguf_import import embedded_gguf_path
 
     tokenizer.save_pretrained(tmp_path / "tok")
     model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32)
@@ -283,7 +284,8 @@ def test_qlora_merges_into_the_quantized_base(tiny_args, tiny_model_dir, tmp_pat
     from peft import PeftModel
 
     from unitune.deploy.merge import merge_adapter
-    from unitune.models.load import Hardware, load_model, load_tokenizer
+    from unitune.models.hardware import Hardware
+    from unitune.models.load import load_model, load_tokenizer
 
     run = tmp_path / "sft_run"
     assert main(tiny_args("sft", "--use_qlora", "true", "--learning_rate", "5e-2", "--max_steps", "3")) == 0
@@ -488,8 +490,8 @@ def byte_level(*steps: dict) -> dict:
 
 
 def test_pre_tokenizer_names_and_refusals():
-    from unitune.errors import UserError
     from unitune.deploy.gguf_writer import LLAMA3_SPLIT, check_supported, pre_tokenizer, prepends_space, tokenizer_kind
+    from unitune.errors import UserError
 
     split = {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}
     assert pre_tokenizer(byte_level({"type": "ByteLevel", "add_prefix_space": False})) == "gpt-2"

@@ -8,9 +8,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from unitune.fast import packed_linear, probes
+from unitune.fast.lora_merge import lora_merged
 from unitune.fast.packed_linear import DECODE_ROWS, packed_linears
-from unitune.fast.speed import lora_merged
-
 
 
 def _onednn() -> bool:

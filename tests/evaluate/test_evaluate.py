@@ -8,13 +8,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json
 from unitune.cli import main, parse_config
-from unitune.config.train import EvalConfig
+from unitune.config import EvalConfig
 from unitune.data.load import DEMO_DIR
 from unitune.errors import UserError
-from unitune.evaluate.run import TRAINING_KEYS, EvalData, discover, training_metrics
+from unitune.evaluate.entries import TRAINING_KEYS, discover, training_metrics
+from unitune.evaluate.heldout import EvalData
 from unitune.evaluate.scoring import encode_pairs, mean_loss, reply_nll, score_replies
+
+from conftest import ROOT, read_json
 
 METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": int, "preference_total": int,
                 "preference_accuracy": float, "avg_chosen_loss": float, "avg_rejected_loss": float,
@@ -22,7 +24,6 @@ METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": i
                 "model_path": str, "dataset": str, "splits": dict, "eval_time_seconds": float,
                 "initial_train_loss": float, "final_train_loss": float, "total_steps": int,
                 "training_time_seconds": float, "training_time_hours": float}
-ROOT = Path(__file__).resolve().parents[1]
 EVAL_FLAGS = ["--max_samples", "6", "--max_new_tokens", "4", "--batch_size", "4", "--max_generation_samples", "2"]
 
 
@@ -420,7 +421,7 @@ def test_lm_eval_hub_task_offline_is_one_line_and_keeps_the_results(runs, tmp_pa
 
 def test_report_charts_the_eval_generation_curves(tmp_path):
     """--eval_generation's metrics, logged beside eval_loss, get an overlaid chart each, with their direction."""
-    from unitune.evaluate.report import overlay_keys, run_histories
+    from unitune.evaluate.charts import overlay_keys, run_histories
 
     run = tmp_path / "sft_x"
     run.mkdir()

@@ -14,12 +14,12 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_json
 from unitune.cli import main
+
+from conftest import ROOT, read_json
 
 pytestmark = pytest.mark.slow  # subprocesses, signals, training, GGUF conversion
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_train(model_dir, out, *extra):
@@ -186,7 +186,7 @@ def test_merge_bad_run(capsys, tmp_path):
 
 def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
     """Any .gguf path: converted once into a cached safetensors folder that trains."""
-    from unitune.models.load import embedded_gguf_path
+    from unitune.models.gguf_import import embedded_gguf_path
 
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path / "home"))
     gguf = tmp_path / "my-model.gguf"
@@ -207,7 +207,7 @@ def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
 def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     import transformers
 
-    from unitune.models import load as models
+    from unitune.models import gguf_import
 
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path))
 
@@ -216,7 +216,7 @@ def test_interrupted_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", die)
     with pytest.raises(KeyboardInterrupt):
-        models.convert_gguf(models.embedded_gguf_path(), "x")
+        gguf_import.convert_gguf(gguf_import.embedded_gguf_path(), "x")
     assert list((tmp_path / "models").iterdir()) == []
 
 
@@ -224,8 +224,9 @@ def test_every_install_shares_one_embedded_conversion(embedded_dir, tmp_path, mo
     """The embedded model's cache folder is keyed by its package version, not the wheel's path: another venv (the
     same file at another path, with another mtime) reuses the conversion instead of writing 540 MB again."""
     from unitune.models import load as models
+    from unitune.models.gguf_import import EMBEDDED_GGUF
 
-    other_venv = tmp_path / "venv2" / models.EMBEDDED_GGUF
+    other_venv = tmp_path / "venv2" / EMBEDDED_GGUF
     other_venv.parent.mkdir()
     os.symlink(models.embedded_gguf_path(), other_venv)
     monkeypatch.setattr(models, "embedded_gguf_path", lambda: other_venv)

@@ -8,12 +8,14 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json
-from unitune.fast import probes
-from unitune.models import precision as dtype_probe
 from unitune.cli import main
-from unitune.models.load import choose_hardware
-from unitune.fast.speed import Fp32Linear, fp32_adapters, lora_merged
+from unitune.fast import probes
+from unitune.fast.lora_merge import lora_merged
+from unitune.models import precision as dtype_probe
+from unitune.models.hardware import choose_hardware
+from unitune.models.precision import Fp32Linear, fp32_adapters
+
+from conftest import read_json
 
 
 def _machine(monkeypatch, tmp_path, flags, measured=None):

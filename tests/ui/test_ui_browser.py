@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # a browser and training processes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # git-ignored
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # git-ignored
 missing = CHROMIUM is None or CHROMEDRIVER is None
 needs_browser = pytest.mark.skipif(missing and not os.environ.get("CI"), reason="chromium or chromedriver missing")
 

@@ -5,25 +5,18 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_json
 from unitune.cli import main, parse_config
-from unitune.config.train import TrainConfig
+from unitune.config import TrainConfig
 from unitune.data.load import DEMO_DIR
+from unitune.data.pipeline import prepare
 from unitune.methods import METHODS
-from unitune.models.load import choose_hardware
-from unitune.files import RUN_FILE
-from unitune.train.run import prepare_split, training_args
+from unitune.models.hardware import choose_hardware
+from unitune.train.records import RUN_FILE
+from unitune.train.run import data_settings, training_args
 
-SEED_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "training_args.bin",
-              "tokenizer.json", "tokenizer_config.json", RUN_FILE]
-
-
-def lora_b_norm(path) -> float:
-    weights = load_file(str(path / "adapter_model.safetensors"))
-    return sum(t.abs().sum().item() for k, t in weights.items() if "lora_B" in k)
+from conftest import SEED_FILES, lora_b_norm, read_json
 
 
 def test_sft_two_steps_writes_a_complete_run(tiny_args, tmp_path):
@@ -63,7 +56,8 @@ def test_prompt_tokens_carry_no_loss(tiny_model_dir, tokenizer, tmp_path):
     cfg = parse_config(TrainConfig, ["--method", "sft", "--model_name", str(tiny_model_dir),
                                      "--output_dir", str(tmp_path / "r")], "t")
     spec = METHODS["sft"]
-    ds = prepare_split(str(DEMO_DIR), "train_sft", 4, "max_train_samples", spec, cfg, tokenizer)
+    ds = prepare(str(DEMO_DIR), "train_sft", spec, data_settings(cfg, 4, "max_train_samples"), tokenizer)
+    ds = ds.converted
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainer = spec.module.build(cfg, model, tokenizer, ds, None,
                                 training_args(cfg, choose_hardware("auto"), tmp_path / "r", False))
@@ -77,7 +71,8 @@ def test_prompt_tokens_carry_no_loss(tiny_model_dir, tokenizer, tmp_path):
 
 def test_train_on_prompt_trains_every_token(tiny_model_dir, tokenizer, tmp_path):
     cfg = parse_config(TrainConfig, ["--method", "sft", "--train_on_prompt"], "t")
-    ds = prepare_split(str(DEMO_DIR), "train_sft", 2, "max_train_samples", METHODS["sft"], cfg, tokenizer)
+    settings = data_settings(cfg, 2, "max_train_samples")
+    ds = prepare(str(DEMO_DIR), "train_sft", METHODS["sft"], settings, tokenizer).converted
     assert all(all(row["assistant_masks"]) for row in ds)
 
 

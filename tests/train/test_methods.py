@@ -5,14 +5,15 @@ import re
 
 import pytest
 
-from conftest import read_json
-from test_sft import SEED_FILES, lora_b_norm
 from unitune.cli import main, parse_config
-from unitune.config.train import TrainConfig
+from unitune.config import TrainConfig
 from unitune.data.load import DEMO_DIR
+from unitune.data.pipeline import prepare
 from unitune.methods import METHODS
-from unitune.models.load import choose_hardware
-from unitune.train.run import prepare_split, training_args
+from unitune.models.hardware import choose_hardware
+from unitune.train.run import data_settings, training_args
+
+from conftest import SEED_FILES, lora_b_norm, read_json
 
 USER = {"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}
 GOOD = {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}
@@ -76,7 +77,8 @@ def test_dpo_holds_no_reference_copy(tiny_model_dir, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     cfg = parse_config(TrainConfig, ["--method", "dpo", "--model_name", str(tiny_model_dir)], "t")
-    ds = prepare_split(str(DEMO_DIR), "train_prefs", 4, "max_train_samples", METHODS["dpo"], cfg, tokenizer)
+    settings = data_settings(cfg, 4, "max_train_samples")
+    ds = prepare(str(DEMO_DIR), "train_prefs", METHODS["dpo"], settings, tokenizer).converted
     trainer = METHODS["dpo"].module.build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
                                           ds, None, training_args(cfg, choose_hardware("auto"), tmp_path, False))
     assert trainer.ref_model is None  # the reference is the base with the adapter disabled

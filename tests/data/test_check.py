@@ -4,10 +4,11 @@ import json
 
 import pytest
 
-from conftest import save_tiny, with_template
-from unitune.templates import chat_format
 from unitune.cli import main
 from unitune.data.demo_tasks import SPLIT_SIZES
+from unitune.templates import chat_format
+
+from conftest import save_tiny, with_template
 
 ROWS = [{"messages": [{"role": "system", "content": "Reply in Chinese."}, {"role": "user", "content": "你好"},
                       {"role": "assistant", "content": "你好！有什么可以帮你的？"}, {"role": "user", "content": "谢谢"},

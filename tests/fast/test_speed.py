@@ -7,14 +7,16 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
-from conftest import read_json
 from unitune.cli import main
-from unitune.config.train import TrainConfig
+from unitune.config import TrainConfig
 from unitune.errors import UserError
-from unitune.models.load import Hardware, choose_hardware
-from unitune.files import RUN_FILE
-from unitune.fast.speed import FastDropout, compact_lm_head, fast_lora_dropout, keep_mask
-from unitune.train.run import fit_memory, merge_batches
+from unitune.fast.dropout import FastDropout, fast_lora_dropout, keep_mask
+from unitune.fast.lm_head import compact_lm_head
+from unitune.models.hardware import Hardware, choose_hardware
+from unitune.train.plan import fit_memory, merge_batches
+from unitune.train.records import RUN_FILE
+
+from conftest import read_json
 
 
 def test_keep_mask_drops_the_requested_share():

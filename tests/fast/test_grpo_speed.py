@@ -10,9 +10,10 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from conftest import save_tiny, tiny_config
+from unitune.fast.lora_merge import lora_merged
 from unitune.train.methods.grpo import GRPOTrainer
-from unitune.fast.speed import lora_merged
+
+from conftest import save_tiny, tiny_config
 
 
 def _peft(folder, dropout=0.0):
@@ -110,7 +111,7 @@ def test_lora_merged_samples_the_same_model_and_restores_the_weights(tiny_model_
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
     """Greedy, so every token must match: repeated left-padded prompts, each prefilled once, then expanded."""
-    from unitune.fast.speed import shared_prefill
+    from unitune.fast.prefill import shared_prefill
 
     model = _peft(save_tiny(tmp_path / arch, arch, tokenizer)).eval()
     ids, mask = _batch(tokenizer)

@@ -6,9 +6,9 @@ import pytest
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import read_json
-from test_sft import lora_b_norm
 from unitune.cli import main
+
+from conftest import lora_b_norm, read_json
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,8 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import read_json
+from conftest import ROOT, read_json
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STEPS = 3
 # Ports 2955x: no other test uses them, so these tests can run beside the rest.

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # a real browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # git-ignored
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # git-ignored
 
 # Appended to a copy of the page: after load, count images that decoded to a real bitmap, measure the page's
 # width against the window's, and find the overlay chart.
