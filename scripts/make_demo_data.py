@@ -3,8 +3,8 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from unitune.data.load import DEMO_DIR
 from unitune.data.demo_tasks import generate_splits
+from unitune.data.load import DEMO_DIR
 
 CARD = """---
 configs:
