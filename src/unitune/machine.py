@@ -42,6 +42,11 @@ def is_main_process() -> bool:
 LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
+def uses_deepspeed() -> bool:
+    """Whether ``accelerate launch`` started this process with a DeepSpeed config."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 def library_versions() -> dict[str, str | None]:
     found = {}
     for name in LIBRARIES:

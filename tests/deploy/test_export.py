@@ -279,8 +279,11 @@ def test_tiny_export_logits_match_llama_cpp(kind, quant, tolerance, tokenizer, t
 
 def test_qlora_merges_into_the_quantized_base(tiny_args, tiny_model_dir, tmp_path):
     """A QLoRA adapter corrected the 4-bit weights: merged into the dequantised 4-bit base (the default) the model
-    equals base-4bit + adapter (measured 3e-7 on logits of scale 0.8); merged into the original weights it is off
-    by the quantisation error (measured 2e-2). The merge records which base it used."""
+    equals the trained one, the adapter on the 4-bit weights (measured: 6e-7 on logits of scale 0.7); merged into the
+    original weights it is off by the quantisation error (5e-2). The reference holds the 4-bit weights exactly,
+    dequantised in fp32: bitsandbytes' own CPU forward differs from them by itself on some CPUs (5e-3 on a CPU with
+    avx512_bf16, 3e-7 on one without), so against it the merge is only much closer than the original weights. The
+    merge records which base it used."""
     from peft import PeftModel
 
     from unitune.deploy.merge import merge_adapter
@@ -293,14 +296,20 @@ def test_qlora_merges_into_the_quantized_base(tiny_args, tiny_model_dir, tmp_pat
     tokenizer = load_tokenizer(str(run))
     batch = tokenizer(["What is 2+3? Answer briefly.", "Name three colors of the rainbow."], return_tensors="pt",
                       padding=True)
-    trained = PeftModel.from_pretrained(load_model(str(tiny_model_dir), Hardware("cpu", torch.float32, True, False,
-                                                                                 "test")), str(run)).eval()
+
+    def four_bit():
+        return load_model(str(tiny_model_dir), Hardware("cpu", torch.float32, True, False, "test"))
+
+    exact = PeftModel.from_pretrained(four_bit().dequantize(dtype=torch.float32), str(run)).eval()
+    kernel = PeftModel.from_pretrained(four_bit(), str(run)).eval()
     with torch.inference_mode():
-        reference = trained(**batch).logits
+        reference, through_kernel = exact(**batch).logits, kernel(**batch).logits.float()
         quantized = merge_adapter(run).model(**batch).logits
         original = merge_adapter(run, "original").model(**batch).logits
     near, far = (quantized - reference).abs().max().item(), (original - reference).abs().max().item()
     assert near < 1e-4 and far > 100 * near, (near, far)
+    kernel_near, kernel_far = ((m - through_kernel).abs().max().item() for m in (quantized, original))
+    assert kernel_far > 4 * kernel_near, (kernel_near, kernel_far)
 
     assert main(["merge", "--run", str(run), "--output", str(tmp_path / "m")]) == 0
     assert read_json(tmp_path / "m" / "unitune_merge.json")["merge_base"] == "quantized"

@@ -51,11 +51,14 @@ def env(**extra):
     return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
-def train_args(model_dir, out):
-    """The run every launcher below trains: 3 steps of 2 rows per process, 2 processes."""
+def train_args(model_dir, out, dtype: str | None = "float32"):
+    """The run every launcher below trains: 3 steps of 2 rows per process, 2 processes. In fp32: the launchers are
+    compared with DDP to 1e-5, which bf16 autocast's rounding exceeds (2e-5 on a CPU with native bf16, where
+    --dtype auto picks it); ``dtype`` None leaves --dtype auto."""
     return ["train", "--method", "sft", "--model_name", str(model_dir), "--output_dir", str(out),
             "--max_steps", str(STEPS), "--seed", "3", "--learning_rate", "1e-3", "--max_train_samples", "12",
-            "--lora_dropout", "0", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"]
+            "--lora_dropout", "0", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            *(["--dtype", dtype] if dtype else [])]
 
 
 def run(cmd, log: Path, timeout=600):
@@ -132,7 +135,7 @@ def test_fsdp_config_shards_two_cpu_processes(tiny_model_dir, reference, tmp_pat
     """examples/accelerate/fsdp.yaml (FSDP2, transformer wrap, full state dict) on 2 CPU processes."""
     shim, out = tmp_path / "fsdp_on_cpu.py", tmp_path / "fsdp"
     shim.write_text(FSDP_ON_CPU)
-    # --mixed_precision no: the config's bf16 is for GPUs; on CPU unitune trains in fp32.
+    # --mixed_precision no: the config's bf16 is for GPUs; on CPU unitune decides the dtype (--dtype).
     run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "examples/accelerate/fsdp.yaml"),
          "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(PORTS["fsdp"]),
          str(shim), *train_args(tiny_model_dir, out)], tmp_path / "fsdp.log")
@@ -145,12 +148,16 @@ def test_fsdp_config_shards_two_cpu_processes(tiny_model_dir, reference, tmp_pat
 @pytest.mark.parametrize("name", ["deepspeed_zero2", "deepspeed_zero3"])
 def test_deepspeed_config_two_cpu_processes(name, tiny_model_dir, reference, tmp_path):
     """The shipped ZeRO-2/3 configs on 2 CPU processes (DeepSpeed's CPU accelerator, gloo). The first run on a
-    machine JIT-compiles DeepSpeed's shared-memory all-reduce op (g++, ~2 min on 2 cores, cached after)."""
+    machine JIT-compiles DeepSpeed's shared-memory all-reduce op (g++, ~2 min on 2 cores, cached after). --dtype
+    auto: under DeepSpeed on CPU it is fp32 even where the CPU has native bf16 (DeepSpeed's bf16 casts the weights,
+    and with unitune's autocast the first matmul failed: float != BFloat16)."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
     out = tmp_path / name
     run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / f"examples/accelerate/{name}.yaml"),
          "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(PORTS[name]),
-         "-m", "unitune", *train_args(tiny_model_dir, out)], tmp_path / f"{name}.log")
+         "-m", "unitune", *train_args(tiny_model_dir, out, dtype=None)], tmp_path / f"{name}.log")
+    hardware = read_json(out / "unitune_run.json")["hardware"]
+    assert hardware["dtype"] == "torch.float32" and "DeepSpeed on CPU processes: fp32" in hardware["reason"]
     # DeepSpeed's engine wrote a ZeRO checkpoint, partitioned over both ranks.
     for rank in (0, 1):
         assert (out / f"checkpoint-{STEPS}" / f"global_step{STEPS}" /

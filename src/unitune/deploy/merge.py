@@ -86,7 +86,8 @@ def qlora_dtype(run: Path) -> torch.dtype | None:
 
 def load_base(base: str, run: Path, merge_base: str):
     """The base weights to merge into, fp32: for a QLoRA run with --merge_base quantized, the 4-bit NF4 base it
-    trained on (quantised as in training, then dequantised); else the full-precision weights."""
+    trained on (quantised as in training, then dequantised to fp32: the exact quantised values, whatever dtype the
+    training computed in); else the full-precision weights."""
     from transformers import AutoModelForCausalLM
 
     dtype = qlora_dtype(run)
@@ -94,7 +95,9 @@ def load_base(base: str, run: Path, merge_base: str):
         return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     # Quantise on the CPU as training did on its device: NF4 blocks and absmax do not depend on the device.
     model = load_model(base, Hardware("cpu", dtype, True, False, "merge"))
-    return model.dequantize(dtype=dtype).to(torch.float32)
+    # Not dequantize(dtype=<the training's compute dtype>): bf16 would round the quantised values (0.016 on the
+    # tiny model's logits, against 3e-7 in fp32).
+    return model.dequantize(dtype=torch.float32)
 
 
 def merge_adapter(run: Path, merge_base: str = "quantized") -> Merged:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError, warn
+from ..machine import uses_deepspeed
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,21 @@ def choose_hardware(use_qlora: str, dtype: str = "auto") -> Hardware:
     qlora = use_qlora == "true"
     from .precision import cpu_dtype, native_bf16
 
-    if dtype == "auto":
+    if uses_deepspeed():
+        # DeepSpeed's bf16 casts the weights (and the adapter) to bf16; unitune's CPU bf16 is autocast over fp32
+        # weights with fp32 adapters, and the two together fail on the first matmul (float != BFloat16).
+        if dtype == "bfloat16":
+            raise UserError("--dtype bfloat16 is not supported with DeepSpeed on CPU processes (DeepSpeed's bf16 casts "
+                            "the weights, unitune's CPU bf16 keeps them fp32); drop --dtype, or use --dtype float32")
+        chosen, why = torch.float32, "DeepSpeed on CPU processes: fp32"
+    elif dtype == "auto":
         chosen, why = cpu_dtype()
     else:
         chosen, why = getattr(torch, dtype), f"--dtype {dtype}"
         if chosen == torch.bfloat16 and not native_bf16():
             warn("--dtype bfloat16 on a CPU without native bf16 (no avx512_bf16/AMX): torch emulates it, many times "
                  "slower than fp32; --dtype auto picks fp32 here")
-    # Gradient checkpointing costs ~20% on CPU and memory is rarely short there: measured, see README.
+    # Gradient checkpointing costs ~20% on CPU and memory is rarely short there (measured: docs/methods.md).
     autocast = ("" if chosen != torch.bfloat16 else "; bf16 autocast, 4-bit base and bf16 adapter" if qlora
                 else "; bf16 autocast, weights and adapter fp32")
     reason = f"CPU: {why}{autocast}; no gradient checkpointing"
