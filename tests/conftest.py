@@ -12,8 +12,10 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download; Hub paths are exercised against local folders
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-# the evaluator's base-result cache: one per test session (subprocesses inherit it), never the user's
+# The evaluator's base-result cache and the datasets cache: one per test session (subprocesses inherit them), never
+# the user's.
 os.environ.setdefault("UNITUNE_EVAL_CACHE", tempfile.mkdtemp(prefix="unitune-eval-cache-"))
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="unitune-datasets-cache-"))
 
 # `make test-fast` (-m "not slow") stays under a minute: a test that trains (it uses one of these fixtures), starts
 # a process, a browser, converts a GGUF file or loads the real model is slow; `make test` runs everything.
@@ -77,6 +79,21 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository
 # the files of a run the seed's snippet and tools read
 SEED_FILES = ["adapter_config.json", "adapter_model.safetensors", "trainer_state.json", "training_args.bin",
               "tokenizer.json", "tokenizer_config.json", "unitune_run.json"]
+
+
+def seed_snippet_generates(run_dir, max_new_tokens: int = 24) -> str:
+    """The seed's snippet (RUNS_STRUCTURE.md): the run's adapter on its recorded base, with plain PEFT, generates."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_name = json.loads((Path(run_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run_dir)
+    messages = [{"role": "user", "content": "What is 21 + 14? End with a line of the form 'Answer: <value>'."}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def lora_b_norm(path) -> float:

@@ -33,6 +33,8 @@ def unitune_imports(name: str, path: Path):
     import is an import too); relative imports resolved."""
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            yield from dynamic_import(name, node)
         if isinstance(node, ast.Import):
             yield from ((alias.name, None) for alias in node.names if alias.name.split(".")[0] == "unitune")
         elif isinstance(node, ast.ImportFrom):
@@ -41,6 +43,27 @@ def unitune_imports(name: str, path: Path):
                 base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
             if base.split(".")[0] == "unitune":
                 yield from ((base, alias.name) for alias in node.names)
+
+
+def dynamic_import(name: str, call: ast.Call):
+    """``importlib.import_module("unitune.x.{name}")`` (or ``f"{__name__}.{name}"``) counts as an import of the
+    package its fixed part names: a table that looked modules up by name would otherwise hide an upward import."""
+    if not call.args:
+        return
+    arg = call.args[0]
+    parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+    text = ""
+    for part in parts:
+        if isinstance(part, ast.Constant):
+            text += str(part.value)
+        elif isinstance(part, ast.FormattedValue) and isinstance(part.value, ast.Name) \
+                and part.value.id == "__name__" and not text:
+            text += name
+        else:
+            break
+    target = text.rstrip(".")
+    if target.split(".")[0] == "unitune":
+        yield target, None
 
 
 def imports(name: str, path: Path) -> set[str]:
@@ -154,6 +177,14 @@ def test_every_import_names_a_module_and_a_name_that_exist():
 
 def test_no_import_circles():
     assert cycles(GRAPH) == []
+
+
+def test_a_module_looked_up_by_name_is_an_import():
+    call = ast.parse('importlib.import_module(f"unitune.train.methods.{method}")').body[0].value
+    assert list(dynamic_import("unitune.methods", call)) == [("unitune.train.methods", None)]
+    call = ast.parse('importlib.import_module(f"{__name__}.{method}")').body[0].value
+    assert list(dynamic_import("unitune.train.methods", call)) == [("unitune.train.methods", None)]
+    assert "unitune.train.methods" in GRAPH["unitune.train.run"]
 
 
 def test_the_circle_finder_finds_one():

@@ -49,13 +49,23 @@ def test_readme_is_short_and_links_every_page():
         assert f"docs/{page.name}" in readme, f"the README does not link docs/{page.name}"
 
 
+def anchors(page: Path) -> set[str]:
+    """The anchors of a Markdown page's headings, as GitHub makes them."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 def test_every_relative_link_resolves():
+    """Links between the pages lead to a file that exists, and a #section to a heading of that file."""
     pages = [ROOT / "README.md", ROOT / "RUNS_STRUCTURE.md", *DOCS.glob("*.md")]
     broken = []
     for page in pages:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", page.read_text(encoding="utf-8")):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            if not (page.parent / target).exists():
+            path = page.parent / target if target else page
+            if not path.exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif anchor and path.suffix == ".md" and anchor not in anchors(path):
+                broken.append(f"{page.relative_to(ROOT)} -> {target}#{anchor}")
     assert not broken, "\n".join(broken)

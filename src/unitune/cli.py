@@ -119,7 +119,7 @@ def shell_path(path: Path) -> str:
 def _demo(cfg: DemoConfig, prog: str) -> int:
     from .demo import run_demo
 
-    run_demo(cfg.runs_dir, cfg.methods)
+    run_demo(cfg.runs_dir, cfg.methods, cfg.max_samples)
     return 0
 
 

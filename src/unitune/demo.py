@@ -32,10 +32,10 @@ DEMO_PLAN: dict[str, dict] = {
     "grpo": {"max_steps": 10, "per_device_train_batch_size": 8, "learning_rate": 3e-4, "max_completion_length": 24,
              "num_generations": 4, "reward_funcs": ["accuracy", "format", "reference"]},
 }
-DEMO_EVAL = {"max_samples": 100, "batch_size": 50, "max_new_tokens": 32}
+DEMO_EVAL = {"batch_size": 50, "max_new_tokens": 32}
 
 
-def run_demo(runs_dir: str = "runs/demo", methods: list[str] | None = None) -> dict:
+def run_demo(runs_dir: str = "runs/demo", methods: list[str] | None = None, max_samples: int = 100) -> dict:
     started = time.time()
     plan = {m: flags for m, flags in DEMO_PLAN.items() if not methods or m in methods}
     for number, (method, flags) in enumerate(plan.items(), 1):
@@ -49,7 +49,7 @@ def run_demo(runs_dir: str = "runs/demo", methods: list[str] | None = None) -> d
           f"({time.time() - started:.0f}s elapsed) ===", flush=True)
     # GRPO's rewards score every entry, so the base and the other methods have a mean_reward to compare with.
     rewards = {"reward_funcs": plan["grpo"]["reward_funcs"]} if "grpo" in plan else {}
-    eval_cfg = EvalConfig(runs_dir=runs_dir, methods=list(plan), **DEMO_EVAL, **rewards)
+    eval_cfg = EvalConfig(runs_dir=runs_dir, methods=list(plan), max_samples=max_samples, **DEMO_EVAL, **rewards)
     results = run_eval(eval_cfg)
     report = write_report(runs_dir, eval_cfg.output)
     print("\n" + markdown_table(ordered(results)))

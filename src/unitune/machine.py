@@ -39,12 +39,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
-
-
 def uses_deepspeed() -> bool:
     """Whether ``accelerate launch`` started this process with a DeepSpeed config."""
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
+LIBRARIES = ("unitune", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -80,16 +80,11 @@ def test_to_pairs_drops_identical_pairs(capsys):
 
 
 def test_kto_unpairing_counts_and_labels():
-    """Each pair gives one desirable row (its chosen reply) and one undesirable row (its rejected one), both with the
-    pair's prompt (the order of the rows is TRL's unpair_preference_dataset's; the Trainer shuffles them anyway)."""
-    ds = Dataset.from_list([{"prompt": f"Hi {i}?", "chosen": [{"role": "user", "content": f"Hi {i}?"}, GOOD],
-                             "rejected": [{"role": "user", "content": f"Hi {i}?"}, BAD]} for i in range(3)])
+    ds = Dataset.from_list([{"prompt": "Hi?", "chosen": [USER, GOOD], "rejected": [USER, BAD]}] * 3)
     rows = to_unpaired(ds, "preference")
-    assert len(rows) == 6 and sorted(rows["label"]) == [False] * 3 + [True] * 3
-    for i in range(3):
-        prompt = [{"role": "user", "content": f"Hi {i}?"}]
-        mine = sorted((row["label"], row["completion"][0]["content"]) for row in rows if row["prompt"] == prompt)
-        assert mine == [(False, BAD["content"]), (True, GOOD["content"])]
+    assert len(rows) == 6 and rows["label"] == [True, False] * 3  # each pair's two rows side by side, as before
+    assert rows[0] == {"prompt": [USER], "completion": [GOOD], "label": True}
+    assert rows[1]["completion"] == [BAD]
 
 
 def test_sft_from_preference_uses_chosen():

@@ -1,5 +1,5 @@
 """GRPO's CPU speed-ups change nothing but speed: the same log-probs, entropies and gradients as TRL's own pass
-(shared_prompts), the same logits while sampling, and the exact same weights afterwards (speed.lora_merged)."""
+(fast/shared_prompts), the same logits while sampling, and the exact same weights afterwards (fast/lora_merge)."""
 
 import functools
 

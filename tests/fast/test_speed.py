@@ -1,4 +1,4 @@
-"""The speed-ups (speed.py, train.fit_memory) change nothing but speed: same losses, same updates, same dropout."""
+"""The speed-ups (fast/, train/plan.fit_memory) change nothing but speed: same losses, same updates, same dropout."""
 
 import pytest
 import torch

@@ -130,8 +130,8 @@ def test_bf16_trains_as_well_as_fp32(tmp_path):
                      "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
                      "--max_train_samples", "32", "--lora_dropout", "0"]) == 0
         logged[dtype] = [e["loss"] for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
-    assert main(["eval", "--runs_dir", str(runs), "--skip_base", "--gen_split", "none", "--report", "false",
-                 "--max_samples", "64"]) == 0
+    assert main(["eval", "--runs_dir", str(runs), "--skip_base", "--prefs_split", "none", "--gen_split", "none",
+                 "--report", "false", "--max_samples", "64"]) == 0
     scored = {name: result["test_loss"] for name, result in read_json(runs / "evaluation_results.json").items()}
     assert abs(scored["bfloat16"] - scored["float32"]) / scored["float32"] <= 0.01, (scored, logged)
     assert scored["bfloat16"] < 0.75 * logged["bfloat16"][0], (scored, logged)  # it learned

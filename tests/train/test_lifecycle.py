@@ -184,13 +184,17 @@ def test_merge_bad_run(capsys, tmp_path):
     assert "holds no adapter" in capsys.readouterr().err
 
 
-def test_gguf_file_as_model(tmp_path, monkeypatch, capsys):
-    """Any .gguf path: converted once into a cached safetensors folder that trains."""
-    from unitune.models.gguf_import import embedded_gguf_path
+def test_gguf_file_as_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Any .gguf path: converted once into a cached safetensors folder that trains. The file is a tiny Llama
+    written by unitune's GGUF writer (the embedded model's own GGUF goes the same way, once per session)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unitune.deploy.gguf_writer import write_gguf
 
     monkeypatch.setenv("UNITUNE_HOME", str(tmp_path / "home"))
     gguf = tmp_path / "my-model.gguf"
-    os.symlink(embedded_gguf_path(), gguf)
+    write_gguf(AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),
+               tiny_model_dir, gguf, "f32", "my-model")
     args = ["train", "--method", "sft", "--model_name", str(gguf), "--output_dir", str(tmp_path / "run"),
             "--max_steps", "1", "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1",
             "--max_train_samples", "2"]

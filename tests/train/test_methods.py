@@ -11,9 +11,10 @@ from unitune.data.load import DEMO_DIR
 from unitune.data.pipeline import prepare
 from unitune.methods import METHODS
 from unitune.models.hardware import choose_hardware
+from unitune.train.methods import trainer_module
 from unitune.train.run import data_settings, training_args
 
-from conftest import SEED_FILES, lora_b_norm, read_json
+from conftest import SEED_FILES, lora_b_norm, read_json, seed_snippet_generates
 
 USER = {"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}
 GOOD = {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}
@@ -41,6 +42,7 @@ def test_preference_method_two_steps(method, tiny_args, tmp_path):
     run = read_json(out / "unitune_run.json")
     assert run["method"] == method and run["train_split"] == "train_prefs"
     assert read_json(out / "trainer_state.json")["global_step"] == 2
+    seed_snippet_generates(out, max_new_tokens=4)  # the run loads on its base with plain PEFT and generates
 
 
 @pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
@@ -79,7 +81,7 @@ def test_dpo_holds_no_reference_copy(tiny_model_dir, tokenizer, tmp_path):
     cfg = parse_config(TrainConfig, ["--method", "dpo", "--model_name", str(tiny_model_dir)], "t")
     settings = data_settings(cfg, 4, "max_train_samples")
     ds = prepare(str(DEMO_DIR), "train_prefs", METHODS["dpo"], settings, tokenizer).converted
-    trainer = METHODS["dpo"].module.build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
+    trainer = trainer_module("dpo").build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
                                           ds, None, training_args(cfg, choose_hardware("auto"), tmp_path, False))
     assert trainer.ref_model is None  # the reference is the base with the adapter disabled
     assert hasattr(trainer.model, "disable_adapter")

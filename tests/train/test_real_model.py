@@ -1,6 +1,4 @@
-"""The real embedded model for a few steps of each method (marked slow; `make test` runs them)."""
-
-import json
+"""The real embedded model for a few steps (marked slow; `make test` runs them)."""
 
 import pytest
 from peft import PeftModel
@@ -8,20 +6,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from unitune.cli import main
 
-from conftest import lora_b_norm, read_json
+from conftest import lora_b_norm, read_json, seed_snippet_generates
 
 pytestmark = pytest.mark.slow
-
-
-def seed_snippet_generates(run_dir) -> str:
-    base_name = json.loads((run_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), run_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir)
-    messages = [{"role": "user", "content": "What is 21 + 14? End with a line of the form 'Answer: <value>'."}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
-    out = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def test_sft_real_model_loss_falls(tmp_path):
@@ -37,10 +24,13 @@ def test_sft_real_model_loss_falls(tmp_path):
 
 
 @pytest.mark.parametrize("method,extra", [
-    ("dpo", []), ("orpo", []), ("kto", []),
-    ("grpo", ["--max_completion_length", "24", "--num_generations", "4"]),
+    ("dpo", []),  # the reference is the real model with its adapter disabled
+    ("grpo", ["--max_completion_length", "24", "--num_generations", "4"]),  # samples from the real model
 ])
 def test_method_real_model(method, extra, tmp_path):
+    """A few steps on the real model. ORPO and KTO take the same path as DPO here (preference pairs rendered with
+    the real template, an adapter trained and saved): their tiny-model runs (tests/train/test_methods.py) check
+    them, and `make demo` trains all five on the real model."""
     out = tmp_path / method
     assert main(["train", "--method", method, "--output_dir", str(out), "--max_steps", "3",
                  "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
@@ -53,10 +43,11 @@ def test_method_real_model(method, extra, tmp_path):
 
 
 def test_demo_pipeline_sft(tmp_path, capsys):
-    """The main job end to end for one method: train, evaluate with the base, report, print the table."""
+    """The main job end to end for one method: train (the demo's own budget), evaluate with the base, report, print
+    the table. Scored on 30 rows of each test split instead of 100: the numbers are noisier, the path is the same."""
     from unitune.cli import main as cli
 
-    assert cli(["demo", "--runs_dir", str(tmp_path), "--methods", "sft"]) == 0
+    assert cli(["demo", "--runs_dir", str(tmp_path), "--methods", "sft", "--max_samples", "30"]) == 0
     out = capsys.readouterr().out
     results = read_json(tmp_path / "evaluation_results.json")
     assert set(results) == {"base", "sft_demo"}

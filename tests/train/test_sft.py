@@ -14,6 +14,7 @@ from unitune.data.pipeline import prepare
 from unitune.methods import METHODS
 from unitune.models.hardware import choose_hardware
 from unitune.train.records import RUN_FILE
+from unitune.train.methods import trainer_module
 from unitune.train.run import data_settings, training_args
 
 from conftest import SEED_FILES, lora_b_norm, read_json
@@ -59,7 +60,7 @@ def test_prompt_tokens_carry_no_loss(tiny_model_dir, tokenizer, tmp_path):
     ds = prepare(str(DEMO_DIR), "train_sft", spec, data_settings(cfg, 4, "max_train_samples"), tokenizer)
     ds = ds.converted
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    trainer = spec.module.build(cfg, model, tokenizer, ds, None,
+    trainer = trainer_module(spec.name).build(cfg, model, tokenizer, ds, None,
                                 training_args(cfg, choose_hardware("auto"), tmp_path / "r", False))
     for row, source in zip(trainer.train_dataset, ds):
         labels = torch.tensor(row["labels"])

@@ -224,8 +224,11 @@ class DemoConfig:
     runs_dir: str = opt("runs/demo", "where the demo runs, results and report go (its own folder, so runs of yours "
                                      "are not re-evaluated)")
     methods: list[str] | None = opt(None, "only these methods (default: all)")
+    max_samples: int = opt(100, "score each run and the base on the first N rows of each test split (fewer: a "
+                                "quicker, noisier table)")
 
     def __post_init__(self) -> None:
+        _positive(self, "max_samples")
         for method in self.methods or []:
             _choice(method, "--methods", tuple(METHODS))
 

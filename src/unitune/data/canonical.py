@@ -20,12 +20,6 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
          "system": "system"}
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 
-# ---------------------------------------------------------------- column mapping
-
-
-# ---------------------------------------------------------------- conversion to canonical formats
-
-
 def alpaca_messages(row: dict, reply: str | None) -> list[dict]:
     """An Alpaca row as a conversation: system, history turns, the instruction (and input), then ``reply``."""
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
@@ -94,8 +88,3 @@ def canonical(ds: Dataset, fmt: str) -> tuple[Dataset, str]:
 
 def _has_sharegpt_turns(first: list) -> bool:
     return bool(first) and isinstance(first[0], list) and any(isinstance(t, dict) and "from" in t for t in first[0])
-
-
-# ---------------------------------------------------------------- rows that cannot be used
-
-

@@ -1,13 +1,13 @@
 """Canonical rows in the shape each method's TRL trainer takes: conversations (SFT), pairs (DPO, ORPO), unpaired
-rows (KTO), prompts (GRPO), and pairs rendered with the chat template as SFT trains them."""
+rows (KTO), prompts (GRPO), rendered with the chat template as SFT trains them. ``CONVERSIONS`` is what the method
+table's ``rows`` names: the data pipeline's last step."""
 
 from __future__ import annotations
 
 from datasets import Dataset
-from trl.data_utils import unpair_preference_dataset
 
 from ..errors import UserError, warn
-from ..templates import FIX, chat_format
+from ..templates import FIX, chat_format, require_chat_template
 from .formats import as_messages
 from .views import pair_row, prompt_messages
 
@@ -30,7 +30,11 @@ def to_unpaired(ds: Dataset, fmt: str) -> Dataset:
     """KTO rows {prompt, completion, label}; preference pairs are unpaired into one row per reply."""
     if fmt == "unpaired":
         return ds.select_columns(["prompt", "completion", "label"])
-    return unpair_preference_dataset(to_pairs(ds, fmt), desc="Unpairing preference pairs")
+    from trl.data_utils import unpair_preference_dataset
+
+    # batch_size 1: each pair's two rows stay next to each other (TRL's default batches put a batch's chosen rows
+    # before its rejected ones), so a seed gives the same batches as before
+    return unpair_preference_dataset(to_pairs(ds, fmt), batch_size=1, desc="Unpairing preference pairs")
 
 
 def to_conversations(ds: Dataset, fmt: str) -> Dataset:
@@ -79,3 +83,42 @@ def render_unpaired(ds, tokenizer):
         return {"prompt": prompt, "completion": completion}
 
     return ds.map(render, desc="Rendering rows with the chat template")
+
+
+def conversation_rows(ds, fmt: str, settings, tokenizer):
+    """SFT: conversations tokenised with assistant-only masks (every token with --train_on_prompt);
+    prompt/completion and text rows as they are (TRL masks the prompt itself: completion_only_loss)."""
+    ds = to_conversations(ds, fmt)
+    if "messages" not in ds.column_names:
+        return ds
+    require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
+    chat = chat_format(tokenizer)
+
+    def encode(row):
+        if settings.train_on_prompt:  # every token trained: no reply spans to find
+            ids = tokenizer(chat.render(row["messages"]), add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
+        return chat.encode(row["messages"])
+
+    return ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing (assistant-only loss)")
+
+
+def pair_rows(ds, fmt: str, settings, tokenizer):
+    """DPO, ORPO: pairs, rendered as SFT and the evaluator render them."""
+    return render_pairs(to_pairs(ds, fmt), tokenizer)
+
+
+def unpaired_rows(ds, fmt: str, settings, tokenizer):
+    """KTO: one row per reply, rendered as SFT and the evaluator render them."""
+    return render_unpaired(to_unpaired(ds, fmt), tokenizer)
+
+
+def prompt_rows(ds, fmt: str, settings, tokenizer):
+    """GRPO: prompts as messages, system turns folded first where the template wants (TRL renders them)."""
+    chat = chat_format(tokenizer)
+    return to_prompts(ds, fmt).map(lambda row: {"prompt": chat.prepare(row["prompt"])})
+
+
+# the method table's ``rows`` -> the conversion: (canonical rows, format, DataSettings, tokenizer) -> the trainer's rows
+CONVERSIONS = {"conversations": conversation_rows, "pairs": pair_rows, "unpaired": unpaired_rows,
+               "prompts": prompt_rows}

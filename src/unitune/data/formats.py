@@ -7,7 +7,6 @@ converted into the canonical format they stand for (``canonical.py``), so only c
 from __future__ import annotations
 
 from datasets import Dataset
-from trl.data_utils import is_conversational
 
 from ..errors import UserError
 
@@ -78,6 +77,8 @@ def conversational(row: dict, fmt: str) -> bool:
     """Whether a canonical row holds role/content messages (rendered with the chat template), not plain strings. Each
     column is asked on its own: TRL's ``is_conversational`` reads one column of a row (any one), and an explicit-prompt
     pair may hold a plain prompt beside message replies (UltraFeedback)."""
+    from trl.data_utils import is_conversational  # here: importing TRL costs `unitune check` seconds at start
+
     return any(is_conversational({col: row[col]}) for col in FORMATS[fmt][0] if col != "label")
 
 

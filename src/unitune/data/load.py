@@ -17,9 +17,6 @@ DEMO_ALIAS = "demo"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-# ---------------------------------------------------------------- loading
-
-
 def _is_local(name: str) -> bool:
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or Path(name).suffix in FILE_BUILDERS
 
@@ -122,14 +119,3 @@ def load_split(dataset: str, split: str) -> Dataset:
                         "or pass a local folder or file") from None
     except ValueError as err:
         raise UserError(f"could not read dataset '{dataset}': {str(err).splitlines()[0]}; check the file") from None
-
-
-# ---------------------------------------------------------------- detection and validation
-
-
-# ---------------------------------------------------------------- conversion
-
-
-# ---------------------------------------------------------------- chat templates
-
-

@@ -1,6 +1,6 @@
 """The one data path: a split goes load -> column mapping -> format detection -> canonical form -> dropping the
-unusable rows -> the method's conversion. Training, `unitune check`, the evaluator, eval-time generation and the web
-UI all call ``prepare``, so a split's format is found one way, and its rows are checked one way.
+unusable rows -> the method's conversion. Training, `unitune check` (and the web UI's Check data), the evaluator and
+eval-time generation all call ``prepare``, so a split's format is found one way, and its rows are checked one way.
 
     prepared = prepare(dataset, "train_prefs", METHODS["dpo"], DataSettings(limit=100), tokenizer)
     prepared.rows        # canonical pairs, the unusable ones dropped (what lengths, check and the evaluator read)
@@ -18,7 +18,8 @@ from ..errors import UserError, warn
 from ..templates import require_chat_template
 from .canonical import canonical
 from .columns import COLUMN_KEYS, apply_columns
-from .formats import check_labels, detect_format, needs_chat_template, require_format
+from .convert import CONVERSIONS
+from .formats import FORMATS, check_labels, detect_format, needs_chat_template, require_format
 from .load import load_split
 from .rows import bad_rows, drop_bad_rows
 
@@ -30,7 +31,7 @@ class DataSettings:
     columns: dict[str, str] = field(default_factory=dict)  # --columns: {key unitune reads: the data's column}
     limit: int | None = None  # keep the first N rows
     limit_flag: str | None = None  # the flag that set ``limit``, named in a warning when the split has fewer rows
-    max_bad_rows: float | None = 1.0  # the share of unusable rows that stops; None: only count them (check)
+    max_bad_rows: float | None = 1.0  # the share of unusable rows that stops; None: drop them silently (check counts)
     train_on_prompt: bool = False  # SFT: loss on the prompt tokens too
 
 
@@ -49,11 +50,14 @@ class Prepared:
     converted: Dataset | None = None  # the method's conversion (given a tokenizer): what its TRL trainer takes
 
 
-def load(dataset: str, split: str, settings: DataSettings) -> Dataset:
-    """One split, its columns renamed by --columns, its first ``limit`` rows."""
+def load(dataset: str, split: str, settings: DataSettings, required: bool = True) -> Dataset:
+    """One split, its columns renamed by --columns, its first ``limit`` rows (``required``: an empty split is an
+    error)."""
     ds = load_split(dataset, split)
     if settings.columns:
         ds = apply_columns(ds, settings.columns, COLUMN_KEYS)
+    if required and len(ds) == 0:
+        raise UserError(f"split '{split}' of {dataset} has no rows; add data or choose another split")
     if settings.limit is not None:
         if settings.limit_flag and settings.limit > len(ds):
             warn(f"--{settings.limit_flag} {settings.limit} is more than the {len(ds)} rows of split '{split}'; "
@@ -67,27 +71,38 @@ def prepare(dataset: str, split: str, method=None, settings: DataSettings = Data
     """Run the pipeline on one split of a resolved dataset (``data.load.resolve_dataset``).
 
     ``method`` (a row of ``unitune.methods.METHODS``) names the formats to look for (None: any) and, given a
-    ``tokenizer``, converts the rows for its trainer. ``required``: an empty split, or one no accepted format fits,
-    is an error (training); otherwise the result says so (``source_format`` None) and the caller decides."""
-    ds = load(dataset, split, settings)
-    if required and len(ds) == 0:
-        raise UserError(f"split '{split}' of {dataset} has no rows; add data or choose another split")
+    ``tokenizer``, the conversion for its trainer (``convert``: training calls it itself, after its length plan).
+    ``required``: an empty split, or one no accepted format fits, is an error (training); otherwise the result says
+    so (``source_format`` None) and the caller decides."""
+    ds = load(dataset, split, settings, required)
     prepared = Prepared(dataset, split, ds.column_names, len(ds))
     accepted = method.formats if method is not None else None
-    if required and method is not None:
-        source = require_format(ds, method.name, accepted)
-    else:
-        source = detect_format(ds.column_names, accepted)
+    source = detect_format(ds.column_names, accepted)
+    if source is None and required:
+        if method is not None:
+            require_format(ds, method.name, accepted)  # one line naming what each accepted format needs
+        raise UserError(f"the columns of split '{split}' ([{', '.join(ds.column_names)}]) hold no data format "
+                        "unitune knows; map them with --columns KEY=COLUMN (docs/data.md lists the formats)")
     if source is None:
         return prepared
     rows, fmt = canonical(ds, source)
+    if method is not None and fmt != source:
+        print(f"unitune: data: split '{split}' holds {FORMATS[source][1]}, used as {FORMATS[fmt][1]}", flush=True)
     if method is not None:
         check_labels(rows, fmt)
     prepared.source_format, prepared.format, prepared.bad = source, fmt, bad_rows(rows, fmt)
     prepared.rows = drop_bad_rows(rows, prepared.bad, settings.max_bad_rows, f"split '{split}'")
     if method is not None and tokenizer is not None:
-        if method.samples_completions or needs_chat_template(prepared.rows, fmt):  # GRPO renders every prompt
-            require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
-        with dataset_bars(len(prepared.rows)):
-            prepared.converted = method.module.prepare(prepared.rows, fmt, settings, tokenizer)
+        convert(prepared, method, settings, tokenizer)
     return prepared
+
+
+def convert(prepared: Prepared, method, settings: DataSettings, tokenizer) -> Dataset:
+    """The pipeline's last step: the canonical rows in the shape ``method``'s trainer takes (the conversion its
+    table row names), kept in ``prepared.converted``."""
+    rows, fmt = prepared.rows, prepared.format
+    if len(rows) and (method.samples_completions or needs_chat_template(rows, fmt)):  # GRPO renders every prompt
+        require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
+    with dataset_bars(len(rows)):
+        prepared.converted = CONVERSIONS[method.rows](rows, fmt, settings, tokenizer) if len(rows) else rows
+    return prepared.converted

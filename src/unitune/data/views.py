@@ -3,8 +3,6 @@ conversions read."""
 
 from __future__ import annotations
 
-from trl.data_utils import extract_prompt
-
 from ..errors import UserError
 from .formats import as_messages
 
@@ -24,7 +22,9 @@ def pair_row(row: dict, fmt: str) -> dict:
         return {"prompt": row["prompt"], "chosen": chosen, "rejected": rejected}
     chosen, rejected = as_messages(chosen, "assistant"), as_messages(rejected, "assistant")
     if fmt == "preference_implicit":  # the turns both replies open with are the prompt: TRL's extract_prompt
-        pair = extract_prompt({"chosen": chosen, "rejected": rejected})
+        from trl.data_utils import extract_prompt
+
+        pair = extract_prompt({"chosen": chosen, "rejected": rejected}) if chosen and rejected else {"prompt": []}
         if not pair["prompt"]:
             raise UserError("implicit-prompt pairs must share their opening turns (the prompt); add a 'prompt' "
                             "column or start chosen/rejected with the same user turn")

@@ -1,5 +1,5 @@
-"""What the evaluator scores: the finished runs under --runs_dir and the base model (entries), and the test rows they
-are scored on (loaded once per dataset)."""
+"""What the evaluator scores: the finished runs under --runs_dir and the base model (its entries), each with its
+training metrics and its model, loaded with the adapter merged."""
 
 from __future__ import annotations
 

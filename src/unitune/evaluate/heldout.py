@@ -1,5 +1,5 @@
-"""The held-out rows every entry is scored on: the first --max_samples usable rows of each test split, through the
-data pipeline, loaded once per dataset and column mapping."""
+"""The held-out rows every entry is scored on: the first --max_samples rows of each test split, the unusable ones
+dropped, through the data pipeline; loaded once per dataset and column mapping."""
 
 from __future__ import annotations
 

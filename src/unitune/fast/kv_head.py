@@ -2,7 +2,7 @@
 
 Chat prompts share a head: the template's system turn, often an instruction. Its KV cache is computed for one row
 and copied to every row, which then computes only its own rest. Used by greedy generation (`fast/generation.py`) and
-by reply scoring (`scoring.py`).
+by reply scoring (`evaluate/scoring.py`).
 """
 
 from __future__ import annotations

@@ -55,9 +55,9 @@ class GenerationEval(TrainerCallback):
 
 
 def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> GenerationEval:
-    """The callback for ``--eval_generation N``: the first N usable rows of ``--eval_split``, their answer format
-    resolved and printed. GRPO also scores the run's reward functions (the reward model is left out: loading a
-    second model at each evaluation costs more than it tells)."""
+    """The callback for ``--eval_generation N``: the first N rows of ``--eval_split`` (the unusable ones dropped),
+    their answer format resolved and printed. GRPO also scores the run's reward functions (the reward model is left
+    out: loading a second model at each evaluation costs more than it tells)."""
     from ..data.pipeline import DataSettings, prepare
     from ..data.views import prompt_messages
     from ..errors import UserError
@@ -66,7 +66,7 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
 
     prepared = prepare(dataset, cfg.eval_split, None, DataSettings(cfg.column_map, cfg.eval_generation), required=False)
     ds, fmt = prepared.rows, prepared.format
-    if ds is None:
+    if ds is None or len(ds) == 0:
         raise UserError(f"--eval_generation: split '{cfg.eval_split}' has no prompts to generate for; choose "
                         "another --eval_split")
     rows = list(ds)

@@ -12,10 +12,10 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..config.trackers import trackers
 from ..console import dataset_bars, use_training_bar
-from ..data.formats import FORMATS
+from ..data.formats import needs_chat_template
 from ..data.load import resolve_dataset, split_names
-from ..data.pipeline import DataSettings, prepare
-from ..errors import UserError, first_line, warn
+from ..data.pipeline import DataSettings, convert, prepare
+from ..errors import Interrupted, UserError, first_line, warn
 from ..fast.dropout import fast_lora_dropout
 from ..fast.lm_head import compact_lm_head
 from ..machine import is_main_process, unitune_home, world_size
@@ -23,10 +23,11 @@ from ..methods import METHODS, MethodSpec
 from ..models.hardware import Hardware, choose_hardware
 from ..models.load import load_model, load_tokenizer, resolve_model
 from ..models.precision import fp32_adapters
-from ..templates import chat_format, use_template_file
+from ..templates import chat_format, require_chat_template, use_template_file
 from .generation_eval import generation_eval
-from .lifecycle import GracefulStop, Interrupted, end_process_group
+from .lifecycle import GracefulStop, end_process_group
 from .live_log import LiveLog
+from .methods import trainer_module
 from .output_dir import prepare_output_dir
 from .plan import fit_memory, length_plan, plural, print_plan
 from .records import FINISHED, run_record, save_generation_config, tokens_seen, write_status
@@ -67,8 +68,8 @@ def build_trainer(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, model, token
     import torch
 
     try:
-        trainer = spec.module.build(cfg, model, tokenizer, train_ds, eval_ds,
-                                    training_args(cfg, hw, out, eval_ds is not None))
+        trainer = trainer_module(spec.name).build(cfg, model, tokenizer, train_ds, eval_ds,
+                                                  training_args(cfg, hw, out, eval_ds is not None))
     except ValueError as err:
         if not raised_by_a_config(err):  # data or model errors inside the trainer keep their own message
             raise
@@ -111,20 +112,22 @@ def run_training(cfg: TrainConfig) -> Path:
         source = resolve_model(cfg.model_name)
         tokenizer = load_tokenizer(source)
         use_template_file(tokenizer, cfg.chat_template)
-        prepared = prepare(dataset, split, spec, data_settings(cfg, cfg.max_train_samples, "max_train_samples"),
-                           tokenizer)
-        raw, fmt, train_ds = prepared.rows, prepared.format, prepared.converted
-        if fmt != prepared.source_format:
-            print(f"unitune: data: split '{split}' holds {FORMATS[prepared.source_format][1]}, used as "
-                  f"{FORMATS[fmt][1]}", flush=True)
+        settings = data_settings(cfg, cfg.max_train_samples, "max_train_samples")
+        prepared = prepare(dataset, split, spec, settings)
+        raw, fmt = prepared.rows, prepared.format
+        if needs_chat_template(raw, fmt) or spec.samples_completions:  # GRPO prompts are always rendered as chat
+            require_chat_template(tokenizer, cfg.model_name or "the embedded model")
         lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
         given, chosen = cfg, hw
         cfg, hw = fit_memory(cfg, hw, lengths, source)
         if hw is not chosen:
             print(hw.line(), flush=True)
+        train_ds = convert(prepared, spec, settings, tokenizer)
         print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
-        eval_ds = prepare(dataset, cfg.eval_split, spec, data_settings(cfg, cfg.max_eval_samples, "max_eval_samples"),
-                          tokenizer).converted if cfg.eval_split else None
+        eval_ds = None
+        if cfg.eval_split:
+            settings = data_settings(cfg, cfg.max_eval_samples, "max_eval_samples")
+            eval_ds = prepare(dataset, cfg.eval_split, spec, settings, tokenizer).converted
         callbacks = [generation_eval(cfg, dataset, tokenizer, cfg.per_device_train_batch_size)] if cfg.eval_generation \
             else []
     if cfg.dry_run:

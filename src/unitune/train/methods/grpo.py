@@ -14,7 +14,6 @@ import trl
 from transformers import TrainerCallback
 from trl import GRPOConfig
 
-from ...data.convert import to_prompts
 from ...errors import UserError
 from ...fast import shared_prompts
 from ...fast.lora_merge import lora_merged
@@ -22,15 +21,9 @@ from ...fast.packed_linear import packed_linears
 from ...fast.prefill import shared_prefill
 from ...machine import world_size
 from ...models.load import lora_config
-from ...templates import chat_format
 from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
 
 COMPLETIONS_FILE = "completions.jsonl"
-
-
-def prepare(ds, fmt, settings, tokenizer):
-    chat = chat_format(tokenizer)  # TRL renders the prompts; system turns are folded first where the template wants
-    return to_prompts(ds, fmt).map(lambda row: {"prompt": chat.prepare(row["prompt"])})
 
 
 def num_generations(cfg, world_size: int) -> int:

@@ -1,16 +1,11 @@
-"""KTO: TRL KTOTrainer. Preference pairs are unpaired automatically (data.convert.to_unpaired)."""
+"""KTO: TRL KTOTrainer. Preference pairs are unpaired automatically (data.convert.unpaired_rows)."""
 
 from __future__ import annotations
 
 from trl import KTOConfig, KTOTrainer
 
-from ...data.convert import render_unpaired, to_unpaired
 from ...models.load import lora_config
 from ...templates import trainer_tokenizer
-
-
-def prepare(ds, fmt, settings, tokenizer):
-    return render_unpaired(to_unpaired(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 
 def class_weights(labels: list[bool]) -> tuple[float, float, str]:

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from ...data.convert import render_pairs, to_pairs
 from ...models.load import lora_config
 from ...templates import trainer_tokenizer
-
-
-def prepare(ds, fmt, settings, tokenizer):
-    return render_pairs(to_pairs(ds, fmt), tokenizer)  # rendered as SFT and the evaluator render them
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
