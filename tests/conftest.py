@@ -174,12 +174,24 @@ def tiny_config(arch: str, tokenizer, **extra):
         "gemma3": ("Gemma3TextConfig", {"head_dim": 16, "sliding_window": 8}),
         "phi3": ("Phi3Config", {}),
         "lfm2": ("Lfm2Config", {"layer_types": ["conv", "full_attention"]}),  # a hybrid: convolution layers
+        # output transforms after the LM head (evaluate.logits), at scales far from 1
+        "granite": ("GraniteConfig", {"logits_scaling": 4.0, "embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                      "attention_multiplier": 0.25}),
+        "cohere": ("CohereConfig", {"logit_scale": 0.25}),
+        "minicpm3": ("MiniCPM3Config", {"dim_model_base": 16, "num_key_value_heads": 4, "q_lora_rank": 32,
+                                        "kv_lora_rank": 16, "head_dim": 16, "qk_nope_head_dim": 8,
+                                        "qk_rope_head_dim": 8, "v_head_dim": 16}),
+        "falcon_h1": ("FalconH1Config", {"lm_head_multiplier": 3.0, "head_dim": 16, "mamba_d_ssm": 64,
+                                         "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_d_state": 8,
+                                         "mamba_chunk_size": 16}),
     }
     cls, kwargs = specific[arch]
     return getattr(transformers, cls)(**{**common, **kwargs, **extra})
 
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "lfm2")
+# Families the scorer is checked on besides: their forward transforms the LM head's output.
+SCALED_LOGITS = ("granite", "cohere", "minicpm3", "falcon_h1")
 
 
 def save_tiny(folder: Path, arch: str, tokenizer) -> Path:

@@ -11,7 +11,8 @@ from unitune.cli import main
 from unitune.errors import UserError
 from unitune.templates import chat_format
 
-from conftest import ARCHITECTURES, TEXT_TEMPLATES, lora_b_norm, read_json, save_tiny, tiny_config, with_template
+from conftest import (ARCHITECTURES, SCALED_LOGITS, TEXT_TEMPLATES, lora_b_norm, read_json, save_tiny, tiny_config,
+                      with_template)
 
 CONVERSATION = [{"role": "user", "content": "apple banana"}, {"role": "assistant", "content": "cherry date"},
                 {"role": "user", "content": "zebra yak"}, {"role": "assistant", "content": "mango kiwi"},
@@ -182,7 +183,8 @@ def plain_hf_loss(model, chat, prompt, reply) -> float:
 
 
 # transformers runs Gemma-2 with eager attention only (its attention softcapping)
-KERNELS = [(arch, attn) for arch in ARCHITECTURES for attn in ("sdpa", "eager") if (arch, attn) != ("gemma2", "sdpa")]
+KERNELS = [(arch, attn) for arch in ARCHITECTURES + SCALED_LOGITS for attn in ("sdpa", "eager")
+           if (arch, attn) != ("gemma2", "sdpa")]
 
 
 def noisy_model(arch, tokenizer, attn="sdpa", **config):
@@ -205,16 +207,52 @@ def plain_losses(model, tokenizer, items) -> list[float]:
 
 
 @pytest.mark.parametrize(("arch", "attn"), KERNELS)
-def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer):
+def test_packed_scoring_equals_plain_loss(arch, attn, tokenizer, capsys):
     """The evaluator's packed reply losses equal a one-reply-at-a-time HF loss, under both attention kernels, with
-    Gemma-2's softcapping and the sliding windows (8 tokens here, shorter than the rows)."""
+    Gemma-2's softcapping, the sliding windows (8 tokens here, shorter than the rows) and the output scales of Granite,
+    Cohere, MiniCPM3 and Falcon-H1 (far from 1 here), each taken on the fast path."""
     from unitune.evaluate.scoring import mean_loss, score_replies
     from unitune.fast.packing import attention_only
 
     model = noisy_model(arch, tokenizer, attn)
     packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2)]
     assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, ITEMS), abs=1e-4)
-    assert attention_only(model) == (arch != "lfm2")
+    assert "transforms the LM head's output" not in capsys.readouterr().err  # the scorer knows them all
+    assert attention_only(model) == (arch not in ("lfm2", "falcon_h1"))
+
+
+class DoubledLogits(torch.nn.Module):
+    """A causal LM whose forward doubles the LM head's output, as no config attribute says: a family the scorer does
+    not know."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        out.logits = out.logits * 2
+        if kwargs.get("labels") is not None:
+            out.loss = self.model.loss_function(logits=out.logits, labels=kwargs["labels"],
+                                                vocab_size=self.config.vocab_size)
+        return out
+
+
+def test_an_unknown_output_transform_is_scored_through_the_plain_forward(tokenizer, capsys):
+    """A forward that changes the logits in a way no config names: one line, then the model's own forward per row,
+    which still equals the HF loss (the fast path would not)."""
+    from unitune.evaluate.scoring import mean_loss, score_replies
+
+    model = DoubledLogits(noisy_model("llama", tokenizer)).eval()
+    packed = [mean_loss(s) for s in score_replies(model, tokenizer, ITEMS, batch_size=2, desc="odd: pairs")]
+    assert sum(packed, []) == pytest.approx(plain_losses(model, tokenizer, ITEMS), abs=1e-4)
+    assert "odd: its forward transforms the LM head's output" in capsys.readouterr().err
 
 
 SYSTEM = [{"role": "system", "content": "You are a careful assistant. Answer every question in one short sentence."}]

@@ -25,18 +25,86 @@ def physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read_bytes(path: Path) -> int | None:
+    """A cgroup file's number of bytes; None when absent, "max" or unreadable."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def cgroup_memory(root: Path | None = None) -> tuple[int | None, int]:
+    """This process's container memory limit and what the container uses now (cgroup v2, else v1); the limit is
+    None when there is none. A v1 "no limit" reads as a huge number, more than the machine has."""
+    root = root or CGROUP
+    limit, used = _read_bytes(root / "memory.max"), _read_bytes(root / "memory.current")
+    if limit is None and used is None:
+        limit, used = _read_bytes(root / "memory" / "memory.limit_in_bytes"), \
+            _read_bytes(root / "memory" / "memory.usage_in_bytes")
+    if limit is not None and limit >= physical_memory():
+        limit = None
+    return limit, used or 0
+
+
+def memory_limit() -> int:
+    """The memory this process may use in all: the machine's, or its container's limit where that is lower (a sizing
+    by the host's memory under a cgroup limit gets the process killed)."""
+    limit, _ = cgroup_memory()
+    return min(physical_memory(), limit) if limit else physical_memory()
+
+
+def available_memory() -> int:
+    """The memory free for this process now: the machine's available memory, capped by what its container's limit
+    leaves."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        found = re.search(r"^MemAvailable:\s*(\d+) kB", meminfo, re.M)
+        free = int(found.group(1)) * 1024 if found else physical_memory()
+    except OSError:
+        free = physical_memory()
+    limit, used = cgroup_memory()
+    return min(free, max(limit - used, 0)) if limit else free
+
+
 def unitune_home() -> Path:
     return Path(os.environ.get("UNITUNE_HOME", Path.home() / ".cache" / "unitune"))
 
 
+# Where each launcher says which process this is, and how many there are: torchrun and accelerate, SLURM's srun,
+# Open MPI's mpirun, MPICH and Intel MPI (PMI).
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _launcher_int(names: tuple[str, ...], default: int) -> int:
+    """The first of ``names`` set to a number. SLURM's are read only in a task srun started (SLURM_STEP_ID is set):
+    an sbatch script itself sees SLURM_NTASKS of its whole allocation and SLURM_PROCID 0, though it is one process."""
+    for name in names:
+        if name.startswith("SLURM_") and "SLURM_STEP_ID" not in os.environ:
+            continue
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def rank() -> int:
+    """This process's global rank in its launch, before the process group exists (0 for a single process)."""
+    return _launcher_int(RANK_VARIABLES, 0)
+
+
 def world_size() -> int:
-    """Processes in this launch (torchrun and accelerate set WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    """Processes in this launch (1 for a single process)."""
+    return _launcher_int(SIZE_VARIABLES, 1)
 
 
 def is_main_process() -> bool:
-    """Rank 0 of a torchrun/accelerate launch (or a single process), before the process group exists."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 of a launch (or a single process), before the process group exists."""
+    return rank() == 0
 
 
 def uses_deepspeed() -> bool:

@@ -432,3 +432,45 @@ def test_report_charts_the_eval_generation_curves(tmp_path):
                                   ("eval_loss", "eval loss", "↓ lower is better"),
                                   ("eval_task_accuracy", "eval task accuracy", "↑ higher is better"),
                                   ("eval_mean_reward", "eval mean reward", "↑ higher is better")]
+
+
+def test_a_qlora_run_is_scored_as_it_was_trained(tiny_args, tiny_model_dir, tokenizer, tmp_path):
+    """A QLoRA run is scored on the 4-bit base it trained on, and the results say how. CPU: the adapter merged into
+    the dequantised 4-bit base (what merge and export write); before, the evaluator merged it into the full-precision
+    weights, another model. CUDA's form, the adapter unmerged on the 4-bit model in the training dtype, is checked
+    here on the CPU: the scorer reproduces that model's own forward."""
+    from peft import PeftModel
+
+    from unitune.deploy.merge import merge_adapter
+    from unitune.evaluate.scoring import token_weighted
+    from unitune.train.trained import as_trained
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # weights far larger than the init's: the 4-bit rounding shows in the losses
+        for module in base.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0, 0.3)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    run = tmp_path / "runs" / "sft_q"
+    assert main(tiny_args("sft", "--use_qlora", "true", "--learning_rate", "5e-2", "--max_steps", "3",
+                          "--model_name", str(tmp_path / "base"), "--output_dir", str(run))) == 0
+    assert main(["eval", "--runs_dir", str(tmp_path / "runs"), "--skip_base", *EVAL_FLAGS]) == 0
+    result = read_json(tmp_path / "runs" / "evaluation_results.json")["sft_q"]
+    assert result["scored_as"] == "adapter merged into the dequantised 4-bit base, fp32"
+    items = EvalData(str(DEMO_DIR), EvalConfig(max_samples=6)).sft
+    quantized, original = (token_weighted(reply_nll(merge_adapter(run, base).model, tokenizer, items))
+                           for base in ("quantized", "original"))
+    assert result["test_loss"] == pytest.approx(quantized, abs=1e-6)
+    assert abs(original - quantized) > 1e-2, (original, quantized)  # the old way scored another model
+
+    model, scored_as = as_trained(run, str(tmp_path / "base"), "cpu", merge=False)
+    dtype = read_json(run / "unitune_run.json")["hardware"]["dtype"].removeprefix("torch.")
+    assert isinstance(model, PeftModel)
+    assert scored_as == f"4-bit NF4 base ({dtype} compute) with the adapter, as trained"
+    with torch.inference_mode():
+        own = [model(input_ids=torch.tensor([enc["input_ids"]]),
+                     labels=torch.where(torch.tensor([enc["assistant_masks"]]) == 1, torch.tensor([enc["input_ids"]]),
+                                        -100)).loss.item() for enc in encode_pairs(tokenizer, items)]
+    assert mean_loss(reply_nll(model, tokenizer, items)) == pytest.approx(own, abs=1e-4)

@@ -121,7 +121,7 @@ def test_what_is_not_packed(pays, monkeypatch):
     model = nn.Sequential(_FakeQuantLinear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
     model[2].forward = lambda x: x  # as accelerate's hooks do
     assert [packed_linear.packable(m) for m in model] == [False, True, False]
-    monkeypatch.setattr(packed_linear, "physical_memory", lambda: 4 * 4 * 4 * 4 - 1)  # a quarter < 64 bytes
+    monkeypatch.setattr(packed_linear, "memory_limit", lambda: 4 * 4 * 4 * 4 - 1)  # a quarter < 64 bytes
     with packed_linears(model) as count:
         assert count == 0
 

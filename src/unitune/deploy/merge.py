@@ -3,8 +3,8 @@
     unitune merge --run runs/sft_smollm2-135m-instruct --output merged/sft --dtype bfloat16
 
 A QLoRA adapter learned to correct the 4-bit weights it was trained on, so by default it is merged into that
-dequantised 4-bit base (``--merge_base quantized``), the model that was trained and evaluated; ``original``
-merges it into the full-precision weights instead.
+dequantised 4-bit base (``--merge_base quantized``), the model that was trained and evaluated (``train.trained``);
+``original`` merges it into the full-precision weights instead.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from ..config import MERGE_DTYPES, MergeConfig
 from ..errors import UserError
 from ..files import protected_folders, publish_tree, replace_dir, temp_dir_beside, write_json_atomic
-from ..models.hardware import Hardware
-from ..models.load import load_model, load_tokenizer, resolve_model
-from ..train.records import is_run_folder, read_run, recorded_base
+from ..models.load import load_tokenizer, resolve_model
+from ..train.records import is_run_folder, recorded_base
+from ..train.trained import merged_model, qlora_dtype
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 MERGE_FILE = "unitune_merge.json"
@@ -76,42 +76,15 @@ class Merged:
         return f"a QLoRA run: merged into the {self.record['merge_base']} base"
 
 
-def qlora_dtype(run: Path) -> torch.dtype | None:
-    """The compute dtype a QLoRA run quantised its base in; None for a LoRA run."""
-    hardware = (read_run(run) or {}).get("hardware") or {}
-    if not hardware.get("qlora"):
-        return None
-    return getattr(torch, str(hardware.get("dtype", "torch.float32")).removeprefix("torch."), torch.float32)
-
-
-def load_base(base: str, run: Path, merge_base: str):
-    """The base weights to merge into, fp32: for a QLoRA run with --merge_base quantized, the 4-bit NF4 base it
-    trained on (quantised as in training, then dequantised to fp32: the exact quantised values, whatever dtype the
-    training computed in); else the full-precision weights."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = qlora_dtype(run)
-    if dtype is None or merge_base == "original":
-        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    # Quantise on the CPU as training did on its device: NF4 blocks and absmax do not depend on the device.
-    model = load_model(base, Hardware("cpu", dtype, True, False, "merge"))
-    # Not dequantize(dtype=<the training's compute dtype>): bf16 would round the quantised values (0.016 on the
-    # tiny model's logits, against 3e-7 in fp32).
-    return model.dequantize(dtype=torch.float32)
-
-
 def merge_adapter(run: Path, merge_base: str = "quantized") -> Merged:
     """Merge ``run``'s adapter into its base (in fp32: exact for an fp32 base); nothing written."""
-    from peft import PeftModel
-
     check_run(run)
     base = resolve_model(run_base(run))
-    used = merge_base if qlora_dtype(run) is not None else "original"
-    model = PeftModel.from_pretrained(load_base(base, run, used), str(run)).merge_and_unload()
+    model, used = merged_model(run, base, merge_base)
     tokenizer = load_tokenizer(str(run))  # the run's tokenizer carries the chat template it trained with
     record = {"run": str(run.resolve()), "base_model": base, "qlora": qlora_dtype(run) is not None,
               "merge_base": used}
-    return Merged(model.eval(), tokenizer, base, record)
+    return Merged(model, tokenizer, base, record)
 
 
 def save_merged(merged: Merged, run: Path, folder: Path, dtype: str) -> None:

@@ -1,7 +1,8 @@
 """The base model's evaluation results, kept in $UNITUNE_HOME/eval-cache and reused while nothing they depend on
-has changed: the model's files, the data's files, the columns, the rewards, the evaluation settings, the device
-and the library versions. `make demo`, a second `unitune eval` and the web UI's Evaluate score the same base every
-time; with the cache they score it once (about a sixth of the demo's evaluation)."""
+has changed: the model's files (a Hub model's commit), the data's files (a Hub dataset's commit), the columns, the
+rewards, the evaluation settings, the device and the library versions. `make demo`, a second `unitune eval` and the
+web UI's Evaluate score the same base every time; with the cache they score it once (about a sixth of the demo's
+evaluation)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from ..config import EvalConfig
 from ..files import write_json_atomic
 from ..machine import library_versions
+from ..models.revision import is_hub_id, newest_revision
 
 # The EvalConfig fields a base result depends on (the others choose runs, files, or run after it, like lm-eval).
 SETTINGS = ("max_samples", "max_generation_samples", "skip_perplexity", "sft_split", "prefs_split", "gen_split",
@@ -27,22 +29,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("UNITUNE_EVAL_CACHE") or unitune_home() / "eval-cache")
 
 
-def fingerprint(source: str | None) -> object:
-    """A local file or folder by its files' names, sizes and modification times; anything else (a Hub id) as is."""
+def fingerprint(source: str | None, kind: str = "model", revision: str | None = None) -> object:
+    """A local file or folder by its files' names, sizes and modification times; a Hub id by its commit (``revision``,
+    else the one it resolves to now: a repo that moved on is scored again); anything else as is."""
     path = Path(str(source)) if source else None
     if path is None or not path.exists():
-        return source
+        return f"{source}@{revision or newest_revision(source, kind)}" if is_hub_id(source) else source
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [str(path.resolve())] + [[str(f.relative_to(path)) if f != path else f.name, f.stat().st_size,
                                      f.stat().st_mtime_ns] for f in files]
 
 
-def base_key(model: str, dataset: str, columns: dict, rewards, cfg: EvalConfig, device: str) -> str:
+def base_key(model: str, dataset: str, columns: dict, rewards, cfg: EvalConfig, device: str,
+             revision: str | None = None) -> str:
     reward = asdict(rewards) if rewards is not None else None
     code = [fingerprint(name.rsplit(":", 1)[0]) for name in (reward or {}).get("names", []) if ".py:" in name]
-    payload = {"model": fingerprint(model), "dataset": fingerprint(dataset), "columns": columns, "rewards": reward,
-               "reward_code": code, "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device,
-               "versions": library_versions()}
+    payload = {"model": fingerprint(model, "model", revision), "dataset": fingerprint(dataset, "dataset"),
+               "columns": columns, "rewards": reward, "reward_code": code,
+               "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device, "versions": library_versions()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -1,5 +1,5 @@
 """What the evaluator scores: the finished runs under --runs_dir and the base model (its entries), each with its
-training metrics and its model, loaded with the adapter merged."""
+training metrics and its model, loaded as it was trained."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from ..errors import UserError, warn
 from ..methods import METHODS
 from ..models.load import resolve_model
 from ..train.records import ASIDE, FINISHED, RUN_FILE, read_run, recorded_base, run_status, status_line
+from ..train.trained import as_trained
 
 TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
                  "training_time_seconds", "training_time_hours")
@@ -29,6 +30,7 @@ class Entry:
     base_model: str | None
     path: Path | None = None
     record: dict = field(default_factory=dict)
+    revision: str | None = None  # the base entry's: the Hub commit the runs trained on
 
 
 def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
@@ -91,23 +93,32 @@ def training_metrics(folder: Path | None) -> dict:
     return metrics
 
 
-def load_entry_model(entry: Entry, device: str):
-    """The base model, or base + adapter merged (faster scoring; identical outputs up to rounding)."""
-    from peft import PeftModel
+def load_entry_model(entry: Entry, device: str) -> tuple[object, str]:
+    """The entry's model as it was trained (train.trained.as_trained) and how it is scored, in words. The base model:
+    fp32 on CPU; on CUDA in bf16 (fp16 where the GPU has none) spread with ``device_map="auto"``."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=torch.float32)
     if entry.path is not None:
         if not (entry.path / "adapter_config.json").exists():
             raise UserError("no adapter_config.json (the run did not finish saving)")
-        model = PeftModel.from_pretrained(model, str(entry.path)).merge_and_unload()
-    return model.to(device).eval()
+        return as_trained(entry.path, resolve_model(entry.base_model), device)
+    if device == "cpu":
+        return AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=torch.float32,
+                                                    revision=entry.revision).eval(), "base model, fp32"
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=dtype, device_map="auto",
+                                                 revision=entry.revision)
+    return model.eval(), f"base model, {str(dtype).removeprefix('torch.')}"
 
 
-def common_base(entries: list[Entry], fallback: str | None) -> str | None:
-    """The base model most runs share (local folders that exist first), for the "base" entry."""
+def base_entry(entries: list[Entry], fallback: str | None) -> Entry:
+    """The "base" entry: the base model most runs share (local folders that exist first), at the Hub revision most
+    of those runs trained on."""
     counts = Counter(e.base_model for e in entries if e.base_model)
     ranked = sorted(counts, key=lambda b: (not Path(b).exists(), -counts[b]))
-    return ranked[0] if ranked else fallback
+    base = ranked[0] if ranked else fallback
+    revisions = Counter(e.record.get("base_revision") for e in entries if e.base_model == base)
+    revision = max(revisions, key=revisions.get) if revisions else None
+    return Entry("base", None, base, revision=revision)
 
 

@@ -35,12 +35,15 @@ def main_metrics(results: dict) -> dict[str, dict[str, float]]:
 
 
 def run_tasks(manager, tasks: list[str], base_model: str, adapter: str | None, limit: int | None, batch_size: int,
-              device: str) -> dict[str, dict[str, float]]:
-    """One model (base, or base + adapter) on the tasks; a dataset lm-eval cannot fetch is one line."""
+              device: str, revision: str | None = None) -> dict[str, dict[str, float]]:
+    """One model (base, or base + adapter; a Hub base at ``revision``) on the tasks; a dataset lm-eval cannot fetch
+    is one line."""
     import lm_eval
     from transformers import AutoTokenizer
 
     args = {"pretrained": base_model, "dtype": "float32"}
+    if revision:
+        args["revision"] = revision
     if adapter:
         args["peft"] = adapter
     chat = bool(AutoTokenizer.from_pretrained(adapter or base_model).chat_template)

@@ -23,7 +23,7 @@ from ..models.load import load_tokenizer, resolve_model
 from .cache import base_key
 from .cache import load as load_cached
 from .cache import save as save_cached
-from .entries import Entry, common_base, discover, load_entry_model, training_metrics
+from .entries import Entry, base_entry, discover, load_entry_model, training_metrics
 from .heldout import EvalData
 from .rewarded import RewardSetup, reward_setups, rewarded_metrics
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
@@ -32,10 +32,11 @@ from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, to
 def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardSetup | None,
                    device: str) -> dict:
     started = time.time()
-    model = load_entry_model(entry, device)
-    tokenizer = load_tokenizer(str(entry.path) if entry.path else resolve_model(entry.base_model))
+    model, scored_as = load_entry_model(entry, device)
+    tokenizer = load_tokenizer(str(entry.path)) if entry.path else \
+        load_tokenizer(resolve_model(entry.base_model), entry.revision)
     result: dict = {"method": entry.method or ("base" if entry.path is None else None),
-                    **training_metrics(entry.path)}
+                    **training_metrics(entry.path), "scored_as": scored_as}
     if not cfg.skip_perplexity and data.sft:
         test_loss = token_weighted(reply_nll(model, tokenizer, data.sft, cfg.batch_size, f"{entry.name}: test loss"))
         result.update(test_loss=test_loss, perplexity=math.exp(test_loss))
@@ -85,7 +86,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     entries, skipped = discover(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not cfg.skip_base:
-        entries.insert(0, Entry("base", None, common_base(entries, cfg.base_model)))
+        entries.insert(0, base_entry(entries, cfg.base_model))
     rewards = reward_setups(entries, cfg)
     benchmarks = None
     if cfg.lm_eval_tasks:  # an unknown task or a missing lm-eval fails now, before any model loads
@@ -106,7 +107,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             reused, saved_as = None, None
             if entry.path is None and cfg.reuse_base:
                 saved_as = base_key(resolve_model(entry.base_model), dataset, columns, rewards.get(entry.name), cfg,
-                                    device)
+                                    device, entry.revision)
                 reused = load_cached(saved_as)
             if reused is not None:
                 print("unitune eval: base: its results from an earlier evaluation with the same model, data, settings "
@@ -143,6 +144,7 @@ def run_benchmarks(manager, entries: list[Entry], results: dict, cfg: EvalConfig
 
     for entry in (e for e in entries if "error" not in results[e.name]):
         print(f"unitune eval: lm-eval {', '.join(cfg.lm_eval_tasks)} on {entry.name}", flush=True)
+        revision = entry.record.get("base_revision") if entry.path else entry.revision
         results[entry.name]["lm_eval"] = run_tasks(manager, cfg.lm_eval_tasks, resolve_model(entry.base_model),
                                                    str(entry.path) if entry.path else None, cfg.lm_eval_limit,
-                                                   cfg.batch_size, device)
+                                                   cfg.batch_size, device, revision)

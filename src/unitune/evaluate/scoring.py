@@ -2,8 +2,9 @@
 
 The reply's tokens are exactly those SFT puts loss on (chat_format's spans of the last
 assistant turn): the reply text plus its end-of-turn token, after the prompt rendered as training
-renders it (TRL's generation-tagged twin of the chat template where one exists). Only those positions go through the LM head: full-vocabulary logits are
-never built for prompt or padding tokens.
+renders it (TRL's generation-tagged twin of the chat template where one exists). Only those positions go through the
+LM head, then through the model's own output transform (``evaluate.logits``): full-vocabulary logits are never built
+for prompt or padding tokens. A model whose forward does more than the transform knows is scored through that forward.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from ..console import bar
 from ..errors import warn
 from ..fast.kv_head import (MIN_SHARED, head_cache, read_through, rope_varies, shared_head, takes_kv_cache,
                             window_reached)
+from ..fast.fit import rows_that_fit
 from ..fast.packing import attention_masks, attention_only
 from ..templates import chat_format
+from .logits import checked_transform
 
 
 def encode_pairs(tokenizer, items: list[tuple[list[dict], list[dict]]]) -> list[dict]:
@@ -58,12 +61,6 @@ def positions_pad(rows: list[dict], width: int) -> torch.Tensor:
     return torch.arange(width)[None, :] >= torch.tensor([len(r["ids"]) for r in rows])[:, None]
 
 
-def final_logits(model, logits: torch.Tensor) -> torch.Tensor:
-    """What the model's own forward applies after the LM head: Gemma-2's final-logit softcapping."""
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)  # Gemma-2/3 only
-    return torch.tanh(logits / cap) * cap if cap else logits
-
-
 def scored_head(model, rows: list[dict]) -> int:
     """Prompt tokens every packed row of the batch starts with (0: not worth sharing). A sliding window must hold
     the whole head: the mask applies the window to the rest, but a sliding layer's cache keeps only the window."""
@@ -97,13 +94,17 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         it = iter(flat)
         return [[next(it)[0] for _ in replies] for _, replies in items]
     packed = [pack(tokenizer, prompt, replies) for prompt, replies in items]
+    transform = checked_transform(model, packed[0]["ids"], desc.split(":")[0]) if packed else None
+    if transform is None:  # a transform the scorer does not know: the model's own forward, one row at a time
+        batch_size = 1
     order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
     device = next(model.parameters()).device
     decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    share_head = shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
-    for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        rows = [packed[i] for i in order[start: start + batch_size]]
+    share_head = transform is not None and shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
+    batches = rows_that_fit(model, [len(packed[i]["ids"]) for i in order], batch_size)
+    for batch in bar(batches, desc=desc, unit="batch", leave=False):
+        rows = [packed[order[k]] for k in batch]
         width = max(len(r["ids"]) for r in rows)
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -116,16 +117,19 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         shared = scored_head(model, rows) if share_head else 0
         cache = read_through(head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared])) \
             if shared else None
-        hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
-                         attention_mask=queries_from(mask, shared)).last_hidden_state
         batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
         predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]], device=device)
         targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
-        # Only loss positions go through the LM head: no full-vocabulary logits for prompt or padding.
-        logits = final_logits(model, lm_head(hidden[batch_index, predictors]).float())
+        if transform is None:  # one row: its own forward keeps only the predicting positions' logits
+            logits = model(input_ids=ids, position_ids=positions, attention_mask=mask,
+                           logits_to_keep=predictors).logits[0].float()
+        else:  # only loss positions go through the LM head: no full-vocabulary logits for prompt or padding
+            hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
+                             attention_mask=queries_from(mask, shared)).last_hidden_state
+            logits = transform(lm_head(hidden[batch_index, predictors]).float())
         nll = F.cross_entropy(logits, ids[batch_index, targets], reduction="none").double().cpu()
         at = 0
-        for b, (i, row) in enumerate(zip(order[start: start + batch_size], rows)):
+        for i, row in zip((order[k] for k in batch), rows):
             segment_of = [row["segments"][t] for t in row["targets"]]
             chunk = nll[at: at + len(row["targets"])]
             at += len(row["targets"])

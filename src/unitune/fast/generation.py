@@ -19,6 +19,7 @@ import torch
 
 from ..console import bar
 from ..templates import chat_format
+from .fit import rows_that_fit
 from .kv_head import MIN_SHARED, head_cache, rope_varies, shared_head, takes_kv_cache, window_reached
 from .packed_linear import packed_linears
 from .packing import attention_only
@@ -109,8 +110,9 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     own_loop = share and plain_greedy(model.generation_config)
     stop = chat.stop_ids(model.generation_config)
     with packed_linears(model):
-        for start in bar(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None):
-            idx = order[start: start + batch_size]
+        batches = rows_that_fit(model, [len(encoded[i]) for i in order], batch_size, max_new_tokens, kept_logits=1)
+        for batch in bar(batches, desc=desc, unit="batch", disable=desc is None):
+            idx = [order[k] for k in batch]
             rows = [encoded[i] for i in idx]
             head = shared_head(rows) if share and len(rows) > 1 else 0
             if head < MIN_SHARED or window_reached(model, max(map(len, rows)) + max_new_tokens):

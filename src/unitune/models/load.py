@@ -49,13 +49,14 @@ def _hub_error(model_id: str, err: Exception) -> UserError:
                      f"to use the embedded {EMBEDDED_ALIAS}")
 
 
-def load_tokenizer(source: str):
+def load_tokenizer(source: str, revision: str | None = None):
+    from huggingface_hub import constants
     from transformers import AutoTokenizer
 
-    if not Path(source).exists() and not hub_reachable():
+    if not Path(source).exists() and not hub_reachable() and not constants.HF_HUB_OFFLINE:
         raise _hub_error(source, ConnectionError("no connection"))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
     except OSError as err:
         raise _hub_error(source, err) from err
     if tokenizer.pad_token is None:
@@ -73,15 +74,20 @@ def generation_config(source: str):
         return GenerationConfig()
 
 
-def load_model(source: str, hw: Hardware):
+def load_model(source: str, hw: Hardware, device_map: str | None = None, revision: str | None = None):
+    """The model as ``hw`` trains it (QLoRA: quantised to 4-bit NF4 on its device); ``device_map`` ("auto": spread
+    over the GPUs there are) for inference; ``revision``: a Hub model's commit (models.revision)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    kwargs: dict = {"dtype": torch.float32 if hw.device == "cpu" else hw.dtype}  # CPU bf16 is autocast
+    kwargs: dict = {"dtype": torch.float32 if hw.device == "cpu" else hw.dtype,  # CPU bf16 is autocast
+                    "revision": revision}
     if hw.qlora:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=hw.dtype)
         kwargs["device_map"] = {"": hw.device if hw.device == "cpu" else torch.cuda.current_device()}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:

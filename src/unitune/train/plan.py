@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..data.lengths import Lengths, measure
 from ..errors import UserError, warn
-from ..machine import physical_memory, world_size
+from ..machine import memory_limit, world_size
 from ..methods import METHODS
 from ..models.hardware import Hardware
 
@@ -81,7 +81,7 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per
         return cfg
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     fold = max((k for k in range(1, accum + 1) if accum % k == 0
-                and micro * k * longest <= budget and micro * k * longest * bytes_per_token <= physical_memory() / 4),
+                and micro * k * longest <= budget and micro * k * longest * bytes_per_token <= memory_limit() / 4),
                default=1)
     if fold == 1:
         return cfg
