@@ -108,6 +108,41 @@ def test_lora_merged_samples_the_same_model_and_restores_the_weights(tiny_model_
     assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight.grad is not None
 
 
+def test_lora_merged_steps_aside_under_zero3(tiny_model_dir):
+    """DeepSpeed ZeRO-3 marks every parameter it manages with ds_id. There a process holds only a shard of each
+    weight, and TRL gathers the whole weights for sampling after the merge: merging would crash on a shard, or leave
+    the gathered, unmerged weight with the LoRA branch skipped (the base model sampling). The LoRA branch runs."""
+    model = _peft(tiny_model_dir).eval()
+    for param in model.parameters():
+        param.ds_id = 0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([[1, 5, 9, 14, 2, 7]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with lora_merged(model) as merged_layers:
+            assert merged_layers == 0
+            assert torch.equal(model(input_ids=ids).logits, unmerged)  # through the LoRA branch, as before
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_lora_merged_steps_aside_under_fsdp2(tiny_model_dir, tmp_path):
+    """FSDP2 shards each weight as a DTensor (here over one gloo process, which is enough to make them DTensors)."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = _peft(tiny_model_dir)
+        fully_shard(model)
+        assert isinstance(model.get_parameter("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"),
+                          DTensor)
+        with lora_merged(model) as merged_layers:
+            assert merged_layers == 0
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("arch", ["llama", "mistral"])
 def test_shared_prefill_generates_the_same_tokens(arch, tokenizer, tmp_path):
     """Greedy, so every token must match: repeated left-padded prompts, each prefilled once, then expanded."""

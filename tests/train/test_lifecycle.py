@@ -115,6 +115,24 @@ def test_resume_without_checkpoint(capsys, tiny_args, tmp_path):
     assert "--resume: no complete checkpoint-* folder" in capsys.readouterr().err
 
 
+def test_resume_auto_is_one_command_for_a_requeued_job(tiny_model_dir, tmp_path):
+    """What a requeue script runs every time: the first start finds no folder and starts fresh; preempted (SIGTERM),
+    it saves a checkpoint and says to run the same command; requeued, the same command continues from there and
+    trains the run to its end, every step once."""
+    out = tmp_path / "run"
+    cmd = tiny_train(tiny_model_dir, out, "--max_steps", "8", "--max_train_samples", "16", "--resume", "auto")
+    rc, log = train_until(cmd, losses_seen=3)
+    step = read_json(out / "unitune_run.json")["global_step"]
+    assert rc == 143 and 3 <= step < 8, log[-2000:]
+    assert "--resume auto: no checkpoint in" in log and "; run the same command to continue" in log
+    done = subprocess.run(cmd, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming from {out / f'checkpoint-{step}'}" in done.stdout
+    assert read_json(out / "unitune_run.json")["status"] == "finished"
+    steps = [e["step"] for e in read_json(out / "trainer_state.json")["log_history"] if "loss" in e]
+    assert steps == list(range(1, 9)), steps
+
+
 def test_merge_generates_like_base_plus_adapter(tiny_args, tiny_model_dir, tmp_path):
     assert main(tiny_args("sft", "--learning_rate", "5e-2")) == 0
     run, merged_dir = tmp_path / "sft_run", tmp_path / "merged"

@@ -2,6 +2,7 @@
 accelerate configs. Each run must leave a complete run folder whose adapter loads, and train exactly as one
 2-process DDP launcher does (same seed, same global batch of 4 rows, same data order)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,15 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import ROOT, read_json
+from unitune.train.records import record_of, run_status, status_line
+
+from conftest import ROOT, read_json, tiny_config
 
 BIN = Path(sys.executable).parent
 STEPS = 3
 # Ports 2955x: no other test uses them, so these tests can run beside the rest.
-PORTS = {"reference": 29550, "nodes": 29551, "fsdp": 29552, "deepspeed_zero2": 29553, "deepspeed_zero3": 29554}
+PORTS = {"reference": 29550, "nodes": 29551, "fsdp": 29552, "deepspeed_zero2": 29553, "deepspeed_zero3": 29554,
+         "grpo_ddp": 29555, "grpo_zero3": 29556, "failure": 29557}
 
 # FSDP on CPU processes: accelerate 1.15 turns ACCELERATE_USE_FSDP into DistributedType.FSDP only for GPU-like
 # device types (AcceleratorState.__init__); CPU processes stay MULTI_CPU, i.e. plain DDP, silently. torch 2.13 itself
@@ -178,3 +182,85 @@ def test_accelerate_configs_load(name):
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     if name.startswith("deepspeed"):
         assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+# GRPO's rewards for the tests below: the length of each completion varies, so the advantages and the update are not
+# zero and the policy moves from step 1 on; FLAKY fails on rank 1 only.
+REWARDS = '''
+import os
+
+
+def chars(completions, **kwargs):
+    return [float(len(c if isinstance(c, str) else "".join(m["content"] for m in c))) for c in completions]
+
+
+def flaky(completions, **kwargs):
+    if os.environ["RANK"] == "1":
+        raise ValueError("broke on rank 1")
+    return [0.0] * len(completions)
+'''
+
+
+def grpo_args(model_dir, out, reward: str, learning_rate: str = "1e-1"):
+    """3 GRPO steps, 2 prompts of 2 completions (8 tokens) per step over 2 processes; fp32 (see train_args). The
+    large learning rate moves the policy far enough in one step that it samples other tokens than before."""
+    return ["train", "--method", "grpo", "--model_name", str(model_dir), "--output_dir", str(out),
+            "--max_steps", str(STEPS), "--seed", "3", "--learning_rate", learning_rate, "--max_train_samples", "8",
+            "--lora_dropout", "0", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--num_generations", "2", "--max_completion_length", "8", "--reward_funcs", reward]
+
+
+def completions(out: Path) -> list[tuple]:
+    """What rank 0 sampled at each step (completions.jsonl): (step, prompt, completion)."""
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    return [(row["call"], row["prompt"], row["completion"]) for row in rows]
+
+
+@pytest.mark.slow
+def test_grpo_under_zero3_samples_the_trained_policy(tokenizer, tmp_path):
+    """GRPO under the shipped ZeRO-3 config samples the completions a DDP run samples, step for step, with the same
+    seed. The MLP weights (64 x 2048) exceed DeepSpeed's default stage3_param_persistence_threshold (1e5 elements),
+    so ZeRO-3 keeps them partitioned between steps as it does a real model's: merging LoRA into such a weight for
+    sampling (fast.lora_merge) crashed, or sampled from the base model. A run whose policy barely moves (lr 1e-12)
+    samples other completions after step 1, so equal completions are the trained policy's."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed")
+    model_dir = tmp_path / "wide"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(tiny_config("llama", tokenizer, intermediate_size=2048)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(REWARDS)
+    reward = f"{rewards}:chars"
+    runs = {name: tmp_path / name for name in ("ddp", "zero3", "untrained")}
+    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["grpo_ddp"]),
+         "-m", "unitune", *grpo_args(model_dir, runs["ddp"], reward)], tmp_path / "ddp.log")
+    run([str(BIN / "accelerate"), "launch", "--config_file", str(ROOT / "examples/accelerate/deepspeed_zero3.yaml"),
+         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(PORTS["grpo_zero3"]),
+         "-m", "unitune", *grpo_args(model_dir, runs["zero3"], reward)], tmp_path / "zero3.log")
+    run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["grpo_ddp"]),
+         "-m", "unitune", *grpo_args(model_dir, runs["untrained"], reward, "1e-12")], tmp_path / "untrained.log")
+    sampled = {name: completions(out) for name, out in runs.items()}
+    assert [step for step, _, _ in sampled["zero3"]] == [1, 1, 2, 2, 3, 3]
+    assert sampled["zero3"] == sampled["ddp"]
+    untrained = sampled["untrained"]
+    assert untrained[:2] == sampled["ddp"][:2]  # step 1 samples the initial policy in every run
+    assert untrained[2:] != sampled["ddp"][2:]  # later steps sample the trained policy
+    assert read_json(runs["zero3"] / "unitune_run.json")["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_failure_on_rank_1_lands_in_the_run_record(tiny_model_dir, tmp_path):
+    """Rank 1 fails (its reward function raises); rank 0 writes the run record, yet the record reads as failed with
+    rank 1's error, whatever became of rank 0 (torchrun stops it)."""
+    rewards = tmp_path / "rewards.py"
+    rewards.write_text(REWARDS)
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    with open(log, "w") as handle:
+        done = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["failure"]),
+                               "-m", "unitune", *grpo_args(tiny_model_dir, out, f"{rewards}:flaky")],
+                              env=env(), stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+    assert done.returncode != 0, log.read_text()[-3000:]
+    assert run_status(out) == "failed", log.read_text()[-3000:]
+    assert "rank 1: UserError: reward function" in status_line(out) and "ValueError: broke on rank 1" in \
+        status_line(out), status_line(out)
+    assert [f["rank"] for f in record_of(out)["failed_ranks"]] == [1]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..errors import UserError, closest
 from ..methods import METHODS
-from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, opt,
-                     parse_columns)
+from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, as_bool,
+                     opt, parse_columns)
 from .trackers import check_names as check_trackers
 
 TRAIN_DTYPES = ("auto", "float32", "bfloat16")
@@ -86,7 +86,9 @@ class TrainConfig:
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
                                      section="output, resume and dry run")
-    resume: bool = opt(False, "continue from the newest complete checkpoint-* in output_dir")
+    resume: str = opt("false", "continue from the newest complete checkpoint-* in output_dir: true (a bare --resume; "
+                               "refused when there is none), auto (continue when there is one, else start fresh: one "
+                               "command for a job that may be requeued) or false", const="true")
     resume_from_checkpoint: str | None = opt(None, "continue from this checkpoint folder")
     dry_run: bool = opt(False, "resolve the config, load and check the data, print the plan, do not train",
                         aliases=("--dry-run",))
@@ -129,6 +131,7 @@ class TrainConfig:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {rewards} rewards "
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
+        self.resume = _resume_value(self.resume)
         _answer_format(self)
         check_trackers(self.report_to)
         if self.eval_generation < 0 or (self.eval_generation and not self.eval_split):
@@ -140,6 +143,18 @@ class TrainConfig:
             raise UserError(f"--max_bad_rows must be a share in [0, 1], got {self.max_bad_rows}; e.g. 0.05 for 5%")
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self.method, self.model_name))
+
+
+def _resume_value(value) -> str:
+    """--resume as true, false or auto; the spellings a true/false flag takes (yes, 1, off...) still work."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return str(as_bool(text)).lower()
+    except ValueError:
+        raise UserError(f"--resume must be true, false or auto, got '{value}'; use --resume auto to continue when a "
+                        "checkpoint exists and start fresh otherwise") from None
 
 
 def default_run_dir(method: str, model_name: str | None, root: str | Path = "runs") -> Path:

@@ -3,6 +3,10 @@
 Generating through unmerged LoRA layers runs three extra small matmuls (and a dropout) per layer and token. While GRPO
 samples, each layer's base weight is swapped for a merged copy and the LoRA branch is skipped; the original weight
 tensors are put back afterwards, so training continues on the exact same bits.
+
+Not where the weights are sharded (DeepSpeed ZeRO-3, FSDP2): a process holds only a shard of each weight there, and
+TRL gathers the whole weight for generation only after a merge would have run, so the gathered weight is the
+unmerged one while PEFT skips the LoRA branch as merged (the base model would sample). There the LoRA branch runs.
 """
 
 from __future__ import annotations
@@ -13,15 +17,27 @@ import torch
 from torch import nn
 
 
+def sharded(model: nn.Module) -> bool:
+    """Whether the model's parameters are sharded across processes: DeepSpeed ZeRO-3 marks each parameter it
+    manages (``ds_id``, even one it keeps whole), FSDP2 makes them DTensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(hasattr(p, "ds_id") or isinstance(p, DTensor) for p in model.parameters())
+
+
 @contextlib.contextmanager
 def lora_merged(model: nn.Module):
     """While the block runs, every plain LoRA layer with a float base weight computes ``x @ (W + scale * B @ A)`` in
     one matmul: a merged copy of ``W`` stands in, and PEFT's forward takes its merged path. Afterwards the original
     ``W`` tensors are put back (not re-computed by subtraction, which would drift). Layers it cannot merge exactly
     (4-bit bases, DoRA and other variants, LoRA biases, already merged) keep their LoRA branch. Yields how many
-    layers were merged. For no-grad use only: nothing trains through the merged copies."""
+    layers were merged; none where the weights are sharded (see ``sharded``). For no-grad use only: nothing trains
+    through the merged copies."""
     from peft.tuners.lora import LoraLayer
 
+    if sharded(model):
+        yield 0
+        return
     swapped = []
     try:
         with torch.no_grad():

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import protected_folders
 from ..machine import is_main_process
-from .records import ASIDE, FINISHED, run_status, status_line
+from .records import ASIDE, FINISHED, clear_stale_failures, run_status, status_line
 
 
 def run_to_keep(out: Path) -> str | None:
@@ -22,14 +22,17 @@ def run_to_keep(out: Path) -> str | None:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
-    """The run folder, ready to train into. A run already there is continued (--resume), moved aside to
-    <output_dir>.old-<timestamp> (--overwrite_output_dir; never deleted), or protected with a one-line error."""
+    """The run folder, ready to train into. A run already there is continued (--resume, true or auto), moved aside to
+    <output_dir>.old-<timestamp> (--overwrite_output_dir; never deleted), or protected with a one-line error.
+    Whether --resume auto finds a checkpoint to continue or starts fresh is resume.resume_target's call."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
     if overwrite and resume:
         raise UserError("--overwrite_output_dir and --resume contradict each other; pass one of them")
     status = run_to_keep(out)
+    if status is None or resume:  # the folder stays: an earlier attempt's failure records go (overwrite moves them)
+        clear_stale_failures(out)
     if status is not None and not resume:
         if not overwrite:
             what = "a finished run" if status == FINISHED else f"an unfinished run ({status_line(out)})"

@@ -2,16 +2,22 @@
 web UI, merge and export read back (a run's status, its base model).
 
     running -> finished | interrupted (a checkpoint was saved; `--resume` continues it) | failed (the error line)
+
+Rank 0 writes the record. Another rank that fails writes its error line to a file of its own, failed-rank-<k>.json,
+and reading the record (``record_of``) folds those in: a run whose rank 1 failed reads as failed, with rank 1's error,
+even when rank 0 was killed before it could say so.
 """
 
 from __future__ import annotations
 
 import json
+import platform
+import time
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..files import write_json_atomic
-from ..machine import is_main_process, library_versions, machine, world_size
+from ..machine import is_main_process, library_versions, machine, rank, world_size
 from ..models.hardware import Hardware
 from ..models.load import generation_config
 from ..templates import chat_format
@@ -61,13 +67,37 @@ FINISHED = "finished"
 ASIDE = ".old-"  # <output_dir>.old-<timestamp>: a run --overwrite_output_dir moved aside
 
 
+RANK_FAILURE = "failed-rank-{}.json"  # the error of rank k > 0: one file per rank, so no two ranks write one file
+
+
+def rank_failures(folder: Path) -> list[dict]:
+    """The failures ranks other than 0 recorded in ``folder``, earliest first: {"rank", "error", "time", "host"}."""
+    found = []
+    for path in Path(folder).glob(RANK_FAILURE.format("*")):
+        try:
+            failure = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(failure, dict) and "error" in failure:
+            found.append(failure)
+    return sorted(found, key=lambda f: (f.get("time") or 0, str(f.get("rank"))))
+
+
 def record_of(folder: Path) -> dict | None:
-    """The run record, None when there is none; {} when it cannot be read or is not a JSON object."""
+    """The run record, None when there is none; {} when it cannot be read or is not a JSON object. A run that is not
+    finished and has failures of other ranks reads as failed, their errors (earliest first) before rank 0's own."""
     try:
         record = read_run(folder)
     except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) or record is None else {}
+        record = {}
+    record = record if isinstance(record, dict) or record is None else {}
+    failures = rank_failures(folder) if (record.get("status", FINISHED) if record else None) != FINISHED else []
+    if not failures:
+        return record
+    errors = [f"rank {f.get('rank')}: {f['error']}" for f in failures]
+    if record and record.get("status") == "failed" and record.get("error"):
+        errors.append(f"rank 0: {record['error']}")
+    return (record or {}) | {"status": "failed", "error": "; ".join(errors), "failed_ranks": failures}
 
 
 def run_status(folder: Path) -> str | None:
@@ -94,11 +124,25 @@ def status_line(folder: Path) -> str:
 
 
 def write_status(out: Path, record: dict, status: str, **extra) -> dict:
-    """Rank 0 writes the run record with its status; returns the record written."""
+    """Rank 0 writes the run record with its status; another rank writes only a failure (``error``), to its own
+    RANK_FAILURE file. Returns the record."""
     record = record | {"status": status} | extra
     if is_main_process():
         write_json_atomic(out / RUN_FILE, record)
+    elif status == "failed":
+        write_json_atomic(out / RANK_FAILURE.format(rank()), {"rank": rank(), "error": extra.get("error"),
+                                                              "time": time.time(), "host": platform.node()})
     return record
+
+
+def clear_stale_failures(out: Path) -> None:
+    """Before a run starts again in ``out``, this rank's failure from an earlier attempt goes, and on rank 0 those of
+    ranks this launch does not have. A rank clears no other's: a peer may already have failed in this attempt."""
+    me, size = rank(), world_size()
+    for path in Path(out).glob(RANK_FAILURE.format("*")):
+        number = path.name.removeprefix("failed-rank-").removesuffix(".json")
+        if number.isdigit() and (int(number) == me or (me == 0 and int(number) >= size)):
+            path.unlink(missing_ok=True)
 
 
 def tokens_seen(state) -> int | None:

@@ -1,4 +1,5 @@
-"""``--resume``: the newest complete checkpoint, continued only by the run it belongs to (the same settings)."""
+"""``--resume``: the newest complete checkpoint (``auto``: or a fresh start when there is none), continued only by the
+run it belongs to (the same settings)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError, warn
-from .records import record_of
+from .records import FINISHED, record_of, run_status
 
 
 def checkpoint_complete(folder: Path) -> bool:
@@ -23,15 +24,16 @@ def _step(folder: Path) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def resume_target(resume: bool, resume_from_checkpoint: str | None, out: Path) -> str | None:
-    """The checkpoint to continue from: --resume_from_checkpoint, or the newest complete one with --resume."""
+def resume_target(resume: str, resume_from_checkpoint: str | None, out: Path) -> str | None:
+    """The checkpoint to continue from: --resume_from_checkpoint, or the newest complete one with --resume true or
+    auto. None: start fresh (--resume false, or auto with no complete checkpoint)."""
     if resume_from_checkpoint:
         folder = Path(resume_from_checkpoint)
         if not folder.is_dir() or not checkpoint_complete(folder):
             raise UserError(f"--resume_from_checkpoint {folder} is not a complete checkpoint folder; "
                             f"pick one of the checkpoint-* folders in {out}")
         return str(folder)
-    if not resume:
+    if resume == "false":
         return None
     for folder in sorted(out.glob("checkpoint-*"), key=_step, reverse=True):
         if checkpoint_complete(folder):
@@ -39,7 +41,23 @@ def resume_target(resume: bool, resume_from_checkpoint: str | None, out: Path) -
             return str(folder)
         warn(f"skipping {folder}: incomplete (no readable trainer_state.json; the process likely died while "
              "saving it)")
-    raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh")
+    if resume != "auto":
+        raise UserError(f"--resume: no complete checkpoint-* folder in {out}; drop --resume to start fresh, or "
+                        "pass --resume auto to start fresh when there is none")
+    print(f"unitune: --resume auto: no checkpoint in {out} yet; starting fresh", flush=True)
+    return None
+
+
+def finished_already(resume: str, out: Path, record: dict) -> bool:
+    """--resume auto where this run has finished: nothing to train, so a requeue of a finished job changes nothing
+    (resuming from its last checkpoint would train a step past the end: the Trainer checks --max_steps only after a
+    step). A finished run of other settings is refused, as resuming it would be; --resume true trains a finished run
+    further (a larger --max_steps)."""
+    if resume != "auto" or run_status(out) != FINISHED:
+        return False
+    _check_same_run(f"continue the finished run in {out}", out, record)
+    print(f"unitune: --resume auto: the run in {out} has finished; nothing to train", flush=True)
+    return True
 
 
 def resume_signature(record: dict) -> dict:
@@ -56,9 +74,13 @@ def resume_signature(record: dict) -> dict:
 
 def check_resume_matches(checkpoint: str, record: dict) -> None:
     """Refuse to continue a checkpoint written by a run with other settings: its steps would mean something else."""
-    before = record_of(Path(checkpoint).parent) or {}
+    _check_same_run(f"resume {checkpoint}", Path(checkpoint).parent, record)
+
+
+def _check_same_run(what: str, folder: Path, record: dict) -> None:
+    before = record_of(folder) or {}
     now = resume_signature(record)
     for flag, value in resume_signature(before).items():
         if value is not None and now[flag] != value:
-            raise UserError(f"cannot resume {checkpoint}: it was trained with {flag} {value}, this command has "
+            raise UserError(f"cannot {what}: it was trained with {flag} {value}, this command has "
                             f"{now[flag]}; use the original settings, or --overwrite_output_dir to start again")

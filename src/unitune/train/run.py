@@ -22,6 +22,7 @@ from ..machine import is_main_process, unitune_home, world_size
 from ..methods import METHODS, MethodSpec
 from ..models.hardware import Hardware, choose_hardware
 from ..models.load import load_model, load_tokenizer, resolve_model
+from ..models.revision import newest_revision, pinned
 from ..models.precision import fp32_adapters
 from ..templates import chat_format, require_chat_template, use_template_file
 from .generation_eval import generation_eval
@@ -30,8 +31,8 @@ from .live_log import LiveLog
 from .methods import trainer_module
 from .output_dir import prepare_output_dir
 from .plan import fit_memory, length_plan, plural, print_plan
-from .records import FINISHED, run_record, save_generation_config, tokens_seen, write_status
-from .resume import check_resume_matches, resume_target
+from .records import FINISHED, record_of, run_record, save_generation_config, tokens_seen, write_status
+from .resume import check_resume_matches, finished_already, resume_target
 
 
 def data_settings(cfg: TrainConfig, limit: int | None, limit_flag: str) -> DataSettings:
@@ -98,6 +99,12 @@ def ranks_in_turn(dataset: str):
         yield
 
 
+def training_revision(source: str, out: Path, resuming: bool) -> str | None:
+    """The commit of a Hub model to train on: a resumed run's own (models.revision), else the newest."""
+    earlier = (record_of(out) or {}).get("base_revision") if resuming else None
+    return pinned(source, earlier, f"the run in {out}") if earlier else newest_revision(source)
+
+
 def run_training(cfg: TrainConfig) -> Path:
     spec = METHODS[cfg.method]
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
@@ -106,11 +113,12 @@ def run_training(cfg: TrainConfig) -> Path:
     dataset = resolve_dataset(cfg.dataset)
     with ranks_in_turn(dataset):  # see ranks_in_turn
         split = cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
-        resuming = cfg.resume or bool(cfg.resume_from_checkpoint)
+        resuming = cfg.resume != "false" or bool(cfg.resume_from_checkpoint)
         out = Path(cfg.output_dir) if cfg.dry_run else prepare_output_dir(cfg.output_dir, cfg.overwrite_output_dir,
                                                                            resuming)
         source = resolve_model(cfg.model_name)
-        tokenizer = load_tokenizer(source)
+        revision = training_revision(source, out, resuming)
+        tokenizer = load_tokenizer(source, revision)
         use_template_file(tokenizer, cfg.chat_template)
         settings = data_settings(cfg, cfg.max_train_samples, "max_train_samples")
         prepared = prepare(dataset, split, spec, settings)
@@ -134,20 +142,23 @@ def run_training(cfg: TrainConfig) -> Path:
         print("unitune: dry run: nothing trained")
         return out
 
-    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer)
+    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer) | {"base_revision": revision}
+    if finished_already(cfg.resume, out, record):  # --resume auto: a requeued job that had finished
+        return out
     resume = resume_target(cfg.resume, cfg.resume_from_checkpoint, out)  # before the model: a bad --resume fails fast
     if resume:
         check_resume_matches(resume, record)
     record = write_status(out, record, "running")
-    stop = GracefulStop("run the same command with --resume" + (" instead of --overwrite_output_dir"
-                                                               if cfg.overwrite_output_dir else "") + " to continue")
+    stop = GracefulStop("run the same command to continue" if cfg.resume == "auto" else
+                        "run the same command with --resume" + (" instead of --overwrite_output_dir"
+                                                                if cfg.overwrite_output_dir else "") + " to continue")
     try:
         train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop, callbacks)
     except Interrupted:
         end_process_group()
         raise
     except BaseException as err:  # the process group is left alone: peers may be stuck in a collective
-        write_status(out, record, "failed", error=first_line(err))
+        write_status(out, record, "failed", error=first_line(err))  # on rank k > 0: its own failure file
         raise
     finally:
         stop.restore()
@@ -158,7 +169,7 @@ def run_training(cfg: TrainConfig) -> Path:
 def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str, tokenizer, train_ds, eval_ds,
                    out: Path, resume: str | None, record: dict, stop: GracefulStop, callbacks: list) -> None:
     """Load the model, train (stopping cleanly on a signal), save the adapter and the finished run record."""
-    model = load_model(source, hw)
+    model = load_model(source, hw, revision=record["base_revision"])
     if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
         model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
     with dataset_bars(len(train_ds)):  # the trainer's own preparation (tokenizing, truncating) runs in here
