@@ -190,7 +190,7 @@ def _ui(cfg: UiConfig, prog: str) -> int:
 def _env(cfg: EnvConfig, prog: str) -> int:
     from .env import report
 
-    print(report())
+    print(report(reprobe=cfg.reprobe))
     return 0
 
 

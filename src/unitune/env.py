@@ -1,6 +1,7 @@
 """`unitune env`: the environment, for bug reports (as `trl env` and `accelerate env` print theirs).
 
     unitune env
+    unitune env --reprobe    # measure this machine's speed probes again
 """
 
 from __future__ import annotations
@@ -79,7 +80,21 @@ def cache_lines() -> list[str]:
     return [f"UNITUNE_HOME: {home}", f"cached models: {', '.join(models) or 'none'}"]
 
 
-def report() -> str:
+def probe_lines(reprobe: bool = False) -> list[str]:
+    """This machine's kept speed probes; with ``reprobe``, measured again first and what they found."""
+    from .fast import packed_linear, probes
+    from .models import precision
+
+    if not reprobe:
+        found = probes.kept()
+        return [(f"speed probes kept for this machine: {', '.join(p.name for p in found) or 'none'} "
+                 "(unitune env --reprobe measures them again)")]
+    gone = probes.forget()
+    return [f"speed probes measured again ({len(gone)} kept file(s) removed):",
+            f"  dtype: {precision.cpu_dtype()[1]}", f"  packed decode weights: {packed_linear.packing_pays()[1]}"]
+
+
+def report(reprobe: bool = False) -> str:
     lines = [f"unitune: {installed('unitune')}", f"Python: {platform.python_version()} ({platform.platform()})",
-             *library_lines(), *device_lines(), cpu_line(), *cache_lines()]
+             *library_lines(), *device_lines(), cpu_line(), *cache_lines(), *probe_lines(reprobe)]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 the LoRA adapter in fp32 (fp32_adapters) so that its small updates are not rounded away."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -16,6 +17,13 @@ from unitune.models.hardware import choose_hardware
 from unitune.models.precision import Fp32Linear, fp32_adapters
 
 from conftest import read_json
+
+
+def _probe(fp32_s, bf16_s, error=0.004):
+    """A dtype probe's result: the two timings and the parity check's relative error."""
+    passed = error <= 0.02  # PARITY_LIMIT
+    return {"fp32_s": fp32_s, "bf16_s": bf16_s, "bf16": fp32_s / bf16_s >= dtype_probe.MIN_GAIN and passed,
+            "parity": {"rel_error": error, "limit": 0.02, "passed": passed}}
 
 
 def _machine(monkeypatch, tmp_path, flags, measured=None):
@@ -36,14 +44,13 @@ def test_no_native_bf16_means_fp32_without_probing(monkeypatch, tmp_path):
 
 
 def test_the_probe_runs_once_per_machine(monkeypatch, tmp_path):
-    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, {"fp32_s": 1.3, "bf16_s": 1.0, "bf16": True})
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(1.3, 1.0))
     first, second = dtype_probe.cpu_dtype(), dtype_probe.cpu_dtype()
     assert first[0] == second[0] == torch.bfloat16 and len(calls) == 1  # measured once, then read back
     assert "1.30x fp32" in first[1] and "measured now" in first[1] and "cached" in second[1]
-    assert json.loads(dtype_probe.probe_file().read_text())["bf16"] is True
+    assert json.loads(dtype_probe.probe_file().read_text())["result"]["bf16"] is True
     # another CPU (flags) is another machine: its own probe, here one where bf16 did not pay
-    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16", "amx_bf16"}, {"fp32_s": 1.0, "bf16_s": 0.95,
-                                                                          "bf16": False})
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16", "amx_bf16"}, _probe(1.0, 0.95))
     dtype, why = dtype_probe.cpu_dtype()
     assert dtype == torch.float32 and len(calls) == 1 and "only 1.05x fp32, so fp32" in why
     assert len(list((tmp_path / "probes").glob("*.json"))) == 2
@@ -55,7 +62,7 @@ def test_deepspeed_on_cpu_trains_in_fp32(monkeypatch, tmp_path):
     where the probe says bf16, and --dtype bfloat16 is one line."""
     from unitune.errors import UserError
 
-    _machine(monkeypatch, tmp_path, {"avx512_bf16"}, {"fp32_s": 2.0, "bf16_s": 1.0, "bf16": True})
+    _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(2.0, 1.0))
     assert choose_hardware("auto").dtype == torch.bfloat16  # without DeepSpeed: what the probe measured
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     hw = choose_hardware("auto")
@@ -64,14 +71,69 @@ def test_deepspeed_on_cpu_trains_in_fp32(monkeypatch, tmp_path):
         choose_hardware("auto", "bfloat16")
 
 
-def test_the_probe_itself_times_both_dtypes():
+def test_the_probe_itself_times_both_dtypes_and_checks_parity():
     result = dtype_probe.measure()
     assert result["fp32_s"] > 0 and result["bf16_s"] > 0
-    assert result["bf16"] == (result["fp32_s"] / result["bf16_s"] >= dtype_probe.MIN_GAIN)
+    check = result["parity"]
+    assert 0 < check["rel_error"] <= dtype_probe.PARITY_LIMIT and check["passed"]  # bf16 rounds, within the limit
+    assert result["bf16"] == (result["fp32_s"] / result["bf16_s"] >= dtype_probe.MIN_GAIN and check["passed"])
+    assert dtype_probe.valid(result)
+
+
+def test_the_parity_check_catches_a_wrong_bf16_kernel(monkeypatch):
+    forward = dtype_probe._forward
+
+    def off_by_5_percent(x, up, down, bf16):
+        out = forward(x, up, down, bf16)
+        return out * 1.05 if bf16 else out
+
+    monkeypatch.setattr(dtype_probe, "_forward", off_by_5_percent)
+    check = dtype_probe.parity(tokens=256)
+    assert check["rel_error"] >= 0.05 and not check["passed"]  # 5% off the output, 10% off the squared loss's grads
+
+
+def test_bf16_is_chosen_only_with_a_passed_parity_check(monkeypatch, tmp_path):
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(2.0, 1.0, error=0.08))
+    dtype, why = dtype_probe.cpu_dtype()
+    assert dtype == torch.float32 and len(calls) == 1  # twice as fast, but wrong: fp32
+    assert "failed the parity check (8.00% from fp32, limit 2%), so fp32" in why
+    _machine(monkeypatch, tmp_path / "other", {"avx512_bf16"}, _probe(2.0, 1.0, error=0.004))
+    hw = choose_hardware("auto")
+    # the reason goes into the run record as hardware.reason: it names the speed-up and the parity result
+    assert hw.dtype == torch.bfloat16
+    assert "autocast ran 2.00x fp32 and passed the parity check (0.40% from fp32, limit 2%)" in hw.reason
+
+
+def test_a_busy_machine_falls_back_to_fp32(monkeypatch, tmp_path):
+    """The probe's threads got half the CPU time they wanted while it ran (other processes held the cores): its answer
+    (bf16, 2x faster) is refused and not kept, and --dtype auto takes fp32, saying why."""
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(2.0, 1.0))
+    clock = iter([(10.0, 10.0, 100.0), (11.0, 12.0, 101.0)])  # ran 1 s of the 2 s they wanted
+    monkeypatch.setattr(probes, "cpu_clock", lambda: next(clock), raising=False)
+    hw = choose_hardware("auto")
+    assert hw.dtype == torch.float32
+    assert "native bf16, but the probe was refused: the machine was busy" in hw.reason and "so fp32" in hw.reason
+    assert "50% of the CPU time they wanted" in hw.reason and len(calls) == 1
+    assert "result" not in json.loads(dtype_probe.probe_file().read_text())
+
+
+@pytest.mark.parametrize("text", ["", "{not json", "[]", '{"bf16": true}', '{"fp32_s": 1.0, "bf16": true}',
+                                  '{"fp32_s": 2.0, "bf16_s": 1.0, "bf16": true}', "partial-new"])
+def test_a_broken_or_partial_dtype_probe_is_measured_again(monkeypatch, tmp_path, text):
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(1.0, 1.0))
+    path = dtype_probe.probe_file()
+    if text == "partial-new":  # this machine's, today's, but its parity check is missing
+        text = json.dumps({"measured_at": time.time(), "machine": probes.identity(),
+                           "result": {"fp32_s": 2.0, "bf16_s": 1.0, "bf16": True}})
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    dtype, why = dtype_probe.cpu_dtype()
+    assert dtype == torch.float32 and "only 1.00x fp32" in why and "measured now" in why and len(calls) == 1
+    assert dtype_probe.valid(json.loads(path.read_text())["result"])
 
 
 def test_dtype_flag_overrides(monkeypatch, tmp_path):
-    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, {"fp32_s": 2.0, "bf16_s": 1.0, "bf16": True})
+    calls = _machine(monkeypatch, tmp_path, {"avx512_bf16"}, _probe(2.0, 1.0))
     assert choose_hardware("auto", "float32").dtype == torch.float32 and not calls
     forced = choose_hardware("auto", "bfloat16")
     assert forced.dtype == torch.bfloat16 and "--dtype bfloat16" in forced.reason and not calls

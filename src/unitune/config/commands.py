@@ -244,3 +244,6 @@ class ReportConfig:
 @dataclass
 class EnvConfig:
     """Print the environment for bug reports: versions against the tested ones, devices, CPU flags and caches."""
+
+    reprobe: bool = opt(False, "measure this machine's speed probes again (the CPU dtype probe, packed decode "
+                               "weights) instead of using the kept ones (they are kept 30 days), and print them")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..machine import physical_memory
+from ..machine import memory_limit
 from . import probes
 
 DECODE_ROWS = 128  # larger calls are prefills: sgemm is as fast there (0.9-1.06x at 512-2048 rows)
@@ -63,11 +63,21 @@ def measure() -> dict:
     return {"sgemm_s": plain, "packed_s": fast, "packed": plain / fast >= MIN_GAIN}
 
 
+def valid(found: dict) -> bool:
+    """Whether a kept probe has every field ``packing_pays`` reads (a partial file is measured again)."""
+    if isinstance(found.get("why"), str):
+        return True
+    return (isinstance(found.get("packed"), bool)
+            and all(isinstance(found.get(k), (int, float)) and found[k] > 0 for k in ("sgemm_s", "packed_s")))
+
+
 def packing_pays() -> tuple[bool, str]:
     """Whether decode steps on this CPU run faster through packed weights, and why (probe cached per machine)."""
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return False, "torch has no oneDNN (or it is turned off)"
-    found, where = probes.cached("packed-linear", measure)
+    found, where = probes.cached("packed-linear", measure, valid)
+    if found is None:
+        return False, f"{where}, so F.linear"
     if "why" in found:
         return False, found["why"]
     return found["packed"], f"packed weights ran {found['sgemm_s'] / found['packed_s']:.2f}x sgemm ({where})"
@@ -88,7 +98,7 @@ def packed_linears(model: nn.Module):
     copies of their weights (where the probe measured that faster). The copies are made on entry, from the weights
     as they are then (merged LoRA weights included), and dropped on exit. Yields how many layers were packed."""
     linears = [m for m in model.modules() if packable(m)]
-    if (not linears or sum(m.weight.numel() * 4 for m in linears) > physical_memory() / 4
+    if (not linears or sum(m.weight.numel() * 4 for m in linears) > memory_limit() / 4
             or not packing_pays()[0]):
         yield 0
         return
