@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/run.py            # prints a JSON line last; also writes bench/results.json
     .venv/bin/python bench/run.py --gpu      # GPU mode: QLoRA on a Qwen2-0.5B-sized model -> results_gpu.json
+    .venv/bin/python bench/run.py --build_model DIR [--tiny]   # only build that model (scripts/gpu_check.sh)
+
+GPU mode times unitune, plain TRL's defaults and TRL's defaults with Liger's kernels (SFT and DPO) one at a time,
+then measures the peak GPU memory of ORPO, KTO and GRPO (unitune against TRL's defaults) in concurrent processes
+(each process's own peak; their speeds are not compared), and times GRPO with TRL's vLLM colocate mode where an
+installed vLLM fits TRL and torch. scripts/gpu_check.sh runs it after building the model once (--model).
 
 Each training contender runs in its own process (clean memory, its own peak RSS) on the embedded
 model and the bundled data, with the same rows, LoRA config, effective batch and max length. Steps
@@ -11,6 +17,7 @@ after the warm-up are timed one by one and the median is reported. Tokens are re
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import resource
@@ -157,9 +164,11 @@ def trl_model(source: str):
                                                 device_map={"": 0})
 
 
-def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
-    """Plain TRL SFTTrainer or DPOTrainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing off), or
-    with ``bf16`` TRL's bf16 autocast without checkpointing (run only on CPUs with native bf16)."""
+def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False, liger: bool = False):
+    """Plain TRL SFT, DPO, ORPO or KTO trainer: TRL's defaults, or hand-tuned for CPU (bf16 off, checkpointing
+    off), or with ``bf16`` TRL's bf16 autocast without checkpointing (run only on CPUs with native bf16), or with
+    ``liger`` TRL's defaults plus ``use_liger_kernel=True`` (Liger's RMSNorm, RoPE and SwiGLU kernels: TRL 1.16 keeps
+    its own fused LM head, so Liger's fused cross-entropy stays off)."""
     import torch
     import trl
     from datasets import Dataset
@@ -170,19 +179,30 @@ def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
     from unitune.models.load import resolve_model
 
     source = resolve_model(MODEL)
+    pairs = [{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
+             for r in trl_rows("train_prefs", ROWS)] if method != "sft" else []
     if method == "sft":  # prompt/completion conversations: TRL then puts loss on the reply only, like unitune
         config, trainer = trl.SFTConfig, trl.SFTTrainer
         rows = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in trl_rows("train_sft", ROWS)]
+    elif method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        config, trainer, rows = ORPOConfig, ORPOTrainer, pairs
+    elif method == "kto":  # each pair unpaired into a desirable and an undesirable row, as unitune does
+        config, trainer = trl.KTOConfig, trl.KTOTrainer
+        rows = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+                for p in pairs for side in ("chosen", "rejected")]
     else:
-        config, trainer = trl.DPOConfig, trl.DPOTrainer
-        rows = [{"prompt": r["chosen"][:1], "chosen": r["chosen"][1:], "rejected": r["rejected"][1:]}
-                for r in trl_rows("train_prefs", ROWS)]
+        config, trainer, rows = trl.DPOConfig, trl.DPOTrainer, pairs
     tuning = {"bf16": bf16, "gradient_checkpointing": False} if tuned else {}
-    warmup, timed, accumulation, _ = steps_for(f"{method}_trl_{'tuned' if tuned else 'default'}")
+    if liger:
+        tuning["use_liger_kernel"] = True
+    warmup, timed, accumulation, _ = steps_for(f"{method}_trl_{'tuned' if tuned else 'liger' if liger else 'default'}")
+    counted = "no" if method == "orpo" else "non_padding"  # ORPO's batches carry no input_ids to count
     args = config(output_dir=out, max_steps=warmup + timed, per_device_train_batch_size=BATCH,
                   gradient_accumulation_steps=accumulation, learning_rate=METHODS[method].learning_rate,
                   logging_steps=1, save_strategy="no", report_to="none", max_length=MAX_LENGTH,
-                  use_cpu=not torch.cuda.is_available(), seed=42, include_num_input_tokens_seen="non_padding",
+                  use_cpu=not torch.cuda.is_available(), seed=42, include_num_input_tokens_seen=counted,
                   **tuning)
     return trainer(model=trl_model(source), args=args, train_dataset=Dataset.from_list(rows),
                    processing_class=AutoTokenizer.from_pretrained(source),
@@ -192,23 +212,38 @@ def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False):
 def run_child(name: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         if name.startswith("grpo_"):  # split by phase (bench/profile_grpo.py); s/step is the whole step's median
+            import torch
+
             import profile_grpo
 
-            trainer = unitune_grpo_trainer(out) if name == "grpo_unitune" else trl_grpo_trainer(out)
+            trainer = {
+                "grpo_unitune": lambda: unitune_grpo_trainer(out),
+                "grpo_trl_tuned": lambda: trl_grpo_trainer(out),
+                "grpo_trl_default": lambda: trl_grpo_trainer(out, tuned=False),
+                "grpo_trl_vllm": lambda: trl_grpo_trainer(out, tuned=False, vllm=True),
+            }[name]()
             with unitune_speedups(name):
                 split = profile_grpo.profile(trainer)
+            gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             return {"s_per_step": split["step"], "tokens_per_s": split["generated tokens per step"] / split["step"],
-                    "peak_rss_mb": peak_rss_mb(), "split": split}
+                    "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu, "split": split,
+                    "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e]}
         trainer = {
             "sft_unitune": lambda: unitune_trainer("sft", out),
             "sft_unitune_merged": lambda: unitune_trainer("sft", out, {"max_batch_tokens": 2048}),
             "sft_trl_default": lambda: trl_trainer("sft", out, tuned=False),
             "sft_trl_tuned": lambda: trl_trainer("sft", out, tuned=True),
             "sft_trl_bf16": lambda: trl_trainer("sft", out, tuned=True, bf16=True),
+            "sft_trl_liger": lambda: trl_trainer("sft", out, tuned=False, liger=True),
             "dpo_unitune": lambda: unitune_trainer("dpo", out),
             "dpo_unitune_merged": lambda: unitune_trainer("dpo", out, {"max_batch_tokens": 2048}),
             "dpo_trl_tuned": lambda: trl_trainer("dpo", out, tuned=True),
             "dpo_trl_default": lambda: trl_trainer("dpo", out, tuned=False),
+            "dpo_trl_liger": lambda: trl_trainer("dpo", out, tuned=False, liger=True),
+            "orpo_unitune": lambda: unitune_trainer("orpo", out),
+            "orpo_trl_default": lambda: trl_trainer("orpo", out, tuned=False),
+            "kto_unitune": lambda: unitune_trainer("kto", out),
+            "kto_trl_default": lambda: trl_trainer("kto", out, tuned=False),
         }[name]()
         timer = step_timer()
         trainer.add_callback(timer)
@@ -230,9 +265,11 @@ def unitune_speedups(name: str):
     return compact_lm_head("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def in_child(name: str) -> dict:
+def in_child(name: str, timeout: float | None = None, speed: bool = True) -> dict:
+    """Run one contender in its own process and print its line; ``speed=False`` (a contender that ran beside
+    others) prints its peak memory only."""
     done = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=timeout)
     if done.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -240,6 +277,10 @@ def in_child(name: str) -> dict:
     unit = "generated tokens/s" if name.startswith("grpo_") else "tokens/s"
     warmup, timed, accumulation, why = steps_for(name)
     plan = f" ({warmup} warm-up + {timed} timed steps of {BATCH} x {accumulation}: {why})" if why else ""
+    if not speed:
+        print(f"  {name}: peak GPU memory {result.get('peak_gpu_mb') or 0:.0f} MB (ran beside others: speed not "
+              "compared)", flush=True)
+        return result
     print(f"  {name}: {result['tokens_per_s']:.1f} {unit}, {result['s_per_step']:.2f} s/step, "
           f"peak RSS {result['peak_rss_mb']:.0f} MB{gpu}{plan}", flush=True)
     return result
@@ -349,9 +390,13 @@ def unitune_grpo_trainer(out: str):
         "max_train_samples": (WARMUP + TIMED) * GRPO_COMPLETIONS // GRPO_GENERATIONS})
 
 
-def trl_grpo_trainer(out: str):
-    """Plain TRL GRPOTrainer, hand-tuned for CPU (bf16 off, checkpointing off), with unitune's GRPO settings and
-    reward functions: the same prompts, LoRA, rewards, num_generations, max_completion_length and temperature."""
+def trl_grpo_trainer(out: str, tuned: bool = True, vllm: bool = False):
+    """Plain TRL GRPOTrainer, hand-tuned for CPU (bf16 off, checkpointing off) or at TRL's defaults (``tuned=False``),
+    with unitune's GRPO settings and reward functions: the same prompts, LoRA, rewards, num_generations,
+    max_completion_length and temperature. ``vllm``: TRL's defaults with vLLM sampling in the training process
+    (colocate mode), on the bf16 base: TRL hands vLLM the merged weights, which a 4-bit base does not give. Not run
+    yet: no machine this bench ran on had a vLLM that fits TRL 1.16 and torch (bench/RESULTS.md)."""
+    import torch
     import trl
     from datasets import Dataset
     from peft import LoraConfig
@@ -366,12 +411,21 @@ def trl_grpo_trainer(out: str):
     rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]}
             for r in trl_rows("train_gen", prompts)]
     rewards, _ = build_rewards(None, ["prompt", "answer"], RewardLog(), answer_format_of("auto", rows)[0])
+    tuning = {"bf16": False, "gradient_checkpointing": False} if tuned else {}
+    if vllm:
+        tuning |= {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3}
     args = trl.GRPOConfig(output_dir=out, max_steps=WARMUP + TIMED, per_device_train_batch_size=GRPO_COMPLETIONS,
                           gradient_accumulation_steps=1, learning_rate=METHODS["grpo"].learning_rate, logging_steps=1,
-                          save_strategy="no", report_to="none", use_cpu=True, seed=42, bf16=False,
-                          gradient_checkpointing=False, beta=0.0, num_generations=GRPO_GENERATIONS,
-                          max_completion_length=GRPO_TOKENS, temperature=1.0)
-    return trl.GRPOTrainer(model=trl_model(source), reward_funcs=rewards, args=args,
+                          save_strategy="no", report_to="none", seed=42, beta=0.0, num_generations=GRPO_GENERATIONS,
+                          max_completion_length=GRPO_TOKENS, temperature=1.0, use_cpu=not torch.cuda.is_available(),
+                          **tuning)
+    if vllm:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16, device_map={"": 0})
+    else:
+        model = trl_model(source)
+    return trl.GRPOTrainer(model=model, reward_funcs=rewards, args=args,
                            train_dataset=Dataset.from_list(rows),
                            processing_class=AutoTokenizer.from_pretrained(source),
                            peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
@@ -415,45 +469,197 @@ def flops_per_token(tokens_per_step: float) -> float:
     return 4 * n + attention
 
 
-def build_gpu_model(tokenizer_dir: str, folder: Path) -> None:
-    """A Qwen2-0.5B-sized model (random weights, bf16) built from a config, saved with the given tokenizer."""
+def build_gpu_model(tokenizer_dir: str, folder: Path, tiny: bool = False) -> None:
+    """A Qwen2-0.5B-sized model (random weights, bf16) built from a config, saved with the given tokenizer; ``tiny``:
+    a 2-layer Qwen2 of the same shape family, for scripts/gpu_check.sh's CPU smoke test."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                         rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    size = ({"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2} if tiny else
+            {"vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+             "num_attention_heads": 14, "num_key_value_heads": 2})
+    config = Qwen2Config(**size, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    print(f"  built a Qwen2-0.5B-sized model: {model.num_parameters() / 1e6:.0f}M parameters", flush=True)
+    print(f"  built a {'tiny Qwen2 (smoke test)' if tiny else 'Qwen2-0.5B-sized'} model: "
+          f"{model.num_parameters() / 1e6:.0f}M parameters", flush=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def gpu_main(tokenizer_dir: str) -> None:
-    """GPU mode: QLoRA (4-bit NF4 base, bf16) on a Qwen2-0.5B-sized model, unitune against plain TRL's defaults."""
+TRL_VLLM = ("0.22.0", "0.31.0")  # the vLLM versions TRL 1.16.0 supports (trl/import_utils.py, its `vllm` extra)
+CHILD_TIMEOUT = float(os.environ.get("UNITUNE_BENCH_CHILD_TIMEOUT", 180))  # GPU mode: one contender's process, s
+
+
+def liger_status() -> tuple[bool, str]:
+    """(usable, why): whether TRL's ``use_liger_kernel`` can run here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import trl
+    from trl.import_utils import LIGER_KERNEL_MIN_VERSION, is_liger_kernel_available
+
+    try:
+        found = version("liger-kernel")
+    except PackageNotFoundError:
+        return False, f"liger-kernel is not installed (TRL {trl.__version__} takes >= {LIGER_KERNEL_MIN_VERSION})"
+    if not is_liger_kernel_available():
+        return False, f"liger-kernel {found} is older than TRL {trl.__version__}'s minimum {LIGER_KERNEL_MIN_VERSION}"
+    return True, f"liger-kernel {found}"
+
+
+def vllm_status() -> tuple[bool, str]:
+    """(usable, why): whether TRL's vLLM colocate mode can run here: vLLM installed, within TRL's supported range and
+    built for this torch (each vLLM release pins one torch)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    import torch
+    from packaging.version import Version
+
+    low, high = TRL_VLLM
+    try:
+        found = version("vllm")
+    except PackageNotFoundError:
+        return False, (f"vLLM is not installed (TRL 1.16 takes vLLM {low}-{high}; of those, 0.27.0-0.30.0 pin torch "
+                       "2.13.0, 0.22.0-0.26.0 pin torch 2.11.0, and 0.31.0 also needs transformers < 5.18)")
+    if not Version(low) <= Version(Version(found).base_version) <= Version(high):
+        return False, f"vLLM {found} is outside TRL 1.16's supported {low}-{high}"
+    pins = [r.split("==", 1)[1].split(";")[0].strip() for r in requires("vllm") or []
+            if r.replace(" ", "").startswith("torch==")]
+    have = torch.__version__.split("+")[0]
+    if pins and pins[0] != have:
+        return False, f"vLLM {found} is built for torch {pins[0]}, this is torch {have}"
+    return True, f"vLLM {found}"
+
+
+def gpu_main(tokenizer_dir: str, model: str | None = None) -> None:
+    """GPU mode: QLoRA (4-bit NF4 base, bf16) on a Qwen2-0.5B-sized model (built here, or ``model``, a folder that
+    --build_model made), unitune against plain TRL's defaults."""
     import torch
 
     if not torch.cuda.is_available():
         raise SystemExit("bench --gpu needs a CUDA device; run it on a GPU machine, or drop --gpu for the CPU bench")
     with tempfile.TemporaryDirectory(prefix="unitune-bench-qwen2-0.5b-") as folder:
-        build_gpu_model(tokenizer_dir, Path(folder))
-        os.environ["UNITUNE_BENCH_MODEL"] = folder
-        runs = {name: in_child(name) for name in ("sft_unitune", "sft_trl_default", "dpo_unitune", "dpo_trl_default")}
+        if model is None:
+            build_gpu_model(tokenizer_dir, Path(folder))
+        os.environ["UNITUNE_BENCH_MODEL"] = model or folder
+        gpu_contenders()
+
+
+def gpu_contenders() -> None:
+    """Timed contenders one at a time (SFT, DPO, with Liger where it runs), the peak memory of ORPO, KTO and GRPO in
+    concurrent processes, GRPO with vLLM where it fits; results_gpu.json is rewritten after each phase, so a run cut
+    short keeps what it measured. A contender that fails is reported and the rest go on."""
+    import torch
+
+    liger, liger_why = liger_status()
+    vllm, vllm_why = vllm_status()
+    print(f"bench --gpu: {torch.cuda.get_device_name()}, torch {torch.__version__}, {WARMUP} warm-up + {TIMED} "
+          f"timed steps of {BATCH} x {ACCUM}; {liger_why}; {vllm_why}", flush=True)
+    runs: dict = {}  # timed alone
+    beside: dict = {}  # run concurrently: peak memory only
+    failed: dict = {}
+
+    def child(name: str, speed: bool = True) -> dict | None:
+        try:
+            return in_child(name, timeout=CHILD_TIMEOUT, speed=speed)
+        except subprocess.TimeoutExpired:
+            failed[name] = f"timed out after {CHILD_TIMEOUT:.0f} s"
+        except RuntimeError as err:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            failed[name] = lines[-1][:300] if lines else "failed"
+        print(f"  {name}: FAILED: {failed[name]}", flush=True)
+        return None
+
+    def timed(names: list[str]) -> None:
+        for name in names:
+            if (result := child(name)) is not None:
+                runs[name] = result
+        save(runs, beside, failed, liger_why, vllm_why)
+
+    timed(["sft_unitune", "sft_trl_default", *(["sft_trl_liger"] if liger else [])])
+    if not liger:
+        print(f"  sft_trl_liger, dpo_trl_liger: skipped: {liger_why}", flush=True)
+    names = [f"{m}_{who}" for m in ("orpo", "kto", "grpo") for who in ("unitune", "trl_default")]
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        done = dict(zip(names, pool.map(lambda name: child(name, speed=False), names)))
+    beside.update({k: v for k, v in done.items() if v is not None})
+    timed(["dpo_unitune", "dpo_trl_default", *(["dpo_trl_liger"] if liger else [])])
+    if vllm:
+        timed(["grpo_trl_default", "grpo_trl_vllm"])
+    else:
+        print(f"  grpo_trl_vllm (TRL's vLLM colocate mode): skipped: {vllm_why}", flush=True)
+    results = save(runs, beside, failed, liger_why, vllm_why)
+    if results:
+        for line in gpu_lines(results):
+            print(f"  {line}", flush=True)
+        print(json.dumps(results, default=float))
+
+
+def save(runs: dict, beside: dict, failed: dict, liger: str, vllm: str) -> dict | None:
+    """Compose results_gpu.json from what has run so far, write it (once anything ran) and return it."""
+    import torch
+
+    if not runs and not beside:
+        return None
+    every = {**beside, **runs}
+
+    def ratio(a: str, b: str, key: str = "tokens_per_s", among: dict = runs) -> float | None:
+        if a in among and b in among and among[b].get(key):
+            return among[a][key] / among[b][key]
+        return None
+
+    memory = {m: ratio(f"{m}_unitune", f"{m}_trl_default", "peak_gpu_mb", every)
+              for m in ("sft", "dpo", "orpo", "kto", "grpo")}
+    speed, mem = ratio("sft_unitune", "sft_trl_default"), memory["sft"]
     results = {
-        "device": torch.cuda.get_device_name(),
-        "sft_vs_trl_default": runs["sft_unitune"]["tokens_per_s"] / runs["sft_trl_default"]["tokens_per_s"],
-        "dpo_vs_trl_default": runs["dpo_unitune"]["tokens_per_s"] / runs["dpo_trl_default"]["tokens_per_s"],
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "liger": liger, "vllm": vllm,
+        "sft_vs_trl_default": speed,
+        "sft_peak_gpu_vs_trl_default": mem,
+        "sft_target_met": None if speed is None or mem is None else speed >= 2 and mem <= 1,
+        "dpo_vs_trl_default": ratio("dpo_unitune", "dpo_trl_default"),
+        "sft_trl_liger_vs_trl_default": ratio("sft_trl_liger", "sft_trl_default"),
+        "dpo_trl_liger_vs_trl_default": ratio("dpo_trl_liger", "dpo_trl_default"),
+        "sft_vs_trl_liger": ratio("sft_unitune", "sft_trl_liger"),
+        "dpo_vs_trl_liger": ratio("dpo_unitune", "dpo_trl_liger"),
+        "grpo_trl_vllm_vs_trl_default": ratio("grpo_trl_vllm", "grpo_trl_default"),  # generated tokens/s
+        "peak_gpu_vs_trl_default": memory,
         "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
         "s_per_step": {k: v["s_per_step"] for k, v in runs.items()},
-        "peak_gpu_mb": {k: v["peak_gpu_mb"] for k, v in runs.items()},
-        "first_losses": {k: v["losses"][:4] for k, v in runs.items()},
+        "peak_gpu_mb": {k: v.get("peak_gpu_mb") for k, v in every.items()},
+        "ran_beside_others": sorted(beside),  # peak memory only: their speeds shared the GPU
+        "first_losses": {k: v.get("losses", [])[:4] for k, v in every.items()},
+        "failed": failed,
     }
     (ROOT / "bench" / "results_gpu.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    print(json.dumps(results, default=float))
+    return results
+
+
+def gpu_lines(results: dict) -> list[str]:
+    """The GPU bench in three lines: the SFT target, Liger's contenders, peak memory per method."""
+    mb = results["peak_gpu_mb"]
+
+    def x(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}x"
+
+    def mb_of(name: str) -> str:
+        return f"{mb[name]:.0f}" if mb.get(name) else "-"
+
+    met = {None: "not measured", True: "met", False: "not met"}[results["sft_target_met"]]
+    sft = (f"{x(results['sft_vs_trl_default'])} the tokens/s at {x(results['sft_peak_gpu_vs_trl_default'])} the "
+           f"peak memory ({mb.get('sft_unitune') or 0:.0f} vs {mb.get('sft_trl_default') or 0:.0f} MB)")
+    liger = (f"TRL + Liger over TRL's defaults: SFT {x(results['sft_trl_liger_vs_trl_default'])}, DPO "
+             f"{x(results['dpo_trl_liger_vs_trl_default'])}; unitune over TRL + Liger: SFT "
+             f"{x(results['sft_vs_trl_liger'])}, DPO {x(results['dpo_vs_trl_liger'])}"
+             if results["sft_trl_liger_vs_trl_default"] or results["dpo_trl_liger_vs_trl_default"]
+             else f"Liger: not run ({results['liger']})")
+    memory = ", ".join(f"{m} {mb_of(f'{m}_unitune')}/{mb_of(f'{m}_trl_default')} ({x(r)})"
+                       for m, r in results["peak_gpu_vs_trl_default"].items())
+    return [f"target SFT >= 2x TRL's defaults in tokens/s at <= TRL's peak GPU memory: {sft}: {met}",
+            liger, f"peak GPU memory, unitune/TRL's defaults, MB: {memory}"]
 
 
 def main() -> None:
@@ -461,6 +667,9 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--gpu", action="store_true", help="GPU mode: QLoRA on a Qwen2-0.5B-sized model")
     parser.add_argument("--tokenizer", help="GPU mode: tokenizer folder (default: the embedded model's)")
+    parser.add_argument("--model", help="GPU mode: a model folder made by --build_model, instead of building one")
+    parser.add_argument("--build_model", metavar="DIR", help="only build the GPU mode's model into DIR")
+    parser.add_argument("--tiny", action="store_true", help="--build_model: a tiny Qwen2 (a CPU smoke test)")
     parser.add_argument("--grpo", action="store_true", help="only the GRPO contenders (prints, writes nothing)")
     parser.add_argument("--eval_gen", action="store_true", help="only the evaluator's generation (prints)")
     args = parser.parse_args()
@@ -475,10 +684,14 @@ def main() -> None:
         print(json.dumps({"grpo_vs_trl_tuned": grpo_ratio(grpo),
                           "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()}}))
         return
-    if args.gpu:
+    if args.gpu or args.build_model:
         from unitune.models.load import resolve_model
 
-        gpu_main(args.tokenizer or resolve_model(None))
+        tokenizer = args.tokenizer or resolve_model(None)
+        if args.build_model:
+            build_gpu_model(tokenizer, Path(args.build_model), tiny=args.tiny)
+        else:
+            gpu_main(tokenizer, args.model)
         return
     print(f"bench: {WARMUP} warm-up + {TIMED} timed steps, batch {BATCH} x accumulation {ACCUM}, embedded "
           "SmolLM2-135M, bundled data",
