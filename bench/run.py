@@ -375,7 +375,7 @@ def bench_eval_generation() -> dict:
     reference, tokens = plain()
     plain_s = time.perf_counter() - start
     start = time.perf_counter()
-    merged = model.merge_and_unload()  # what unitune eval's load_entry_model does
+    merged = model.merge_and_unload()  # what unitune eval does on CPU (train.trained.as_trained)
     ours = generate_replies(merged, tokenizer, prompts, new, batch, desc=None)
     ours_s = time.perf_counter() - start
     return {"eval_gen_vs_hf": plain_s / ours_s, "eval_gen_identical": ours == reference,

@@ -26,6 +26,7 @@ def physical_memory() -> int:
 
 
 CGROUP = Path("/sys/fs/cgroup")
+PROC_CGROUP = Path("/proc/self/cgroup")
 
 
 def _read_bytes(path: Path) -> int | None:
@@ -37,17 +38,48 @@ def _read_bytes(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _cgroup_folders(root: Path) -> list[Path]:
+    """This process's memory cgroup folders, innermost first, up to the root: a SLURM job or a systemd unit sits
+    in a nested cgroup, and any folder on the way may hold the binding limit (v2: the "0::" line; v1: "memory")."""
+    try:
+        lines = PROC_CGROUP.read_text().splitlines()
+    except OSError:
+        lines = []
+    folders = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        base = root if controllers == "" else root / "memory" if "memory" in controllers.split(",") else None
+        if base is None:
+            continue
+        inner = base / path.strip("/") if path.strip("/") else base
+        folders += [inner, *[f for f in inner.parents if f == base or base in f.parents]]
+    return [f for f in dict.fromkeys(folders + [root, root / "memory"]) if f.is_dir()]
+
+
+def _reclaimable(folder: Path) -> int:
+    """Page cache the kernel drops before it kills (memory.stat's inactive_file): counted in the usage, not lost."""
+    try:
+        stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines() if line.count(" ") == 1)
+    except (OSError, ValueError):
+        return 0
+    value = stat.get("inactive_file", stat.get("total_inactive_file", "0"))
+    return int(value) if value.isdigit() else 0
+
+
 def cgroup_memory(root: Path | None = None) -> tuple[int | None, int]:
-    """This process's container memory limit and what the container uses now (cgroup v2, else v1); the limit is
-    None when there is none. A v1 "no limit" reads as a huge number, more than the machine has."""
+    """This process's container memory limit (the lowest on its cgroup path, v2 or v1) and what that cgroup uses
+    now, less its reclaimable page cache; the limit is None when there is none. A v1 "no limit" reads as a huge
+    number, more than the machine has."""
     root = root or CGROUP
-    limit, used = _read_bytes(root / "memory.max"), _read_bytes(root / "memory.current")
-    if limit is None and used is None:
-        limit, used = _read_bytes(root / "memory" / "memory.limit_in_bytes"), \
-            _read_bytes(root / "memory" / "memory.usage_in_bytes")
-    if limit is not None and limit >= physical_memory():
-        limit = None
-    return limit, used or 0
+    found: tuple[int | None, int] = (None, 0)
+    for folder in _cgroup_folders(root):
+        limit = _read_bytes(folder / "memory.max")
+        used = _read_bytes(folder / "memory.current")
+        if limit is None and used is None:
+            limit, used = _read_bytes(folder / "memory.limit_in_bytes"), _read_bytes(folder / "memory.usage_in_bytes")
+        if limit is not None and limit < physical_memory() and (found[0] is None or limit < found[0]):
+            found = (limit, max((used or 0) - _reclaimable(folder), 0))
+    return found
 
 
 def memory_limit() -> int:
@@ -100,6 +132,15 @@ def rank() -> int:
 def world_size() -> int:
     """Processes in this launch (1 for a single process)."""
     return _launcher_int(SIZE_VARIABLES, 1)
+
+
+def bare_srun() -> int:
+    """The task count when ``srun`` started several copies of unitune itself, with no torchrun or accelerate to join
+    them (no ``RANK``): each would train alone into one folder. 0 otherwise."""
+    if "RANK" in os.environ or "SLURM_STEP_ID" not in os.environ:
+        return 0
+    tasks = os.environ.get("SLURM_NTASKS", "1").strip()
+    return int(tasks) if tasks.isdigit() and int(tasks) > 1 else 0
 
 
 def is_main_process() -> bool:

@@ -62,6 +62,9 @@ def test_a_hub_run_loads_the_revision_it_trained_on(hub_cache, tiny_args, tiny_m
     assert main(["eval", "--runs_dir", str(tmp_path / "runs"), "--max_samples", "4", "--max_new_tokens", "2",
                  "--max_generation_samples", "1", "--report", "false"]) == 0
     results = read_json(tmp_path / "runs" / "evaluation_results.json")
+    said = capsys.readouterr().err
+    assert f"the run sft_hub trained on org/tiny at revision {OLD[:12]}" in said
+    assert f"the runs trained on org/tiny at revision {OLD[:12]}" in said  # the base entry
     from unitune.evaluate.heldout import EvalData
     from unitune.config import EvalConfig
     from unitune.data.load import DEMO_DIR

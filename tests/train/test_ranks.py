@@ -44,6 +44,18 @@ def test_rank_and_world_size_from_each_launcher(launch, variables, rank, size):
     assert (machine.rank(), machine.world_size(), machine.is_main_process()) == (rank, size, rank == 0)
 
 
+def test_srun_without_torchrun_is_refused_in_one_line(launch, tmp_path, capsys):
+    """srun's copies of unitune with nothing to join them would each train alone into one folder: refused before
+    anything is written; inside torchrun (RANK set) it goes on."""
+    launch(SLURM_PROCID=0, SLURM_NTASKS=2, SLURM_STEP_ID=0)
+    assert main(["train", "--method", "sft", "--output_dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "srun started 2 copies of unitune" in err[0] and "srun torchrun" in err[0]
+    assert not (tmp_path / "run").exists()
+    launch(RANK=0)
+    assert machine.bare_srun() == 0
+
+
 def test_a_failure_on_another_rank_lands_in_the_record(launch, tmp_path):
     """Only rank 0 writes unitune_run.json; rank 1's failure goes to a file of its own, and reading the record
     (status, the evaluator's and the web UI's status line) finds it, also while rank 0's record still says running

@@ -17,6 +17,9 @@ from ..files import write_json_atomic
 from ..machine import library_versions
 from ..models.revision import is_hub_id, newest_revision
 
+# How the evaluator scores: raised when scoring changes, so results of an older scorer are not reused (2: the model's
+# output transform, the base in bf16 on CUDA).
+SCORER = 2
 # The EvalConfig fields a base result depends on (the others choose runs, files, or run after it, like lm-eval).
 SETTINGS = ("max_samples", "max_generation_samples", "skip_perplexity", "sft_split", "prefs_split", "gen_split",
             "batch_size", "max_new_tokens", "answer_format")
@@ -46,7 +49,8 @@ def base_key(model: str, dataset: str, columns: dict, rewards, cfg: EvalConfig, 
     code = [fingerprint(name.rsplit(":", 1)[0]) for name in (reward or {}).get("names", []) if ".py:" in name]
     payload = {"model": fingerprint(model, "model", revision), "dataset": fingerprint(dataset, "dataset"),
                "columns": columns, "rewards": reward, "reward_code": code,
-               "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device, "versions": library_versions()}
+               "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device, "versions": library_versions(),
+               "scorer": SCORER}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

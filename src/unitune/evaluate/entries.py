@@ -14,6 +14,7 @@ from ..config import EvalConfig
 from ..errors import UserError, warn
 from ..methods import METHODS
 from ..models.load import resolve_model
+from ..models.revision import pinned
 from ..train.records import ASIDE, FINISHED, RUN_FILE, read_run, recorded_base, run_status, status_line
 from ..train.trained import as_trained
 
@@ -95,19 +96,20 @@ def training_metrics(folder: Path | None) -> dict:
 
 def load_entry_model(entry: Entry, device: str) -> tuple[object, str]:
     """The entry's model as it was trained (train.trained.as_trained) and how it is scored, in words. The base model:
-    fp32 on CPU; on CUDA in bf16 (fp16 where the GPU has none) spread with ``device_map="auto"``."""
+    fp32 on CPU; on CUDA in bf16 (fp32 where the GPU has none) spread with ``device_map="auto"``."""
     from transformers import AutoModelForCausalLM
 
     if entry.path is not None:
         if not (entry.path / "adapter_config.json").exists():
             raise UserError("no adapter_config.json (the run did not finish saving)")
         return as_trained(entry.path, resolve_model(entry.base_model), device)
+    revision = pinned(resolve_model(entry.base_model), entry.revision, "the runs")
     if device == "cpu":
         return AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=torch.float32,
-                                                    revision=entry.revision).eval(), "base model, fp32"
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+                                                    revision=revision).eval(), "base model, fp32"
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32  # fp16 overflows on some models
     model = AutoModelForCausalLM.from_pretrained(resolve_model(entry.base_model), dtype=dtype, device_map="auto",
-                                                 revision=entry.revision)
+                                                 revision=revision)
     return model.eval(), f"base model, {str(dtype).removeprefix('torch.')}"
 
 

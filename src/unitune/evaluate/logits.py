@@ -11,6 +11,7 @@ scored through its plain forward instead, with one line that says so.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -53,17 +54,22 @@ def tolerance(model) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 3e-2
 
 
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its checked transform (or None)
+
+
 @torch.inference_mode()
 def checked_transform(model, ids: list[int], name: str = "model") -> LogitTransform | None:
     """The transform, when the decoder, LM head and transform reproduce the model's own logits on ``ids`` (one row,
-    at most 64 tokens); else None, after one line: the scorer then takes the plain forward."""
+    at most 64 tokens); else None, after one line: the scorer then takes the plain forward. Checked once per model."""
+    if model in _CHECKED:
+        return _CHECKED[model]
     transform = logit_transform(model)
-    device = next(model.parameters()).device
-    row = torch.tensor([ids[:64]], device=device)
-    own = model(input_ids=row).logits.float()
+    row = torch.tensor([ids[:64]], device=next(model.parameters()).device)
+    own = model(input_ids=row).logits.float().cpu()  # with device_map="auto" the two may end on other GPUs
     ours = transform(model.get_output_embeddings()(model.get_decoder()(input_ids=row).last_hidden_state).float())
-    if (own - ours).abs().max() <= tolerance(model) * max(1.0, own.abs().max().item()):
-        return transform
-    warn(f"{name}: its forward transforms the LM head's output in a way the packed scorer does not know "
-         f"({type(model).__name__}); scoring it through its own forward instead (slower, same losses)")
-    return None
+    if (own - ours.cpu()).abs().max() > tolerance(model) * max(1.0, own.abs().max().item()):
+        warn(f"{name}: its forward transforms the LM head's output in a way the packed scorer does not know "
+             f"({type(model).__name__}); scoring it through its own forward instead (slower, same losses)")
+        transform = None
+    _CHECKED[model] = transform
+    return transform

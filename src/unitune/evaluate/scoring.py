@@ -87,22 +87,27 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
     Replies that share a prompt are packed into one row, so the prompt is computed once; rows are
     length-sorted and right-padded into batches, and the head a batch's prompts share (the chat template's system
     turn, say) is computed once for the batch (`kv_head`; not with rotary embeddings whose frequencies depend on the
-    row's length). Models with layers other than attention get one reply a row and no shared head."""
-    shared_prompt = attention_only(model)
+    row's length). Models with layers other than attention get one reply a row and no shared head; a model whose
+    output transform the scorer does not know (``evaluate.logits``) gets one reply a row, alone in its batch, through
+    its own forward with a plain mask."""
+    if not items:
+        return []
+    transform = checked_transform(model, pack(tokenizer, items[0][0], items[0][1][:1])["ids"], desc.split(":")[0])
+    shared_prompt = attention_only(model) and transform is not None
     if not shared_prompt and any(len(replies) > 1 for _, replies in items):
         flat = score_replies(model, tokenizer, [(p, [r]) for p, replies in items for r in replies], batch_size, desc)
         it = iter(flat)
         return [[next(it)[0] for _ in replies] for _, replies in items]
     packed = [pack(tokenizer, prompt, replies) for prompt, replies in items]
-    transform = checked_transform(model, packed[0]["ids"], desc.split(":")[0]) if packed else None
-    if transform is None:  # a transform the scorer does not know: the model's own forward, one row at a time
+    if transform is None:
         batch_size = 1
     order = sorted(range(len(packed)), key=lambda i: len(packed[i]["ids"]))
     results: list[list[tuple[float, int]]] = [[] for _ in packed]
-    device = next(model.parameters()).device
-    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()
-    share_head = transform is not None and shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
-    batches = rows_that_fit(model, [len(packed[i]["ids"]) for i in order], batch_size)
+    device = next(model.parameters()).device  # the inputs' (the embeddings'); with device_map="auto" the decoder's
+    decoder, lm_head = model.get_decoder(), model.get_output_embeddings()  # output may be on another GPU
+    share_head = shared_prompt and takes_kv_cache(decoder) and not rope_varies(model)
+    batches = rows_that_fit(model, [len(packed[i]["ids"]) for i in order], batch_size,
+                            kept_logits=[len(packed[i]["targets"]) for i in order])
     for batch in bar(batches, desc=desc, unit="batch", leave=False):
         rows = [packed[order[k]] for k in batch]
         width = max(len(r["ids"]) for r in rows)
@@ -117,17 +122,17 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         shared = scored_head(model, rows) if share_head else 0
         cache = read_through(head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared])) \
             if shared else None
-        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]], device=device)
-        predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]], device=device)
-        targets = torch.tensor([t for row in rows for t in row["targets"]], device=device)
-        if transform is None:  # one row: its own forward keeps only the predicting positions' logits
+        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]])
+        predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]])
+        labels = ids.cpu()[batch_index, torch.tensor([t for row in rows for t in row["targets"]])]
+        if transform is None:  # one reply, one row: its own forward keeps only the predicting positions' logits
             logits = model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                           logits_to_keep=predictors).logits[0].float()
+                           logits_to_keep=predictors.to(device)).logits[0].float()
         else:  # only loss positions go through the LM head: no full-vocabulary logits for prompt or padding
             hidden = decoder(input_ids=ids[:, shared:], position_ids=positions[:, shared:], cache=cache,
                              attention_mask=queries_from(mask, shared)).last_hidden_state
-            logits = transform(lm_head(hidden[batch_index, predictors]).float())
-        nll = F.cross_entropy(logits, ids[batch_index, targets], reduction="none").double().cpu()
+            logits = transform(lm_head(hidden[batch_index.to(hidden.device), predictors.to(hidden.device)]).float())
+        nll = F.cross_entropy(logits, labels.to(logits.device), reduction="none").double().cpu()
         at = 0
         for i, row in zip((order[k] for k in batch), rows):
             segment_of = [row["segments"][t] for t in row["targets"]]

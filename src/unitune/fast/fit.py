@@ -15,8 +15,9 @@ SHARE = 0.5  # of the free memory, for one batch's transient tensors: the rest i
 
 
 def free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # what the driver has free, and what torch holds in its cache but does not use
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - \
+            torch.cuda.memory_allocated(device)
     return available_memory()
 
 
@@ -39,16 +40,19 @@ def row_bytes(model, width: int, new_tokens: int = 0, kept_logits: int | None = 
 
 
 def rows_that_fit(model, widths: list[int], batch_size: int, new_tokens: int = 0,
-                  kept_logits: int | None = None) -> list[list[int]]:
+                  kept_logits: int | list[int] | None = None) -> list[list[int]]:
     """``widths`` (token counts in batch order) cut into batches of at most ``batch_size`` rows, fewer where the rows
-    are long enough that the batch would not fit (never fewer than one)."""
+    are long enough that the batch would not fit (never fewer than one). ``kept_logits``: the positions each row
+    (a list, in the same order) or every row (a number) sends through the LM head; None: all."""
     budget = free_memory(next(model.parameters()).device) * SHARE
+    kept = kept_logits if isinstance(kept_logits, list) else [kept_logits] * len(widths)
     batches: list[list[int]] = []
     start = 0
     while start < len(widths):
         end = min(start + batch_size, len(widths))
-        while end - start > 1 and (end - start) * row_bytes(model, max(widths[start:end]), new_tokens,
-                                                             kept_logits) > budget:
+        while end - start > 1 and (end - start) * row_bytes(
+                model, max(widths[start:end]), new_tokens,
+                None if None in kept[start:end] else max(kept[start:end])) > budget:
             end -= 1
         batches.append(list(range(start, end)))
         start = end

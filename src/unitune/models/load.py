@@ -64,12 +64,12 @@ def load_tokenizer(source: str, revision: str | None = None):
     return tokenizer
 
 
-def generation_config(source: str):
+def generation_config(source: str, revision: str | None = None):
     """The model's generation_config.json, or a default one when the folder has none."""
     from transformers import GenerationConfig
 
     try:
-        return GenerationConfig.from_pretrained(source)
+        return GenerationConfig.from_pretrained(source, revision=revision)
     except OSError:
         return GenerationConfig()
 

@@ -161,10 +161,10 @@ def template_record(tokenizer) -> dict | None:
     return {"masking": chat.how, "end_of_turn": chat.end_of_turn, "system_folded": chat.folds_system}
 
 
-def save_generation_config(source: str, tokenizer, out: Path) -> None:
+def save_generation_config(source: str, tokenizer, out: Path, revision: str | None = None) -> None:
     """generation_config.json in the run folder, with EOS ids that include the template's end-of-turn token, so
     base + adapter and merged models stop after a reply (many model repos list only the tokenizer's EOS)."""
-    config = generation_config(source)
+    config = generation_config(source, revision)
     if tokenizer.chat_template:
         config.eos_token_id = chat_format(tokenizer).stop_ids(config)
     if config.pad_token_id is None:

@@ -18,7 +18,7 @@ from ..data.pipeline import DataSettings, convert, prepare
 from ..errors import Interrupted, UserError, first_line, warn
 from ..fast.dropout import fast_lora_dropout
 from ..fast.lm_head import compact_lm_head
-from ..machine import is_main_process, unitune_home, world_size
+from ..machine import bare_srun, is_main_process, unitune_home, world_size
 from ..methods import METHODS, MethodSpec
 from ..models.hardware import Hardware, choose_hardware
 from ..models.load import load_model, load_tokenizer, resolve_model
@@ -106,6 +106,10 @@ def training_revision(source: str, out: Path, resuming: bool) -> str | None:
 
 
 def run_training(cfg: TrainConfig) -> Path:
+    if bare_srun():
+        raise UserError(f"srun started {bare_srun()} copies of unitune with nothing to join them (accelerate builds no "
+                        "process group from SLURM's variables): each would train alone into one folder; run "
+                        "`srun torchrun --nproc_per_node N -m unitune train ...` (see docs/scaling.md)")
     spec = METHODS[cfg.method]
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
     hw = choose_hardware(cfg.use_qlora, cfg.dtype)
@@ -202,7 +206,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
     trainer.save_model(str(out))
     if is_main_process():
         trainer.state.save_to_json(str(out / "trainer_state.json"))
-        save_generation_config(source, tokenizer, out)
+        save_generation_config(source, tokenizer, out, record["base_revision"])
         write_status(out, record, FINISHED, wall_time_seconds=round(wall, 2), global_step=trainer.state.global_step,
                      train_tokens_seen=tokens_seen(trainer.state))
         print(f"unitune: run written to {out} ({plural(trainer.state.global_step, 'step')}, {wall:.0f}s)")
