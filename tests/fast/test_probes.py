@@ -16,16 +16,7 @@ from unitune.cli import main
 from unitune.fast import packed_linear, probes
 from unitune.models import precision
 
-NEOVERSE_N1 = """processor\t: 0
-BogoMIPS\t: 50.00
-Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
-CPU implementer\t: 0x41
-CPU architecture: 8
-CPU variant\t: 0x3
-CPU part\t: 0xd0c
-CPU revision\t: 1
-
-processor\t: 1
+NEOVERSE_CORE = """processor\t: {}
 BogoMIPS\t: 50.00
 Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
 CPU implementer\t: 0x41
@@ -34,6 +25,7 @@ CPU variant\t: 0x3
 CPU part\t: 0xd0c
 CPU revision\t: 1
 """
+NEOVERSE_N1 = "\n".join(NEOVERSE_CORE.format(n) for n in (0, 1))  # two cores, each listing the same lines
 # a Graviton3 (Neoverse V1), bf16 in its Features: another CPU, which the old key (no "model name") took for the N1
 NEOVERSE_V1 = NEOVERSE_N1.replace("0xd0c", "0xd40").replace("0x3", "0x1").replace("asimddp", "asimddp bf16 i8mm")
 

@@ -116,15 +116,16 @@ def score_replies(model, tokenizer, items: list[tuple[list[dict], list[list[dict
         for b, row in enumerate(rows):
             ids[b, : len(row["ids"])] = torch.tensor(row["ids"])
             positions[b, : len(row["ids"])] = torch.tensor(row["positions"])
+        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]])
+        predictors = torch.tensor([p for row in rows for p in row["predictors"]])
+        labels = ids[batch_index, torch.tensor([t for row in rows for t in row["targets"]])]
         ids, positions = ids.to(device), positions.to(device)
         mask = attention_masks(model, rows, width, device) if shared_prompt \
             else (~positions_pad(rows, width)).long().to(device)
         shared = scored_head(model, rows) if share_head else 0
         cache = read_through(head_cache(decoder, ids, shared, len(rows), position_ids=positions[:1, :shared])) \
             if shared else None
-        batch_index = torch.tensor([b for b, row in enumerate(rows) for _ in row["targets"]])
-        predictors = torch.tensor([p - shared for row in rows for p in row["predictors"]])
-        labels = ids.cpu()[batch_index, torch.tensor([t for row in rows for t in row["targets"]])]
+        predictors = predictors - shared
         if transform is None:  # one reply, one row: its own forward keeps only the predicting positions' logits
             logits = model(input_ids=ids, position_ids=positions, attention_mask=mask,
                            logits_to_keep=predictors.to(device)).logits[0].float()

@@ -22,18 +22,18 @@ from ..models.revision import pinned
 from .records import read_run
 
 
-def qlora_dtype(run: Path) -> torch.dtype | None:
-    """The compute dtype a QLoRA run quantised its base in; None for a LoRA run."""
-    hardware = (read_run(run) or {}).get("hardware") or {}
-    if not hardware.get("qlora"):
-        return None
-    return training_dtype(run)
+def _hardware(run: Path) -> dict:
+    return (read_run(run) or {}).get("hardware") or {}
 
 
 def training_dtype(run: Path) -> torch.dtype:
     """The dtype the run computed in (its record's hardware.dtype; fp32 when it records none)."""
-    hardware = (read_run(run) or {}).get("hardware") or {}
-    return getattr(torch, str(hardware.get("dtype", "torch.float32")).removeprefix("torch."), torch.float32)
+    return getattr(torch, str(_hardware(run).get("dtype", "torch.float32")).removeprefix("torch."), torch.float32)
+
+
+def qlora_dtype(run: Path) -> torch.dtype | None:
+    """The compute dtype a QLoRA run quantised its base in; None for a LoRA run."""
+    return training_dtype(run) if _hardware(run).get("qlora") else None
 
 
 def base_revision(run: Path, base: str) -> str | None:
