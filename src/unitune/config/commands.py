@@ -193,6 +193,10 @@ class UiConfig:
     port: int = opt(7860, "port to listen on")
     runs_dir: str = opt("runs", "folder holding the runs: the UI lists them, and new runs go there")
     auth: str | None = opt(None, f"USER:PASS asked for by the browser (or set {UI_AUTH_ENV}); required off loopback")
+    allow_code: bool = opt(False, "let the page name reward functions in files or modules (path/file.py:fn, "
+                                  "module:fn), which the trainer imports and runs as you; built-in rewards need no flag")
+    allow_dir: list[str] | None = opt(None, "folders besides the runs folder the page may read data, models and chat "
+                                            "templates from")
 
     def __post_init__(self) -> None:
         import os

@@ -14,6 +14,7 @@ from ..errors import UserError, first_line
 from ..train.output_dir import run_to_keep
 from ..train.records import FINISHED, record_of, run_status
 from . import form
+from .gates import Gates
 from .jobs import Job, JobQueue
 from .listing import COLUMNS, history, run_folders, run_row, updated
 from .speakers import Speakers
@@ -62,6 +63,7 @@ class Ui:
         self.cfg = cfg
         self.root = Path(cfg.runs_dir)
         self.state_dir = self.root / ".ui"
+        self.gates = Gates(self.root, cfg.allow_code, cfg.allow_dir)
         self.queue = JobQueue(self.state_dir / "jobs")
         self.speakers = Speakers()
         self._charts: dict[tuple, str] = {}
