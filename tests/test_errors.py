@@ -329,3 +329,113 @@ def test_resume_refuses_other_settings(capsys, tiny_args, tmp_path):
     assert (out / "checkpoint-2").is_dir()
     assert main(tiny_args("sft", "--resume_from_checkpoint", str(out / "checkpoint-2"), "--max_steps", "3")) == 0
     assert read_json(out / "unitune_run.json")["global_step"] == 3
+
+
+# ---- one process per run folder, and only in run folders (issue 29)
+
+
+def files_under(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def project(tmp_path):
+    """tiny_args' --output_dir holding a user's project: a README.md and a script, no run."""
+    folder = tmp_path / "sft_run"
+    folder.mkdir()
+    (folder / "README.md").write_text("# My project\n\nNotes that must survive.\n")
+    (folder / "train.py").write_text("print('mine')\n")
+    return folder
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite_output_dir"], ["--resume", "auto"]])
+def test_output_dir_that_is_not_a_run(capsys, tiny_args, tmp_path, project, extra):
+    """Checkpoints, tokenizer files and TRL's model card (README.md) would land among the user's files: refused,
+    whatever the flag, and every file stays byte for byte."""
+    before = files_under(tmp_path)
+    code, line = run_cli(capsys, tiny_args("sft", *extra))
+    assert code == 2 and f"--output_dir {project} is not a run folder (it holds README.md, train.py)" in line
+    assert "whatever the overwrite flag" in line and files_under(tmp_path) == before
+
+
+def test_output_dir_dot_in_a_project_folder(capsys, tiny_args, tmp_path, project, monkeypatch):
+    before = files_under(tmp_path)
+    monkeypatch.chdir(project)
+    code, line = run_cli(capsys, tiny_args("sft", "--output_dir", "."))
+    assert code == 2 and "--output_dir . is not a run folder" in line and files_under(tmp_path) == before
+
+
+def test_resume_over_a_users_readme(capsys, tiny_args, tmp_path):
+    out = tmp_path / "sft_run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "README.md").write_text("# What I tried in this run\n")
+    before = files_under(tmp_path)
+    code, line = run_cli(capsys, tiny_args("sft", "--resume"))
+    assert code == 2 and f"{out / 'README.md'} is not a model card" in line and files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", [["train"], ["train", "--resume"], ["train", "--overwrite_output_dir"],
+                                     ["merge"], ["export"]])
+def test_a_run_another_process_trains_in(capsys, tiny_args, tmp_path, command):
+    """A process holds the run's lock: a second train, --resume, --overwrite_output_dir (it would move the folder
+    away under the running process), merge and export refuse in one line naming it; nothing moves."""
+    from unitune.train.lock import RunLock, holder
+
+    out = tmp_path / "sft_run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "adapter_config.json").write_text("{}")
+    lock = RunLock()
+    lock.take(out)  # this process stands in for the other: a lock is per open file, so it refuses itself too
+    try:
+        before = files_under(tmp_path)
+        argv = tiny_args("sft", *command[1:]) if command[0] == "train" else \
+            [command[0], "--run", str(out), "--output", str(tmp_path / "model")]
+        code, line = run_cli(capsys, argv)
+        held = holder(out)
+        assert code == 2 and f"unitune pid {os.getpid()} on host {held['host']} has been training in it since " \
+            f"{held['since']}" in line and "wait for it to finish, or stop it" in line, line
+        assert files_under(tmp_path) == before and not list(tmp_path.glob("sft_run.old-*"))
+    finally:
+        lock.release()
+
+
+# ---- the UI answers only its owner (issue 29)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ui", "--auth", "me:a-long-secret"], "--auth takes a file holding USER:PASS, not the password itself"),
+    (["ui", "--auth", "/nope/ui-auth"], "--auth /nope/ui-auth: no such file; give a file holding USER:PASS"),
+    (["ui", "--host", "0.0.0.0", "--no_token"], "--no_token would open the UI on --host 0.0.0.0 to anyone"),
+    (["ui", "--allow_dir", "/nope/dir"], "--allow_dir /nope/dir is not a folder"),
+    (["ui", "--port", "0"], "--port must be between 1 and 65535, got 0"),
+])
+def test_ui_flags(capsys, argv, message):
+    """Refused before anything listens; a password given on the command line is never echoed back."""
+    code, line = run_cli(capsys, argv)
+    assert code == 2 and message in line and "a-long-secret" not in line, line
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"method": "grpo", "reward_funcs": "my_rewards.py:score"}, "unless started with --allow_code"),
+    ({"method": "grpo", "reward_funcs": "os:system"}, "unless started with --allow_code"),
+    ({"method": "sft", "chat_template": "{outside}/t.jinja"}, "lies outside the runs folder"),
+    ({"method": "sft", "dataset": "{outside}/d.jsonl"}, "start the UI with --allow_dir FOLDER"),
+    ({"method": "sft", "output_dir": "{outside}/run"}, "the UI writes only there"),
+])
+def test_ui_page_refusals(tmp_path, monkeypatch, values, message):
+    """What a page may not do: one line on the page naming the flag that allows it, nothing queued, nothing written."""
+    from unitune.config import UiConfig
+    from unitune.ui.actions import Ui
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "t.jinja").write_text("{{ messages }}")
+    (outside / "d.jsonl").write_text(json.dumps(CHAT) + "\n")
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir="runs"))
+    try:
+        said = ui.start({k: v.format(outside=outside) for k, v in values.items()})
+        assert said.startswith("**Error:** ") and message in said and "\n" not in said, said
+        assert ui.queue.jobs == [] and not (outside / "run").exists()
+    finally:
+        ui.close()

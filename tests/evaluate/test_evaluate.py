@@ -22,7 +22,7 @@ METRIC_TYPES = {"test_loss": float, "perplexity": float, "preference_correct": i
                 "loss_margin": float, "task_accuracy": float, "generation_samples": list, "model_name": str,
                 "model_path": str, "dataset": str, "splits": dict, "eval_time_seconds": float,
                 "initial_train_loss": float, "final_train_loss": float, "total_steps": int,
-                "training_time_seconds": float, "training_time_hours": float}
+                "training_time_seconds": float, "training_time_hours": float, "evaluated_at": str}
 EVAL_FLAGS = ["--max_samples", "6", "--max_new_tokens", "4", "--batch_size", "4", "--max_generation_samples", "2"]
 
 
@@ -204,6 +204,51 @@ def test_report_files(evaluated, runs):
     md = (runs / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows[0].startswith("| run | method |") and rows[1].startswith("| base | base |") and "sft_tiny" in md
+
+
+def test_evaluating_some_runs_keeps_every_other_entry_and_dates_each(evaluated, runs, tmp_path, capsys):
+    """`unitune eval --runs a` (the web UI's Evaluate selected runs it so) updates a's entry and keeps the others': the
+    base's, a run's not selected, and one whose folder is gone (marked in the report, not dropped). Every entry says
+    when it was evaluated, and the report shows it."""
+    from datetime import datetime
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sft_tiny", root / "sft_tiny")
+    shutil.copytree(runs / "dpo_tiny", root / "dpo_tiny")
+    earlier = json.loads(json.dumps(evaluated))
+    assert all(datetime.fromisoformat(r["evaluated_at"]).tzinfo for r in earlier.values())  # ISO, with its offset
+    for name, result in earlier.items():
+        result["evaluated_at"] = "2020-01-02 10:00:00+00:00"
+        result["model_path"] = str(root / name) if name != "base" else result["model_path"]
+    earlier["sft_deleted"] = earlier["sft_tiny"] | {"model_path": str(root / "sft_deleted")}
+    (root / "evaluation_results.json").write_text(json.dumps(earlier))
+    assert main(["eval", "--runs_dir", str(root), "--runs", "sft_tiny", "--skip_base", "true", *EVAL_FLAGS]) == 0
+    assert "(with the earlier results of 3 other entries)" in capsys.readouterr().out
+    results = read_json(root / "evaluation_results.json")
+    assert set(results) == {"base", "sft_tiny", "dpo_tiny", "sft_deleted"}
+    assert {k: results[k] for k in ("base", "dpo_tiny", "sft_deleted")} == \
+        {k: earlier[k] for k in ("base", "dpo_tiny", "sft_deleted")}
+    fresh = datetime.fromisoformat(results["sft_tiny"]["evaluated_at"])
+    assert fresh.year > 2020 and results["sft_tiny"]["test_loss"] == evaluated["sft_tiny"]["test_loss"]
+    md, html = (root / "report.md").read_text(), (root / "report.html").read_text()
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert md.splitlines()[2].startswith("| run | method |") and rows["run"].endswith(" evaluated_at |")
+    for name in ("base", "dpo_tiny"):
+        assert rows[name].endswith(f" {earlier[name]['evaluated_at']} |") and earlier[name]["evaluated_at"] in html
+    assert rows["sft_tiny"].endswith(f" {results['sft_tiny']['evaluated_at']} |")
+    assert "sft_deleted (run folder gone)" in rows and "sft_deleted <small>(run folder gone)</small>" in html
+    assert "dpo_tiny (run folder gone)" not in md
+
+
+def test_an_unreadable_results_file_is_moved_aside_not_lost(tmp_path, capsys):
+    from unitune.evaluate.run import save_results
+
+    path = tmp_path / "evaluation_results.json"
+    path.write_text("[1, 2")
+    merged = save_results(path, {"sft_a": {"test_loss": 1.0}})
+    [aside] = tmp_path.glob("evaluation_results.json.unreadable-*")
+    assert aside.read_text() == "[1, 2" and f"moved it to {aside}" in capsys.readouterr().err
+    assert read_json(path) == merged and merged["sft_a"]["test_loss"] == 1.0 and merged["sft_a"]["evaluated_at"]
 
 
 def test_report_command_rewrites_the_report_and_says_where(evaluated, runs, capsys):

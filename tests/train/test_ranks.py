@@ -9,6 +9,7 @@ from unitune import machine
 from unitune.cli import main, parse_config
 from unitune.config import TrainConfig
 from unitune.errors import UserError
+from unitune.train.lock import RunLock
 from unitune.train.output_dir import prepare_output_dir
 from unitune.train.records import RUN_FILE, clear_stale_failures, record_of, run_status, status_line, write_status
 from unitune.train.resume import finished_already, resume_target
@@ -95,7 +96,7 @@ def test_a_new_attempt_clears_only_its_own_stale_failures(launch, tmp_path):
     for rank in (1, 2, 5):
         (out / f"failed-rank-{rank}.json").write_text(json.dumps({"rank": rank, "error": "old"}))
     launch(RANK=1, WORLD_SIZE=4)
-    prepare_output_dir(str(out), overwrite=False, resume=True)  # rank 1 starts the next attempt
+    prepare_output_dir(str(out), overwrite=False, resume=True, lock=RunLock())  # rank 1 starts the next attempt
     assert sorted(p.name for p in out.glob("failed-rank-*")) == ["failed-rank-2.json", "failed-rank-5.json"]
     launch(RANK=0, WORLD_SIZE=4)
     clear_stale_failures(out)
@@ -108,11 +109,15 @@ def test_overwrite_moves_the_failures_aside_with_their_run(launch, tmp_path):
     (out / RUN_FILE).write_text(json.dumps({"status": "running"}))
     (out / "failed-rank-1.json").write_text(json.dumps({"rank": 1, "error": "ValueError: old"}))
     launch(RANK=1, WORLD_SIZE=2)  # rank 1 first: the folder is rank 0's to move, failure and all
-    prepare_output_dir(str(out), overwrite=True, resume=False)
+    prepare_output_dir(str(out), overwrite=True, resume=False, lock=RunLock())
     assert (out / "failed-rank-1.json").exists()
     launch(RANK=0, WORLD_SIZE=2)
-    prepare_output_dir(str(out), overwrite=True, resume=False)
+    lock = RunLock()
+    prepare_output_dir(str(out), overwrite=True, resume=False, lock=lock)
     aside = next(tmp_path.glob("run.old-*"))
+    assert [p.name for p in out.iterdir()] == ["unitune.lock"] and lock.path == out / "unitune.lock"
+    assert not (aside / "unitune.lock").exists()  # the old run's lock went once the new folder's was held
+    lock.release()
     assert status_line(aside) == "failed: rank 1: ValueError: old" and not list(out.iterdir())
 
 
@@ -165,7 +170,9 @@ def test_resume_auto_leaves_a_finished_run_as_it_is(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / RUN_FILE).write_text(json.dumps({"status": "finished", "method": "sft", "settings": {"seed": 3}}))
-    prepare_output_dir(str(out), overwrite=False, resume=True)  # the folder guard lets --resume auto through
+    lock = RunLock()
+    prepare_output_dir(str(out), overwrite=False, resume=True, lock=lock)  # the folder guard lets --resume auto through
+    lock.release()
     assert finished_already("auto", out, {"method": "sft", "settings": {"seed": 3}})
     assert "the run in" in capsys.readouterr().out
     assert not finished_already("true", out, {"method": "sft", "settings": {"seed": 3}})  # --resume trains further
@@ -174,7 +181,7 @@ def test_resume_auto_leaves_a_finished_run_as_it_is(tmp_path, capsys):
                                         r"command has 4; use the original settings"):
         finished_already("auto", out, {"method": "sft", "settings": {"seed": 4}})
     with pytest.raises(UserError, match="--overwrite_output_dir and --resume contradict"):
-        prepare_output_dir(str(out), overwrite=True, resume=True)
+        prepare_output_dir(str(out), overwrite=True, resume=True, lock=RunLock())
 
 
 def test_resume_auto_trains_where_a_killed_run_left_no_checkpoint(tiny_args, tmp_path, capsys):

@@ -170,7 +170,7 @@ def write_export(cfg: ExportConfig, run: Path, folder: Path) -> str:
 
 def run_export(cfg: ExportConfig) -> Path:
     run, out = Path(cfg.run), Path(cfg.output)
-    check_run(run)
+    check_run(run, "export")
     check_output(out, run, cfg.overwrite, lambda f: is_export_folder(f) or is_model_folder(f),
                  "an earlier export (unitune_export.json, no sub-folders)")
     preflight(cfg, run)

@@ -19,6 +19,7 @@ from ..config import MERGE_DTYPES, MergeConfig
 from ..errors import UserError
 from ..files import protected_folders, publish_tree, replace_dir, temp_dir_beside, write_json_atomic
 from ..models.load import load_tokenizer, resolve_model
+from ..train.lock import check_free
 from ..train.records import is_run_folder, recorded_base
 from ..train.trained import merged_model, qlora_dtype
 
@@ -40,7 +41,9 @@ def is_model_folder(folder: Path) -> bool:
             and not any(p.is_dir() for p in folder.iterdir()))
 
 
-def check_run(run: Path) -> None:
+def check_run(run: Path, doing: str = "merge") -> None:
+    """A finished run that no process trains in (train.lock): its adapter is whole and stays so while it is read."""
+    check_free(run, doing)
     if not (run / "adapter_config.json").exists():
         raise UserError(f"{run} holds no adapter (adapter_config.json); pass a finished run folder to --run")
 

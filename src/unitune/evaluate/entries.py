@@ -15,6 +15,7 @@ from ..errors import UserError, warn
 from ..methods import METHODS
 from ..models.load import resolve_model
 from ..models.revision import pinned
+from ..train.lock import holder
 from ..train.records import ASIDE, FINISHED, RUN_FILE, read_run, recorded_base, run_status, status_line
 from ..train.trained import as_trained
 
@@ -55,10 +56,13 @@ def discover(cfg: EvalConfig) -> tuple[list[Entry], dict[str, dict]]:
             print(f"unitune eval: skipping {folder.name}: a previous run moved aside by --overwrite_output_dir",
                   flush=True)
             continue
-        if status != FINISHED:
-            skipped[folder.name] = {"skipped": f"the run is {status_line(folder)}", "status": status,
+        held = holder(folder)  # a finished run trained further: its adapter is rewritten under it
+        if status != FINISHED or held:
+            why = f"training now (pid {held.get('pid')} on {held.get('host')} since {held.get('since')})" if held else \
+                status_line(folder)
+            skipped[folder.name] = {"skipped": f"the run is {why}", "status": "running" if held else status,
                                     "model_path": str(folder)}
-            warn(f"skipping {folder.name}: the run is {status_line(folder)}")
+            warn(f"skipping {folder.name}: the run is {why}")
             continue
         try:
             record = read_run(folder) or {}

@@ -12,7 +12,10 @@ from .charts import DIRECTION, LOWER, chart_images
 
 TABLE_KEYS = ("method", "test_loss", "perplexity", "preference_accuracy", "loss_margin", "task_accuracy",
               "mean_reward", "initial_train_loss", "final_train_loss", "final_eval_loss", "total_steps",
-              "training_time_seconds")
+              "training_time_seconds", "evaluated_at")
+GONE = "run folder gone"  # an entry kept from an earlier evaluation whose run was deleted or moved since
+
+
 def load_results(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"no results at {path}; run `unitune eval` first (or pass --results)")
@@ -56,13 +59,22 @@ def fmt(value) -> str:
     return str(value)
 
 
-def markdown_table(entries: list[tuple[str, dict]]) -> str:
+def gone(name: str, result: dict, runs: Path | None) -> bool:
+    """Whether an entry's run folder no longer exists (its results are kept: they may be all that is left of it)."""
+    if name == "base" or not result.get("model_path"):
+        return False
+    return not Path(result["model_path"]).exists() and not (runs is not None and (runs / name).is_dir())
+
+
+def markdown_table(entries: list[tuple[str, dict]], runs: Path | None = None) -> str:
     lines = ["| run | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
     for name, result in entries:
-        if not_evaluated(result):
-            lines.append(f"| {name} | {not_evaluated(result)} |" + " |" * (len(TABLE_KEYS) - 1))
+        label = f"{name} ({GONE})" if gone(name, result, runs) else name
+        if not_evaluated(result):  # the reason spans the metrics; the date keeps its column
+            lines.append(f"| {label} | {not_evaluated(result)} |" + " |" * (len(TABLE_KEYS) - 2)
+                         + f" {fmt(result.get('evaluated_at'))} |")
         else:
-            lines.append(f"| {name} | " + " | ".join(fmt(result.get(k)) for k in TABLE_KEYS) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt(result.get(k)) for k in TABLE_KEYS) + " |")
     return "\n".join(lines)
 
 
@@ -76,7 +88,7 @@ def best_values(entries: list[tuple[str, dict]]) -> dict[str, float]:
     return best
 
 
-def html_table(entries: list[tuple[str, dict]]) -> str:
+def html_table(entries: list[tuple[str, dict]], runs: Path | None = None) -> str:
     def header(key: str) -> str:
         way = DIRECTION.get(key)
         return (f"<th title='{way}'>{html.escape(key)} {way[0]}</th>" if way else f"<th>{html.escape(key)}</th>")
@@ -86,15 +98,18 @@ def html_table(entries: list[tuple[str, dict]]) -> str:
     body = []
     for name, result in entries:
         if not_evaluated(result):
-            cells = f"<td colspan='{len(TABLE_KEYS)}' class='error'>{html.escape(not_evaluated(result))}</td>"
+            cells = (f"<td colspan='{len(TABLE_KEYS) - 1}' class='error'>{html.escape(not_evaluated(result))}</td>"
+                     f"<td>{html.escape(fmt(result.get('evaluated_at')))}</td>")
         else:
             cells = "".join(f"<td class='best'>{html.escape(fmt(result.get(k)))}</td>"
                             if k in best and result.get(k) == best[k] else f"<td>{html.escape(fmt(result.get(k)))}</td>"
                             for k in TABLE_KEYS)
         label = f"{html.escape(name)} <small>(before training)</small>" if name == "base" else html.escape(name)
+        label += f" <small>({GONE})</small>" if gone(name, result, runs) else ""
         body.append(f"<tr{' class=base' if name == 'base' else ''}><th>{label}</th>{cells}</tr>")
     return (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
-            "<p class='note'>↓ lower is better, ↑ higher is better; the best value of each is in bold.</p>")
+            "<p class='note'>↓ lower is better, ↑ higher is better; the best value of each is in bold. evaluated_at: "
+            "when each entry was last evaluated (evaluating some runs keeps the others' results).</p>")
 
 
 def lm_eval_rows(entries: list[tuple[str, dict]]) -> tuple[list[str], list[tuple[str, list[str]]]]:
@@ -185,13 +200,13 @@ def write_report(runs_dir: str, results_path: str | None = None) -> Path:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
             f"<title>unitune report</title><style>{STYLE}</style></head><body><h1>unitune report</h1>"
             f"<p>{len(entries)} entries from {html.escape(str(runs))}; the grey bar and row are the base model."
-            "</p><h2>Metrics</h2>" + html_table(entries) +
+            "</p><h2>Metrics</h2>" + html_table(entries, runs) +
             "".join(f"<p class='note'>{html.escape(line)}</p>" for line in notes(entries)) + lm_eval_html(entries) +
             "<h2>Charts</h2><div class='charts'>" + "".join(images) + "</div>"
             "<h2>Run settings</h2>" + settings_sections(entries) +
             "<h2>Generation samples</h2>" + samples_table(entries) + "</body></html>")
     runs.mkdir(parents=True, exist_ok=True)
     write_text_atomic(runs / "report.html", page)
-    write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries) + "\n"
+    write_text_atomic(runs / "report.md", "# unitune report\n\n" + markdown_table(entries, runs) + "\n"
                       + "".join(f"\n{line}\n" for line in notes(entries)) + lm_eval_markdown(entries))
     return runs / "report.html"

@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from ..errors import UserError, warn
 from ..fast.generation import generate_replies
 from ..files import write_json_atomic
 from ..models.load import load_tokenizer, resolve_model
+from ..train.lock import now_text
 from .cache import base_key
 from .cache import load as load_cached
 from .cache import save as save_cached
@@ -52,7 +56,8 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
     result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards))
     result.update(model_name=entry.record.get("model_name", entry.base_model) if entry.path else entry.base_model,
                   model_path=str(entry.path) if entry.path else resolve_model(entry.base_model),
-                  dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2))
+                  dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2),
+                  evaluated_at=now_text())
     return result
 
 
@@ -131,11 +136,48 @@ def run_eval(cfg: EvalConfig) -> dict:
         if benchmarks is not None:
             run_benchmarks(benchmarks, entries, results, cfg, device)
     finally:  # what was measured is kept, even when lm-eval stops with an error
-        write_json_atomic(Path(cfg.output), results)
-        print(f"unitune eval: results written to {cfg.output}", flush=True)
+        merged = save_results(Path(cfg.output), results)
+        kept = len(merged) - len(results)
+        print(f"unitune eval: results written to {cfg.output}" + (f" (with the earlier results of {kept} other "
+                                                                   "entries)" if kept else ""), flush=True)
     if all("error" in results[e.name] for e in entries):
         raise UserError(f"no run could be evaluated (see the errors in {cfg.output}); check the run folders")
-    return results
+    return merged
+
+
+def save_results(path: Path, results: dict) -> dict:
+    """Merge this evaluation's entries into the results file, each dated (ISO, local time with its offset): an entry
+    evaluated again is replaced, every other one is kept, also one whose run folder is gone (the report marks it:
+    its results may be all that is left of a run deleted for space). Two evaluations at once merge in turn."""
+    now = now_text()
+    for result in results.values():
+        result.setdefault("evaluated_at", now)  # a scored entry has its own (a cached base: when it was scored)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):  # a file system without flock: merged unguarded
+            fcntl.flock(folder, fcntl.LOCK_EX)  # released with the descriptor
+        merged = {**earlier_results(path), **results}
+        write_json_atomic(path, merged)
+    finally:
+        os.close(folder)
+    return merged
+
+
+def earlier_results(path: Path) -> dict:
+    """The results file's entries; a file that is not a JSON object is moved aside (never lost) and starts anew."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        if isinstance(earlier, dict):
+            return earlier
+    except (OSError, ValueError):
+        pass
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    warn(f"{path} could not be read as results; moved it to {aside} and wrote this evaluation's results alone")
+    return {}
 
 
 def run_benchmarks(manager, entries: list[Entry], results: dict, cfg: EvalConfig, device: str) -> None:

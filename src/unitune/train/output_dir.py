@@ -1,4 +1,5 @@
-"""The run folder, ready to train into: a run already there is continued, moved aside (never deleted), or protected."""
+"""The run folder, ready to train into: only a new folder, an empty one or an earlier run, locked for this process; a
+run already there is continued, moved aside (never deleted), or protected."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import protected_folders
 from ..machine import is_main_process
-from .records import ASIDE, FINISHED, clear_stale_failures, run_status, status_line
+from .lock import LOCK_FILE, RunLock, check_free, launch_id
+from .records import ASIDE, FINISHED, clear_stale_failures, is_earlier_run, run_status, status_line
+
+MODEL_CARD = "README.md"  # what TRL (every checkpoint) and PEFT (every save) write into the run folder
+NOT_CONTENT = {LOCK_FILE, ".DS_Store"}  # a lock alone: a run killed at its start; Finder's file in any folder
 
 
 def run_to_keep(out: Path) -> str | None:
@@ -21,17 +26,59 @@ def run_to_keep(out: Path) -> str | None:
     return status
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
-    """The run folder, ready to train into. A run already there is continued (--resume, true or auto), moved aside to
-    <output_dir>.old-<timestamp> (--overwrite_output_dir; never deleted), or protected with a one-line error.
-    Whether --resume auto finds a checkpoint to continue or starts fresh is resume.resume_target's call."""
+def check_run_folder(out: Path) -> None:
+    """Training writes checkpoints, tokenizer files and a model card (README.md) into its folder: only a new one, an
+    empty one or an earlier run may take them, whatever the overwrite flag (it moves only an earlier run aside)."""
+    if not out.is_dir() or is_earlier_run(out):
+        return
+    found = sorted(p.name for p in out.iterdir() if p.name not in NOT_CONTENT)
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise UserError(f"--output_dir {out} is not a run folder (it holds {shown}); train writes only into a new "
+                        "folder, an empty one or an earlier run, whatever the overwrite flag: choose another "
+                        "--output_dir, e.g. runs/my_run")
+
+
+def is_model_card(path: Path) -> bool:
+    """A model card TRL or PEFT wrote: YAML front matter naming its library."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    front = text[3:].split("\n---", 1)[0] if text.startswith("---") else ""
+    return "library_name:" in front
+
+
+def check_model_card(out: Path) -> None:
+    """A run folder that stays (resumed, or trained again in place) gets TRL's model card as README.md: a README.md
+    there that is not one is the user's, and is never written over."""
+    readme = out / MODEL_CARD
+    if readme.is_file() and not is_model_card(readme):
+        raise UserError(f"{readme} is not a model card, and training would write TRL's model card over it; move it "
+                        "out of the run folder, or pass --overwrite_output_dir to start again in a new one (the old "
+                        "folder, README.md included, is moved aside)")
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, lock: RunLock) -> Path:
+    """The run folder, ready to train into, locked by ``lock`` on rank 0 before anything is written there. A run
+    already there is continued (--resume, true or auto), moved aside to <output_dir>.old-<timestamp>
+    (--overwrite_output_dir; never deleted), or protected with a one-line error. Whether --resume auto finds a
+    checkpoint to continue or starts fresh is resume.resume_target's call."""
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
     if overwrite and resume:
         raise UserError("--overwrite_output_dir and --resume contradict each other; pass one of them")
+    check_run_folder(out)
+    doing = "resume the run in" if resume else "train into"
+    mkdir(out)
+    if is_main_process():
+        lock.take(out, doing)  # a live holder refuses here, before this process changes anything
+    elif launch_id():  # a rank > 0 refuses only another launch's lock: its own rank 0 takes it, maybe not yet
+        check_free(out, doing)
     status = run_to_keep(out)
     if status is None or resume:  # the folder stays: an earlier attempt's failure records go (overwrite moves them)
+        check_model_card(out)
         clear_stale_failures(out)
     if status is not None and not resume:
         if not overwrite:
@@ -42,16 +89,17 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool) -> Path:
             raise UserError(f"--output_dir {out} is {protected_folders()[out.resolve()]}; train into a folder of "
                             "its own")
         if is_main_process():
-            move_aside(out)
+            lock.moved(move_aside(out))  # still held: no one takes the old run while it moves
+            mkdir(out)
+            lock.take(out, doing)  # then the old run's lock goes
+    return out
+
+
+def mkdir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if is_main_process():  # the other ranks' files would race rank 0's move
-            probe = out / f".unitune-write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
     except OSError as err:
         raise UserError(f"cannot write to --output_dir {out} ({err.strerror}); choose a writable folder") from None
-    return out
 
 
 def move_aside(out: Path) -> Path:

@@ -30,6 +30,13 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / RUN_FILE).exists() or (folder / "adapter_config.json").exists()
 
 
+def is_earlier_run(folder: Path) -> bool:
+    """A folder training may write into again (continue it, or move it aside): a run record, an adapter, or what a
+    run left before its record was readable (checkpoints, another rank's failure)."""
+    folder = Path(folder)
+    return is_run_folder(folder) or any(folder.glob("checkpoint-*")) or any(folder.glob(RANK_FAILURE.format("*")))
+
+
 def adapter_base(folder: Path) -> str | None:
     """The base model PEFT recorded in a run's adapter_config.json, if readable."""
     try:

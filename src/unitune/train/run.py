@@ -28,6 +28,7 @@ from ..templates import chat_format, require_chat_template, use_template_file
 from .generation_eval import generation_eval
 from .lifecycle import GracefulStop, end_process_group
 from .live_log import LiveLog
+from .lock import RunLock, held_while_training
 from .methods import trainer_module
 from .output_dir import prepare_output_dir
 from .plan import fit_memory, length_plan, plural, print_plan
@@ -110,6 +111,11 @@ def run_training(cfg: TrainConfig) -> Path:
         raise UserError(f"srun started {bare_srun()} copies of unitune with nothing to join them (accelerate builds no "
                         "process group from SLURM's variables): each would train alone into one folder; run "
                         "`srun torchrun --nproc_per_node N -m unitune train ...` (see docs/scaling.md)")
+    with held_while_training() as lock:  # taken by prepare_output_dir; released however this ends
+        return train_locked(cfg, lock)
+
+
+def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
     spec = METHODS[cfg.method]
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
     hw = choose_hardware(cfg.use_qlora, cfg.dtype)
@@ -119,7 +125,7 @@ def run_training(cfg: TrainConfig) -> Path:
         split = cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
         resuming = cfg.resume != "false" or bool(cfg.resume_from_checkpoint)
         out = Path(cfg.output_dir) if cfg.dry_run else prepare_output_dir(cfg.output_dir, cfg.overwrite_output_dir,
-                                                                           resuming)
+                                                                           resuming, lock)
         source = resolve_model(cfg.model_name)
         revision = training_revision(source, out, resuming)
         tokenizer = load_tokenizer(source, revision)
