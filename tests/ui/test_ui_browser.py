@@ -7,6 +7,7 @@ the test's tmp folder and in test-artifacts/.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,21 +48,22 @@ def wait_until(check, timeout: float, what: str, every: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def start_ui(cwd: Path, port: int, *extra: str) -> subprocess.Popen:
+def start_ui(cwd: Path, port: int, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`unitune ui` in a process, and the one URL it printed (with its token)."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "unitune", "ui", "--port", str(port), "--runs_dir", "runs",
                                 *extra], cwd=cwd, stdout=open(cwd / "ui.log", "w"), stderr=subprocess.STDOUT, env=env)
 
-    def up():
+    def printed():
         if process.poll() is not None:
             raise AssertionError(f"unitune ui exited: {(cwd / 'ui.log').read_text()}")
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
-        except OSError:
-            return False
+        found = re.search(r"unitune ui: open (http://\S+)", (cwd / "ui.log").read_text())
+        return found and found.group(1)
 
-    wait_until(up, 120, "the UI to answer")
-    return process
+    url = wait_until(printed, 120, "the UI to print its URL")
+    cookies = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    assert cookies.open(url, timeout=10).status == 200  # the token's redirect, with its cookie
+    return process, url
 
 
 def browser():
@@ -139,12 +141,16 @@ def record(run: Path) -> dict:
 def test_ui_in_a_browser(tmp_path, tiny_model_dir):
     assert not missing, ".ci/run installs them: apt-get install chromium chromium-driver"
     port = free_port()
-    ui = start_ui(tmp_path, port)
+    # the model folder lies outside the runs folder: the page may read it only with --allow_dir
+    ui, url = start_ui(tmp_path, port, "--allow_dir", str(tiny_model_dir))
     driver = browser()
     page = Page(driver, tmp_path)
     runs = tmp_path / "runs"
     try:
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(f"http://127.0.0.1:{port}/")  # without the token: refused
+        assert "open the URL `unitune ui` printed" in driver.find_element(By.TAG_NAME, "body").text
+        driver.get(url)  # the printed URL: a cookie, and the token leaves the address bar
+        assert "token=" not in driver.current_url
         wait_until(lambda: page.all("#train-start"), 60, "the Train tab")
         # 1. the Train form, generated from TrainConfig: a 2-step SFT run of the tiny model
         page.type("train-model_name", str(tiny_model_dir))
@@ -218,7 +224,7 @@ def test_ui_in_a_browser(tmp_path, tiny_model_dir):
         wait_until(lambda: "Exported" in page.text("export-status") or "Error" in page.text("export-status"), 180,
                    "the export")
         assert "Exported" in page.text("export-status"), page.text("export-status")
-        exported = tmp_path / "exported" / f"{name}-f16"  # the default: a new folder beside the runs
+        exported = runs / "exported" / f"{name}-f16"  # the default: a new folder in the runs folder
         assert (exported / "model-f16.gguf").is_file() and (exported / "Modelfile").is_file()
         links = [a.get_attribute("href") or "" for a in page.all("#export-files a")]
         assert any(link.endswith("model-f16.gguf") for link in links) and any(link.endswith("Modelfile") for link in links)
@@ -247,10 +253,12 @@ def test_ui_in_a_browser(tmp_path, tiny_model_dir):
 
 def test_ui_with_auth_asks_for_the_password(tmp_path):
     port = free_port()
-    ui = start_ui(tmp_path, port, "--host", "0.0.0.0", "--auth", "me:a-secret")
+    (tmp_path / "ui-auth").write_text("me:a-secret\n")
+    ui, url = start_ui(tmp_path, port, "--host", "0.0.0.0", "--auth", str(tmp_path / "ui-auth"))
     try:
         base = f"http://127.0.0.1:{port}"
-        with pytest.raises(urllib.error.HTTPError, match="401"):
+        assert url == f"{base}/"  # no token: the password replaces it
+        with pytest.raises(urllib.error.HTTPError, match="403"):
             urllib.request.urlopen(f"{base}/config", timeout=10)
         jar = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
         with pytest.raises(urllib.error.HTTPError, match="400"):
@@ -262,8 +270,10 @@ def test_ui_with_auth_asks_for_the_password(tmp_path):
         assert ui.wait(60) == 0
 
 
-def test_ui_refuses_an_open_host_without_auth(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "unitune", "ui", "--host", "0.0.0.0"], capture_output=True,
-                            text=True, cwd=tmp_path, env=os.environ | {"UNITUNE_UI_AUTH": ""})
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "--auth USER:PASS" in result.stderr
+def test_ui_refuses_an_open_host_without_the_token_or_a_password_on_argv(tmp_path):
+    for flags, said in ((["--host", "0.0.0.0", "--no_token"], "--no_token would open the UI"),
+                        (["--auth", "me:a-secret"], "not the password itself")):
+        result = subprocess.run([sys.executable, "-m", "unitune", "ui", *flags], capture_output=True, text=True,
+                                cwd=tmp_path, env=os.environ | {"UNITUNE_UI_AUTH": ""})
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and said in result.stderr and "a-secret" not in result.stderr

@@ -174,50 +174,95 @@ class ChatConfig:
             raise UserError(f"--temperature must be 0 (greedy) or more, got {self.temperature}")
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")  # the names the UI's Host check takes on a loopback bind
 
 
-UI_AUTH_ENV = "UNITUNE_UI_AUTH"
+UI_AUTH_ENV = "UNITUNE_UI_AUTH"  # USER:PASS, for --auth without a file (the UI's jobs never inherit it)
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """Whether ``host`` reaches this machine only: an address is parsed, a name is resolved and counts only when
+    every address it names is a loopback one ("127.evil.com" is a name like any other)."""
+    import ipaddress
+    import socket
+
+    def loopback(address: str) -> bool:
+        ip = ipaddress.ip_address(address.split("%")[0])  # a scoped IPv6 address: fe80::1%eth0
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_loopback
+
+    name = host.strip("[]")
+    try:
+        return loopback(name)
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):  # unknown names (socket.gaierror is an OSError)
+        return False
+    return bool(found) and all(loopback(address) for address in found)
+
+
+def read_credentials(auth: str | None) -> tuple[str, str] | None:
+    """USER:PASS from the --auth file, else from $UNITUNE_UI_AUTH; never from the command line itself, which `ps`
+    and shell history show to others."""
+    import os
+
+    if auth is None:
+        text, where = os.environ.get(UI_AUTH_ENV) or None, f"${UI_AUTH_ENV}"
+        if text is None:
+            return None
+    else:
+        path = Path(auth).expanduser()
+        if not path.is_file():
+            if ":" in auth:
+                raise UserError(f"--auth takes a file holding USER:PASS, not the password itself (ps and shell history "
+                                f"show the command line); write it to a file for --auth FILE, or set {UI_AUTH_ENV}")
+            raise UserError(f"--auth {auth}: no such file; give a file holding USER:PASS, or set {UI_AUTH_ENV}")
+        text, where = path.read_text(encoding="utf-8"), f"--auth {auth}"
+    user, sep, password = text.strip().partition(":")
+    if not (sep and user and password):
+        raise UserError(f"{where} must hold USER:PASS, e.g. me:a-long-secret")
+    return user, password
 
 
 @dataclass
 class UiConfig:
-    """A local web UI: train (a form built from the train flags), watch and compare runs, evaluate, chat, export."""
+    """A local web UI: train (a form built from the train flags), watch and compare runs, evaluate, chat, export.
+    It prints one URL carrying a secret token; a request without the token (or the --auth password) is refused."""
 
-    host: str = opt("127.0.0.1", "address to listen on; anything but a loopback address needs --auth, since the UI "
-                                 "trains, reads and writes files as you")
+    host: str = opt("127.0.0.1", "address to listen on; off loopback, other machines need the printed URL (its "
+                                 "token) or the --auth password, since the UI trains, reads and writes files as you")
     port: int = opt(7860, "port to listen on")
     runs_dir: str = opt("runs", "folder holding the runs: the UI lists them, and new runs go there")
-    auth: str | None = opt(None, f"USER:PASS asked for by the browser (or set {UI_AUTH_ENV}); required off loopback")
+    auth: str | None = opt(None, f"a file holding USER:PASS, asked for by the browser instead of the token (or set "
+                                 f"{UI_AUTH_ENV}=USER:PASS); never the password itself, which ps would show")
+    no_token: bool = opt(False, "serve without the token, on a loopback --host only: then every local user, and any "
+                                "local process, can drive the UI")
     allow_code: bool = opt(False, "let the page name reward functions in files or modules (path/file.py:fn, "
-                                  "module:fn), which the trainer imports and runs as you; built-in rewards need no flag")
+                                  "module:fn), which the trainer imports and runs as you; built-in rewards need no "
+                                  "flag")
     allow_dir: list[str] | None = opt(None, "folders besides the runs folder the page may read data, models and chat "
                                             "templates from")
 
     def __post_init__(self) -> None:
-        import os
-
         if not 0 < self.port < 65536:
             raise UserError(f"--port must be between 1 and 65535, got {self.port}")
-        self.auth = self.auth or os.environ.get(UI_AUTH_ENV) or None
-        if self.auth is not None:
-            user, sep, password = self.auth.partition(":")
-            if not (sep and user and password):
-                raise UserError(f"--auth expects USER:PASS (also in {UI_AUTH_ENV}), e.g. --auth me:a-long-secret")
-        if not is_loopback(self.host) and self.auth is None:
-            raise UserError(f"--host {self.host} would open the UI to other machines without a password; add "
-                            f"--auth USER:PASS (or set {UI_AUTH_ENV}), or keep the default --host 127.0.0.1")
+        self._credentials = read_credentials(self.auth)
+        if self.no_token and self._credentials is not None:
+            raise UserError("--no_token and --auth (or $UNITUNE_UI_AUTH) together: choose one")
+        for folder in self.allow_dir or []:
+            if not Path(folder).expanduser().is_dir():
+                raise UserError(f"--allow_dir {folder} is not a folder; give folders the page may read from")
+        if self.no_token and not is_loopback(self.host):
+            raise UserError(f"--no_token would open the UI on --host {self.host} to anyone who reaches it; keep the "
+                            "token (open the printed URL), use --auth FILE, or serve on --host 127.0.0.1")
 
     @property
     def credentials(self) -> tuple[str, str] | None:
-        if self.auth is None:
-            return None
-        user, _, password = self.auth.partition(":")
-        return user, password
+        """The --auth user and password (None: the token guards the UI, or nothing with --no_token)."""
+        return self._credentials
 
 
 @dataclass
