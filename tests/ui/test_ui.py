@@ -1,5 +1,5 @@
 """The web UI's parts without a browser: the form generated from TrainConfig, the host/auth rule, the live log, the
-job queue (a failing job's error line, Stop with a checkpoint, Resume to the end)."""
+job queue (a failing job's error line, Stop with a checkpoint, Resume to the end, Check data as a job)."""
 
 import json
 import time
@@ -55,22 +55,32 @@ def test_a_bad_form_value_is_the_cli_one_line_error():
         form.check(form.to_mapping({"method": "sft", "lora_dropout": 1.5}))
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "::"])
-def test_an_open_host_needs_auth(host, monkeypatch):
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.4", "::", "127.evil.com"])
+def test_an_open_host_needs_the_token_or_auth(host, monkeypatch, tmp_path):
     monkeypatch.delenv("UNITUNE_UI_AUTH", raising=False)
-    with pytest.raises(UserError, match="--auth USER:PASS"):
-        UiConfig(host=host)
-    assert UiConfig(host=host, auth="me:secret").credentials == ("me", "secret")
+    assert UiConfig(host=host).credentials is None  # the token guards it
+    with pytest.raises(UserError, match="--no_token would open the UI"):
+        UiConfig(host=host, no_token=True)
+    (tmp_path / "auth").write_text("me:secret\n")
+    assert UiConfig(host=host, auth=str(tmp_path / "auth")).credentials == ("me", "secret")
     monkeypatch.setenv("UNITUNE_UI_AUTH", "env:pass")
     assert UiConfig(host=host).credentials == ("env", "pass")
 
 
-def test_loopback_needs_no_auth_and_auth_must_be_user_colon_pass(monkeypatch, capsys):
+def test_loopback_may_drop_the_token_and_auth_must_be_user_colon_pass(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("UNITUNE_UI_AUTH", raising=False)
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
-        assert UiConfig(host=host).credentials is None
-    with pytest.raises(UserError, match="USER:PASS"):
-        UiConfig(auth="nopassword")
+        assert UiConfig(host=host, no_token=True).credentials is None
+    (tmp_path / "auth").write_text("nopassword")
+    with pytest.raises(UserError, match="must hold USER:PASS"):
+        UiConfig(auth=str(tmp_path / "auth"))
+    with pytest.raises(UserError, match="not the password itself"):
+        UiConfig(auth="me:secret")
+    with pytest.raises(UserError, match="no such file"):
+        UiConfig(auth=str(tmp_path / "missing"))
+    (tmp_path / "auth").write_text("me:secret")
+    with pytest.raises(UserError, match="choose one"):
+        UiConfig(auth=str(tmp_path / "auth"), no_token=True)
     assert main(["ui", "--port", "70000"]) == 2
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
 
@@ -110,13 +120,15 @@ def test_a_job_that_dies_shows_its_error_line_and_the_queue_goes_on(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     ui = Ui(UiConfig(runs_dir=str(tmp_path / "runs")))
     try:
-        message = ui.start({"method": "sft", "dataset": str(tmp_path / "nowhere.jsonl")})
+        message = ui.start({"method": "sft", "dataset": str(tmp_path / "runs" / "nowhere.jsonl")})
         assert "Queued" in message
-        second = ui.start({"method": "sft", "dataset": str(tmp_path / "also-missing.jsonl"), "output_dir": "x"})
+        second = ui.start({"method": "sft", "dataset": str(tmp_path / "runs" / "also-missing.jsonl"),
+                           "output_dir": "runs/x"})
         assert "behind 1 job" in second
         wait_for(lambda: all(job.state == "failed" for job in ui.queue.jobs))
         rows = ui.table()
-        assert len(rows) == 2 and all(row[2].startswith("failed: unitune: error: dataset path not found") for row in rows)
+        assert len(rows) == 2
+        assert all(row[2].startswith("failed: unitune: error: dataset path not found") for row in rows)
         assert "nowhere.jsonl" in rows[0][2] + rows[1][2] and "Traceback" not in str(rows)
         title, tail = ui.job_log()
         assert "(failed)" in title and "also-missing.jsonl" in tail
@@ -129,7 +141,7 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tiny_model_dir, tmp
     from unitune.ui.actions import Ui
 
     monkeypatch.chdir(tmp_path)
-    ui = Ui(UiConfig(runs_dir="runs"))
+    ui = Ui(UiConfig(runs_dir="runs", allow_dir=[str(tiny_model_dir)]))
     run = Path("runs/long")
     values = {"method": "sft", "model_name": str(tiny_model_dir), "output_dir": str(run), "max_steps": 40,
               "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "max_train_samples": 16,
@@ -156,15 +168,36 @@ def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(tiny_model_dir, tmp
         ui.close()
 
 
-def test_check_data_and_upload(tmp_path, monkeypatch):
+@pytest.mark.slow  # a `unitune check` process
+def test_check_data_runs_as_a_job_and_shows_its_report_and_token_view(tmp_path, monkeypatch):
+    from unitune.ui.actions import Ui
+
+    monkeypatch.chdir(tmp_path)
+    ui = Ui(UiConfig(runs_dir="runs"))
+    data = Path("runs/.ui/uploads/pairs.jsonl")
+    data.parent.mkdir(parents=True)
+    data.write_text("".join(json.dumps({"prompt": f"What is {n} + 1?", "chosen": f"{n + 1}", "rejected": "no"}) + "\n"
+                            for n in range(6)))
+    try:
+        shown = list(ui.check_data({"method": "dpo", "max_length": 512, "dataset": str(data)}))
+        assert shown[0][0].startswith(("Queued **check data**", "**check data** is running"))
+        line, text = shown[-1]
+        assert line == "" and "train" in text and "no problems found" in text and "[[" in text  # report, token view
+        assert not text.startswith("$ unitune") and ui.queue.jobs[-1].argv[:2] == ["check", "--dataset"]
+        line, text = list(ui.check_data({"method": "sft", "dataset": "runs/nowhere.jsonl"}))[-1]
+        assert line.startswith("**Error:** dataset path not found") and text == ""  # its one line, from the job
+        assert [job.state for job in ui.queue.jobs] == ["finished", "failed"]
+        assert all("check data" not in row[0] for row in ui.table())  # its error is on the Train tab, not the runs'
+    finally:
+        ui.close()
+
+
+def test_upload_keeps_each_file_beside_the_runs(tmp_path, monkeypatch):
     from unitune.ui.actions import Ui
 
     monkeypatch.chdir(tmp_path)
     ui = Ui(UiConfig(runs_dir="runs"))
     try:
-        text = ui.check_data({"method": "dpo", "max_length": 512})
-        assert "train_prefs" in text and "no problems found" in text and "[[" in text  # report, token view
-        assert ui.check_data({"method": "sft", "dataset": "nowhere.jsonl"}).startswith("error: dataset path not found")
         upload = tmp_path / "gradio-cache" / "mine.jsonl"
         upload.parent.mkdir()
         upload.write_text('{"prompt": "hi", "completion": "hello"}\n')
@@ -221,3 +254,37 @@ def test_ui_without_gradio_is_one_line_naming_the_extra(monkeypatch, capsys):
     assert main(["ui"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'unitune[ui]'" in err
+
+
+def test_a_run_another_process_trains_in_shows_as_running_and_start_refuses(tmp_path, monkeypatch):
+    """Whoever started it (the CLI, another UI, a SLURM job), a locked run is running, with its pid; Start and Resume
+    refuse it before queueing. Once the lock is gone, a record still saying running means its process died."""
+    import os
+
+    from unitune.train.lock import RunLock
+    from unitune.ui.actions import Ui
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "sft_cli"
+    run.mkdir(parents=True)
+    (run / "unitune_run.json").write_text(json.dumps({"status": "running", "method": "sft",
+                                                      "settings": {"method": "sft"}}))
+    lock = RunLock()
+    lock.take(run)  # stands in for the other process: a flock is per open file, so this process sees it held
+    ui = Ui(UiConfig(runs_dir="runs"))
+    try:
+        [row] = [r for r in ui.table() if r[0] == "sft_cli"]
+        assert row[2].startswith(f"running (pid {os.getpid()} on ") and " since " in row[2]
+        said = ui.start({"method": "sft", "output_dir": str(Path("runs") / "sft_cli")})
+        assert said.startswith("**Error:** cannot train into runs/sft_cli: unitune pid") and "\n" not in said, said
+        (run / "unitune_run.json").write_text(json.dumps({"status": "interrupted", "method": "sft",
+                                                          "settings": {"method": "sft"}}))
+        assert "cannot resume the run in" in ui.resume(["sft_cli"])
+        assert ui.queue.jobs == []
+        lock.release()
+        (run / "unitune_run.json").write_text(json.dumps({"status": "running", "method": "sft"}))
+        [row] = [r for r in ui.table() if r[0] == "sft_cli"]
+        assert row[2] == "stopped: its process is gone (killed before it could say so)"
+    finally:
+        lock.release()
+        ui.close()

@@ -9,18 +9,18 @@ import shutil
 import threading
 from pathlib import Path
 
-from ..config import ChatConfig, CheckConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
+from ..config import ChatConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
 from ..errors import UserError, first_line
+from ..train.lock import busy_message, holder
 from ..train.output_dir import run_to_keep
 from ..train.records import FINISHED, record_of, run_status
-from . import form
+from . import form, tasks
 from .gates import Gates
 from .jobs import Job, JobQueue
-from .listing import COLUMNS, history, run_folders, run_row, updated
+from .listing import COLUMNS, history, run_folders, run_row, status_of, updated
 from .speakers import Speakers
 
 EMBEDDED = "embedded"  # the chat's value for the embedded base model
-DOWNLOAD_LIMIT = 2 << 30  # bigger exports are named by path, not copied into Gradio's cache for a download link
 
 
 def problem(err: BaseException) -> str:
@@ -37,20 +37,10 @@ def unique(stem: Path, taken=lambda path: False) -> Path:
     return path
 
 
-def servable(folder: Path, root: Path) -> bool:
-    """Whether Gradio hands out files from here: the working folder, the temp folder or the runs folder (launch's
-    allowed_paths); files elsewhere would fail after the export, when their download links are made."""
-    import tempfile
-
-    where = folder.resolve()
-    return any(where == base or base in where.parents
-               for base in (Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve(), root.resolve()))
-
-
 def outcome(folder: Path, job: Job | None) -> str | None:
     """What the run's own record cannot say about the last job for it: an error it died of after the folder was
     made (killed, or a failed resume), or a stop before its first checkpoint."""
-    status = run_status(folder)
+    status = status_of(folder)
     if job is not None and job.state == "failed" and status != "failed":
         return f"failed: {job.error_line()}"
     if job is not None and job.state == "stopped" and status == "running":
@@ -96,11 +86,15 @@ class Ui:
         try:
             mapping = self.mapping(values)
             cfg = form.check(mapping)
+            self.gates.mapping(mapping)  # reward code, and the folders the job reads and writes
         except UserError as err:
             return problem(err)
         out = Path(cfg.output_dir)
         if self.queue.busy(str(out)):
             return f"**Error:** a job already writes {out}; wait for it or choose another output_dir"
+        held = holder(out)
+        if held is not None:
+            return f"**Error:** {busy_message(out, held, 'train into')}"
         if run_to_keep(out) is not None and not cfg.overwrite_output_dir:
             return (f"**Error:** {out} holds a run ({run_to_keep(out)}); choose another output_dir, tick "
                     "overwrite_output_dir (the old run is moved aside, not deleted), or Resume it in the Runs tab")
@@ -115,18 +109,18 @@ class Ui:
         return f"Queued **{job.title}**" + (f" behind {ahead} job(s)" if ahead else "; it starts now") + \
             ". Follow it in the Runs tab."
 
-    def check_data(self, values: dict) -> str:
-        from ..data.check import render, render_tokens, run_check
-
+    def check_data(self, values: dict):
+        """`unitune check` on the form's data settings, as a job: yields (status line, output) while it waits and
+        runs, then the check report and token view."""
         try:
             mapping = form.to_mapping(values)
-            keys = ("dataset", "model_name", "max_length", "chat_template", "columns")
-            cfg = from_mapping(CheckConfig, {k: mapping[k] for k in keys if k in mapping} |
-                               {"method": mapping["method"], "show_tokens": 2}, "the form")
-            report, _ = run_check(cfg)
+            self.gates.mapping(mapping)
+            argv = tasks.check_argv(mapping)
         except UserError as err:
-            return f"error: {err}"
-        return render(report, cfg.method) + "\n\n" + render_tokens(report, color=False)
+            yield problem(err), ""
+            return
+        job = self.queue.submit(argv, "check data")
+        yield from tasks.follow(self.queue, job, lambda line, tail: (line, tail), tasks.check_result)
 
     def upload(self, path: str | None) -> str | None:
         """Copy an uploaded data file beside the runs (Gradio's upload cache is temporary); its path for --dataset."""
@@ -153,8 +147,8 @@ class Ui:
         rows = [[job.title, job.kind, "queued", "", "", ""] for job in self.queue.jobs if job.state == "queued"]
         folders = self.runs()
         written = {p.resolve() for p in folders}
-        failed = [job for job in self.queue.jobs if job.state == "failed" and (
-            job.output_dir is None or Path(job.output_dir).resolve() not in written)]
+        failed = [job for job in self.queue.jobs if job.state == "failed" and job.kind != "check" and (
+            job.output_dir is None or Path(job.output_dir).resolve() not in written)]  # check: on the Train tab
         for job in failed[-5:]:  # jobs that ended before writing a run (or evaluations): their error line
             rows.append([job.title, job.kind, f"failed: {job.error_line()}", "", "", ""])
         last = {Path(job.output_dir).resolve(): job for job in self.queue.jobs if job.output_dir}
@@ -181,7 +175,9 @@ class Ui:
     def live_run(self) -> Path | None:
         """The folder the running training job writes."""
         running = self.queue.running
-        if running is None or running.output_dir is None or not Path(running.output_dir).is_dir():
+        if running is None or running.kind != "train" or not running.output_dir:  # check, export, eval: no curve
+            return None
+        if not Path(running.output_dir).is_dir():
             return None
         return Path(running.output_dir)
 
@@ -209,11 +205,20 @@ class Ui:
             if self.queue.busy(str(folder)):
                 messages.append(f"{name}: a job is already running or queued for it")
                 continue
+            held = holder(folder)
+            if held is not None:
+                messages.append(f"**Error:** {name}: {busy_message(folder, held, 'resume the run in')}")
+                continue
             settings = {k: v for k, v in record["settings"].items() if k not in form.BUTTON_FLAGS}
             if record.get("batch_merged_from"):
                 settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"] = \
                     record["batch_merged_from"]
             settings |= {"resume": True, "overwrite_output_dir": False, "output_dir": str(folder)}
+            try:  # a record may come from anyone: its reward code and paths pass the gates Start applies
+                self.gates.mapping(settings)
+            except UserError as err:
+                messages.append(f"**Error:** {name}: {err}")
+                continue
             messages.append(self._train(settings, f"resume {name}", str(folder)))
         return "\n\n".join(messages) or "Select the interrupted runs to resume."
 
@@ -261,7 +266,7 @@ class Ui:
         bases = {EMBEDDED: "base: the embedded SmolLM2-135M-Instruct"}
         runs = []
         for folder in self.runs():
-            if run_status(folder) != FINISHED:
+            if status_of(folder) != FINISHED:
                 continue
             base = (record_of(folder) or {}).get("model_name")  # None: the embedded model, listed first
             if base:
@@ -272,28 +277,34 @@ class Ui:
     def stream_reply(self, source: str, history: list[dict], message: str, cfg: ChatConfig):
         return self.speakers.stream_reply(None if source == EMBEDDED else source, history, message, cfg)
 
-    # ------------------------------------------------------------------ export
-    def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str) -> tuple[str, list]:
-        """unitune export into a new folder (the UI never replaces one): exported/<run>-<quant> unless given."""
-        from ..deploy.export import run_export
+    def chat_shown(self, *sources: str) -> None:
+        """The Chat tab now shows these models: free the others."""
+        self.speakers.keep([None if source == EMBEDDED else source for source in sources if source])
 
+    # ------------------------------------------------------------------ export
+    def export(self, run: str, fmt: str, quant: str, merge_base: str, output: str):
+        """unitune export as a job, into a new folder under the runs folder (<runs>/exported/<run>-<quant> unless
+        given): yields (status line, files) while it waits and runs, then the files to download."""
         if not run:
-            return "Pick a finished run to export.", []
-        output = (output or "").strip() or str(unique(Path("exported") / f"{run}-{quant if fmt == 'gguf' else fmt}"))
+            yield "Pick a finished run to export.", []
+            return
         try:
-            cfg = ExportConfig(run=str(self.root / run), output=output, format=fmt,
+            output = (output or "").strip()
+            self.gates.write("output", output)
+            name = f"{run}-{quant if fmt == 'gguf' else fmt}"
+            folder = Path(output) if output else unique(self.root / "exported" / name,
+                                                        lambda p: self.queue.busy(str(p)) is not None)
+            cfg = ExportConfig(run=str(self.root / run), output=str(folder), format=fmt,
                                quant=quant if fmt == "gguf" else None, merge_base=merge_base)
-            path = run_export(cfg)
         except UserError as err:
-            return problem(err), []
-        folder = path.parent if path.is_file() else path
-        if not servable(folder, self.root):
-            return f"Exported to `{folder}` (outside the working folder and the runs folder: no download links).", []
-        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-        small = [str(p) for p in files if p.stat().st_size <= DOWNLOAD_LIMIT]
-        big = [p.name for p in files if p.stat().st_size > DOWNLOAD_LIMIT]
-        note = f" ({', '.join(big)} too big for a download link: copy it from the folder)" if big else ""
-        return f"Exported to `{folder}`{note}.", small
+            yield problem(err), []
+            return
+        if self.queue.busy(str(folder)):
+            yield f"**Error:** a job already writes {folder}; wait for it or choose another output folder", []
+            return
+        job = self.queue.submit(tasks.export_argv(cfg), f"export {run} -> {folder.name}", str(folder))
+        yield from tasks.follow(self.queue, job, lambda line, tail: (tasks.running_text(line, tail), []),
+                                lambda job: tasks.export_result(job, folder))
 
     def close(self) -> None:
         self.queue.shutdown()

@@ -14,12 +14,12 @@ from ..config import GGUF_QUANTS, K_QUANTS, MERGE_BASES, ChatConfig  # noqa: E40
 from ..errors import UserError  # noqa: E402
 from . import form  # noqa: E402
 from .actions import COLUMNS, EMBEDDED, Ui, problem  # noqa: E402
+from .refresh import REFRESH_S, poll  # noqa: E402
 
-REFRESH_S = 2.0  # how often the Runs tab re-reads the runs folder and the running job's log
 OPEN_SECTIONS = ("what to train", "training")  # the other sections of the form start folded
 EMPTY_REPLY = "*(an empty reply: only whitespace or special tokens)*"
-INTRO = ("Runs live in `{root}`. Training and evaluation run one job at a time in the background: closing the "
-         "browser does not stop them, and every open tab sees the same runs.")
+INTRO = ("Runs live in `{root}`. Training, evaluation, Check data and Export run one job at a time in the background: "
+         "closing the browser does not stop them, and every open tab sees the same runs.")
 
 
 def field_input(field: form.FormField, method: str):
@@ -78,15 +78,17 @@ def train_tab(ui: Ui):
         return [gr.update(visible=f.applies_to(method)) for f in fields] + [
             gr.update(visible=any(f.applies_to(method) for f in members)) for members in sections.values()]
 
-    def check(*args):
-        return gr.Textbox(value=ui.check_data(values(*args)), visible=True)
+    def check(*args):  # a job: the page follows it until its report is in
+        for line, text in ui.check_data(values(*args)):
+            yield line, gr.Textbox(value=text, visible=bool(text))
 
     inputs["method"].change(show_method_fields, inputs["method"], [inputs[f.name] for f in fields] +
                             list(folds.values()))
     gr.on([c.change for c in components], preview, components, [command, yaml_box, download])
     upload.upload(ui.upload, upload, inputs["dataset"])
     start_button.click(lambda *a: ui.start(values(*a)), components, status)
-    check_button.click(check, components, check_output)
+    # no concurrency limit: a click only waits on its job, and the queue runs one job at a time
+    check_button.click(check, components, [status, check_output], concurrency_limit=None, show_progress="minimal")
     return preview, components, [command, yaml_box, download]
 
 
@@ -101,7 +103,8 @@ def runs_tab(ui: Ui):
         evaluate = gr.Button("Evaluate selected", variant="primary", elem_id="runs-evaluate")
         resume = gr.Button("Resume selected", elem_id="runs-resume")
         stop = gr.Button("Stop the running job", variant="stop", elem_id="runs-stop")
-        max_samples = gr.Number(value=100, precision=0, label="evaluate: rows per test split", elem_id="runs-max-samples")
+        max_samples = gr.Number(value=100, precision=0, label="evaluate: rows per test split",
+                                elem_id="runs-max-samples")
         skip_base = gr.Checkbox(value=False, label="evaluate: skip the base model", elem_id="runs-skip-base")
     status = gr.Markdown(elem_id="runs-status")
     # The report's charts (matplotlib): Gradio 6.31's LinePlot kept drawing only the series of its first value.
@@ -119,21 +122,19 @@ def runs_tab(ui: Ui):
     seen = gr.State({"choices": choices, "results": ui.results_version()})
 
     def refresh(selected, state):
-        names = [p.name for p in ui.runs()]
-        new_choices = gr.CheckboxGroup(choices=names) if names != state["choices"] else gr.skip()
-        running = ui.live_run()
-        title, tail = ui.job_log()
-        version = ui.results_version()
-        if version != state["results"]:
-            rows, headers, charts, files = ui.results()
+        now = poll(ui, selected, state)
+        new_choices = gr.CheckboxGroup(choices=now.names) if now.names != state["choices"] else gr.skip()
+        if now.results is not None:
+            rows, headers, charts, files = now.results
             results = (pd.DataFrame(rows, columns=headers), charts, files or None)
         else:
             results = (gr.skip(), gr.skip(), gr.skip())
-        state = {"choices": names, "results": version}
-        return (pd.DataFrame(ui.table(), columns=COLUMNS), new_choices,
+        running = now.running
+        return (pd.DataFrame(now.table, columns=COLUMNS), new_choices,
                 gr.Markdown(f"#### Training now: {running.name}" if running else "", visible=bool(running)),
-                gr.HTML(ui.chart([running]) if running else "", visible=bool(running)),
-                selected_chart(selected), gr.Textbox(value=tail, label=title, visible=bool(tail)), *results, state)
+                gr.HTML(now.live_chart, visible=bool(running)) if now.live_chart is not None else gr.skip(),
+                gr.skip() if now.selected_chart is None else now.selected_chart,
+                gr.Textbox(value=now.log_tail, label=now.log_title, visible=bool(now.log_tail)), *results, now.seen)
 
     def selected_chart(selected):
         return ui.chart([ui.root / name for name in selected or []])
@@ -210,6 +211,8 @@ def chat_tab(ui: Ui):
     message.submit(respond, chat_inputs, [box_a, box_b, message, status])
     reset.click(lambda: ([], []), None, [box_a, box_b])
     model_b.change(lambda b: gr.Chatbot(visible=bool(b)), model_b, box_b)
+    # the models another choice replaced are freed (the chat holds at most the two it shows)
+    gr.on([model_a.change, model_b.change], ui.chat_shown, [model_a, model_b], None)
     refresh.click(fresh_choices, None, [model_a, model_b])
     return fresh_choices, [model_a, model_b]
 
@@ -233,16 +236,18 @@ def export_tab(ui: Ui):
         quant = gr.Dropdown(list(GGUF_QUANTS + K_QUANTS), value="f16", label="GGUF weights", elem_id="export-quant")
         merge_base = gr.Radio(list(MERGE_BASES), value="quantized", label="QLoRA runs: merge into",
                               elem_id="export-merge-base")
-    output = gr.Textbox(label="output folder: a new one (the UI never replaces files)",
-                        placeholder="(default: exported/<run>-<weights>)", elem_id="export-output")
+    output = gr.Textbox(label="output folder: a new one under the runs folder (the UI never replaces files)",
+                        placeholder="(default: <runs folder>/exported/<run>-<weights>)", elem_id="export-output")
     go = gr.Button("Merge and export", variant="primary", elem_id="export-go")
     status = gr.Markdown(elem_id="export-status")
     files = gr.File(file_count="multiple", label="download", elem_id="export-files")
 
-    def export(run_name, format_, quant_, base, out, progress=gr.Progress(track_tqdm=True)):
-        return ui.export(run_name, format_, quant_, base, out)
+    def export(run_name, format_, quant_, base, out):  # a job: the page follows it until its files are there
+        for line, found in ui.export(run_name, format_, quant_, base, out):
+            yield line, found or None
 
-    go.click(export, [run, fmt, quant, merge_base, output], [status, files])
+    go.click(export, [run, fmt, quant, merge_base, output], [status, files], concurrency_limit=None,
+             show_progress="minimal")
     fmt.change(lambda f: gr.Dropdown(visible=f == "gguf"), fmt, quant)
     def fresh_runs(current):
         found = ui.finished_runs()

@@ -1,6 +1,7 @@
-"""The UI's job queue: unitune commands (train, eval) run one at a time, each in its own process, its output in a
-log file. A job outlives the browser tab that started it; Stop sends SIGTERM (a training run saves a checkpoint and
-says how to resume); shutting the UI down stops the running job the same way and waits for it."""
+"""The UI's job queue: unitune commands (train, eval, check, export) run one at a time, each in its own process, its
+output in a log file, so nothing model-sized runs in the UI's own process. A job outlives the browser tab that started
+it; Stop sends SIGTERM (a training run saves a checkpoint and says how to resume); shutting the UI down stops the
+running job the same way and waits for it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..train.lifecycle import EXIT_CODES
+from .watch import tail
 
 # A run stopped by SIGTERM/SIGINT exits 143/130 after its checkpoint; one stopped before it installed its handler
 # (while loading the model) dies of the signal: -15/-2.
 STOPPED = (*EXIT_CODES.values(), -signal.SIGTERM, -signal.SIGINT)
+
+SECRETS = "UNITUNE_UI_"  # the UI's own variables (UNITUNE_UI_AUTH: its password): a job never inherits them
+
+
+def job_env() -> dict[str, str]:
+    """The environment a job runs in: the UI's, less its secrets."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith(SECRETS)} | {"PYTHONUNBUFFERED": "1"}
 
 
 @dataclass
@@ -36,11 +45,8 @@ class Job:
         return self.argv[0]
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        """The last lines of its output, read from the log's end (and again only when the log changed)."""
+        return tail(self.log, lines)
 
     def error_line(self) -> str:
         """What went wrong, as the command said it: its `unitune: error:` line, else its last line (a traceback's
@@ -130,7 +136,7 @@ class JobQueue:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        env = job_env()
         with open(job.log, "w", encoding="utf-8") as log:
             log.write(f"$ unitune {' '.join(job.argv)}\n")
             log.flush()

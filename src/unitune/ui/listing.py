@@ -1,5 +1,6 @@
 """What the Runs tab shows: every run under the runs folder with its status and progress, and its loss history
-(the live log while it trains, trainer_state.json once it is done)."""
+(the live log while it trains, trainer_state.json once it is done). Every open tab asks again every few seconds, so
+what is read from a run's files is kept until they change (watch.py): an unchanged run costs a few stats."""
 
 from __future__ import annotations
 
@@ -7,30 +8,60 @@ import json
 import time
 from pathlib import Path
 
-from ..train.live_log import LOG_FILE, read_log
+from ..train.live_log import LOG_FILE
+from ..train.lock import LOCK_FILE, holder
 from ..train.records import ASIDE, FINISHED, RUN_FILE, record_of, run_status, status_line
+from .watch import LogFollower, Memo, stamp
 
 COLUMNS = ["run", "method", "status", "step", "loss", "updated"]
+STATE_FILE = "trainer_state.json"
+
+RECHECK_S = 10.0  # a run that says it is running is looked at again this often: its process may have died silently
+
+_memo = Memo(1024)
+_logs = LogFollower()
+
+
+def recheck(value) -> float | None:
+    return RECHECK_S if "running" in str(value) else None
+
+
+def files_of(folder: Path) -> tuple:
+    """The stamp of what a run's row and history are read from. The folder's own stamp changes when a file in it is
+    made, renamed over (an atomic write) or removed: rank failures, checkpoints, a lock, an adapter."""
+    return stamp(folder, folder / RUN_FILE, folder / LOG_FILE, folder / STATE_FILE)
+
+
+def status_of(folder: Path) -> str | None:
+    """run_status, read again only when the run's files changed."""
+    folder = Path(folder)
+    return _memo.get(("status", str(folder)), files_of(folder), lambda: run_status(folder), recheck)
 
 
 def run_folders(root: Path) -> list[Path]:
-    """Run folders directly under root, newest first (moved-aside runs and hidden folders left out)."""
+    """Run folders directly under root, newest first (moved-aside runs and hidden folders left out; exports, which
+    have no run record, too)."""
     if not Path(root).is_dir():
         return []
     found = [p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith(".") and ASIDE not in p.name
-             and run_status(p) is not None]
+             and (status_of(p) is not None or (p / LOCK_FILE).exists())]  # locked: still preparing its data
     return sorted(found, key=updated, reverse=True)
 
 
 def history(folder: Path) -> list[dict]:
-    """The run's logs: trainer_state.json's log_history when it has one and the run is over, else the live log."""
-    state = Path(folder) / "trainer_state.json"
-    if run_status(folder) == FINISHED and state.is_file():
-        try:
-            return json.loads(state.read_text()).get("log_history", [])
-        except (OSError, ValueError):
-            pass
-    return read_log(folder)
+    """The run's logs: trainer_state.json's log_history when it has one and the run is over, else the live log
+    (read on from where the last read stopped)."""
+    folder = Path(folder)
+    if status_of(folder) == FINISHED and (folder / STATE_FILE).is_file():
+        return _memo.get(("history", str(folder)), files_of(folder), lambda: finished_history(folder))
+    return _logs.entries(folder / LOG_FILE)
+
+
+def finished_history(folder: Path) -> list[dict]:
+    try:
+        return json.loads((folder / STATE_FILE).read_text()).get("log_history", [])
+    except (OSError, ValueError, AttributeError):
+        return _logs.entries(folder / LOG_FILE)
 
 
 def progress(entries: list[dict]) -> tuple[int | None, int | None]:
@@ -44,6 +75,9 @@ def status_text(folder: Path, live: bool) -> str:
     record = record_of(folder)
     if record == {} and (folder / RUN_FILE).exists():
         return f"broken: its {RUN_FILE} cannot be read"
+    held = None if live else holder(folder)
+    if held is not None:  # a process trains here: the CLI, another UI, a SLURM job
+        return f"running (pid {held.get('pid')} on {held.get('host')} since {held.get('since')})"
     record = record or {}
     status = run_status(folder)
     if status == "failed":
@@ -51,8 +85,8 @@ def status_text(folder: Path, live: bool) -> str:
     if status == "interrupted":
         step = record.get("global_step")
         return f"interrupted{f' at step {step}' if step is not None else ''} (Resume continues it)"
-    if status == "running" and not live:
-        return "running outside this UI (or killed before it could say so)"
+    if status == "running" and not live:  # no live lock: its process is gone
+        return "stopped: its process is gone (killed before it could say so)"
     return status
 
 
@@ -63,14 +97,21 @@ def age(seconds: float) -> str:
 
 
 def run_row(folder: Path, live: bool, status: str | None = None) -> list:
-    """The run's row; ``status`` replaces its own status text (what became of this UI's job for it)."""
+    """The run's row; ``status`` replaces its own status text (what became of this UI's job for it). All but its age
+    is read again only when the run's files changed."""
+    folder = Path(folder)
+    row = _memo.get(("row", str(folder), live, status), files_of(folder), lambda: fresh_row(folder, live, status),
+                    recheck)
+    return [*row, age(time.time() - updated(folder))]
+
+
+def fresh_row(folder: Path, live: bool, status: str | None) -> list:
     record = record_of(folder) or {}
     entries = history(folder)
     step, total = progress(entries)
     losses = [e["loss"] for e in entries if isinstance(e.get("loss"), (int, float))]
     return [folder.name, record.get("method", ""), status or status_text(folder, live),
-            "" if step is None else f"{step}/{total}" if total else str(step),
-            f"{losses[-1]:.4f}" if losses else "", age(time.time() - updated(folder))]
+            "" if step is None else f"{step}/{total}" if total else str(step), f"{losses[-1]:.4f}" if losses else ""]
 
 
 def updated(folder: Path) -> float:
