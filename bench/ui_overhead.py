@@ -49,6 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu(pid: int) -> float:
+    """A process's user + system CPU seconds, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tiny_model(folder: Path) -> str:
     """A randomly initialised 2-layer Llama with the embedded tokenizer (as tests/conftest.py builds it)."""
     import torch
@@ -108,6 +114,12 @@ class Ui:
         self.threads = [threading.Thread(target=self._tab, args=(c, selected), daemon=True) for c in clients]
         for thread in self.threads:
             thread.start()
+        self.cpu = (process_cpu(self.process.pid), time.process_time())  # the server's and the tabs' CPU seconds
+
+    def cpu_used(self) -> tuple[float, float]:
+        """CPU seconds since the tabs started: the UI server's, and the simulated tabs' (this process; a browser
+        on the same machine spends its own)."""
+        return process_cpu(self.process.pid) - self.cpu[0], time.process_time() - self.cpu[1]
 
     def _printed_url(self) -> str:
         end = time.time() + 180
@@ -147,6 +159,7 @@ class Ui:
             self.stop.wait(max(0.0, self.every - (time.perf_counter() - start)))
 
     def close(self) -> None:
+        self.server_cpu, self.tabs_cpu = self.cpu_used()
         self.stop.set()
         for thread in self.threads:
             thread.join(60)
@@ -181,7 +194,7 @@ def main() -> None:
         train(runs, "warmup", args, model)  # caches filled (the embedded model's conversion), and the old runs' source
         for n in range(args.old):
             shutil.copytree(runs / "warmup", runs / f"sft_old_{n}")
-        without, with_ui, polls, selecting, errors = [], [], [], [], []
+        without, with_ui, polls, selecting, errors, server_cpu, tabs_cpu = [], [], [], [], [], [], []
         for pair in range(args.pairs):
             for mode in ("A", "B"):
                 name = f"sft_{mode.lower()}{pair}"
@@ -194,9 +207,11 @@ def main() -> None:
                         polls.append(ui.polls)
                         selecting.append(ui.selecting)
                         errors += ui.errors
+                        server_cpu.append(ui.server_cpu)
+                        tabs_cpu.append(ui.tabs_cpu)
                 (with_ui if mode == "B" else without).append(result)
-                note = (f", {ui.polls} polls ({ui.selecting} with the run's curve), {len(ui.errors)} failed"
-                        if ui is not None else "")
+                note = (f", {ui.polls} polls ({ui.selecting} with the run's curve), {len(ui.errors)} failed; CPU: "
+                        f"UI server {ui.server_cpu:.1f} s, tabs {ui.tabs_cpu:.1f} s" if ui is not None else "")
                 print(f"  {mode} {name}: train_runtime {result['train_runtime']:.2f} s, wall {result['wall']:.1f} s"
                       f"{note}", flush=True)
         if errors and not any(polls):
@@ -208,6 +223,9 @@ def main() -> None:
             "ui_overhead_wall_ratio": median(r["wall"] for r in with_ui) / median(r["wall"] for r in without),
             "train_runtime_without_s": [r["train_runtime"] for r in without],
             "train_runtime_with_ui_s": [r["train_runtime"] for r in with_ui],
+            # noise-free: the UI server's CPU over what the machine's cores gave the training runs beside it
+            "ui_server_cpu_share": sum(server_cpu) / (sum(r["wall"] for r in with_ui) * (os.cpu_count() or 1)),
+            "ui_server_cpu_s": [round(c, 2) for c in server_cpu], "tabs_cpu_s": [round(c, 2) for c in tabs_cpu],
             "polls_per_b_run": polls, "polls_with_curve": selecting,
             "poll_errors": len(errors), "first_poll_error": errors[0] if errors else None,
             "tabs": args.tabs, "steps": args.steps, "batch": args.batch, "old_runs": args.old, "model": model_name,

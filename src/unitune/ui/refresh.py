@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-REFRESH_S = 2.0  # how often the Runs tab re-reads the runs folder and the running job's log
+REFRESH_S = 5.0  # how often the Runs tab asks; each ask costs the UI process ~45 ms of CPU in Gradio (bench/ui_overhead.py)
 
 
 @dataclass
