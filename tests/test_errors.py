@@ -407,12 +407,20 @@ def test_a_run_another_process_trains_in(capsys, tiny_args, tmp_path, command):
     (["ui", "--auth", "/nope/ui-auth"], "--auth /nope/ui-auth: no such file; give a file holding USER:PASS"),
     (["ui", "--host", "0.0.0.0", "--no_token"], "--no_token would open the UI on --host 0.0.0.0 to anyone"),
     (["ui", "--allow_dir", "/nope/dir"], "--allow_dir /nope/dir is not a folder"),
+    (["ui", "--allow_dir", "~nosuchuser-unitune"], "--allow_dir ~nosuchuser-unitune is not a folder"),
     (["ui", "--port", "0"], "--port must be between 1 and 65535, got 0"),
 ])
 def test_ui_flags(capsys, argv, message):
     """Refused before anything listens; a password given on the command line is never echoed back."""
     code, line = run_cli(capsys, argv)
     assert code == 2 and message in line and "a-long-secret" not in line, line
+
+
+def test_ui_auth_file_that_cannot_be_read(capsys, tmp_path):
+    auth = tmp_path / "auth"
+    auth.write_bytes(b"me:\xff\xfe-not-utf8")
+    code, line = run_cli(capsys, ["ui", "--auth", str(auth)])
+    assert code == 2 and f"cannot read --auth {auth} (not UTF-8 text)" in line and "xff" not in line, line
 
 
 @pytest.mark.parametrize("values,message", [

@@ -519,3 +519,20 @@ def test_a_qlora_run_is_scored_as_it_was_trained(tiny_args, tiny_model_dir, toke
                      labels=torch.where(torch.tensor([enc["assistant_masks"]]) == 1, torch.tensor([enc["input_ids"]]),
                                         -100)).loss.item() for enc in encode_pairs(tokenizer, items)]
     assert mean_loss(reply_nll(model, tokenizer, items)) == pytest.approx(own, abs=1e-4)
+
+
+def test_a_run_that_cannot_be_scored_now_keeps_its_earlier_numbers(tmp_path):
+    """Evaluating again a run that is training further (skipped) or that fails this time (the Hub unreachable)
+    keeps its earlier numbers, with the reason; a new score replaces them."""
+    from unitune.evaluate.run import save_results
+
+    path = tmp_path / "evaluation_results.json"
+    save_results(path, {"sft": {"test_loss": 1.5, "evaluated_at": "2026-12-01 10:00:00+00:00"}})
+    merged = save_results(path, {"sft": {"skipped": "training now (pid 7)"}})
+    assert merged["sft"]["test_loss"] == 1.5 and merged["sft"]["evaluated_at"] == "2026-12-01 10:00:00+00:00"
+    assert merged["sft"]["not_reevaluated"].startswith("training now (pid 7) (")
+    assert read_json(path) == merged
+    merged = save_results(path, {"sft": {"test_loss": 1.2}})
+    assert merged["sft"]["test_loss"] == 1.2 and "not_reevaluated" not in merged["sft"]
+    merged = save_results(path, {"dpo": {"error": "cannot load"}})  # nothing earlier to keep: the error is the entry
+    assert merged["dpo"]["error"] == "cannot load" and merged["sft"]["test_loss"] == 1.2

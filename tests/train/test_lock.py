@@ -75,12 +75,17 @@ def test_another_hosts_lock_is_respected(tmp_path):
 def test_other_ranks_accept_their_own_launchs_lock_only(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     lock = RunLock()
     lock.take(tmp_path)  # rank 0 of this launch
     check_free(tmp_path, "train into")  # rank 1 of the same launch goes on
     monkeypatch.setenv("MASTER_PORT", "29501")  # rank 1 of another launch
     with pytest.raises(UserError, match="has been training in it"):
         check_free(tmp_path, "train into")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process in a shell that exports them (sbatch): export, merge
+    with pytest.raises(UserError, match="has been training in it"):
+        check_free(tmp_path, "export")
     lock.release()
 
 

@@ -70,3 +70,34 @@ def test_looks_local_and_within():
     assert not looks_local("HuggingFaceTB/SmolLM2-135M-Instruct") and not looks_local("")
     assert all(map(looks_local, ("./data", "/abs", "~/x", "d.jsonl", "a/b/c", "t.jinja")))
     assert within("/a/b/c", [Path("/a/b")]) and within("/a/b", [Path("/a/b")]) and not within("/a/bc", [Path("/a/b")])
+
+
+def test_values_no_path_can_be_are_refused_in_one_line(root):
+    """~nosuchuser, a NUL byte or a name too long: refused by the gate, never a traceback on the page."""
+    gates = Gates(root)
+    for value in ("~nosuchuser-unitune/data.jsonl", "data\x00.jsonl", "x" * 300 + "/d.jsonl"):
+        with pytest.raises(UserError, match="--allow_dir"):
+            gates.read("dataset", value)
+
+
+def test_a_run_the_page_names_is_gated_on_its_record(root, tmp_path):
+    """Evaluate, Export and Chat read what a run's record names (anyone may have written it); a folder named like a
+    flag would be read as one by the job's command line."""
+    import json
+
+    gates = Gates(root)
+    run = root / "sft_theirs"
+    run.mkdir()
+    (run / "unitune_run.json").write_text(json.dumps({"settings": {"model_name": str(tmp_path / "their-model"),
+                                                                   "dataset": None}}))
+    (tmp_path / "their-model").mkdir()
+    with pytest.raises(UserError, match="model_name .* lies outside the runs folder"):
+        gates.run(run)
+    assert not gates.readable("model_name", str(tmp_path / "their-model"))
+    Gates(root, allow_dirs=[str(tmp_path / "their-model")]).run(run)
+    (run / "unitune_run.json").write_text(json.dumps({"settings": {"model_name": None, "dataset": None}}))
+    gates.run(run)  # the embedded model and the bundled data
+    flag = root / "--trust_reward_code"
+    flag.mkdir()
+    with pytest.raises(UserError, match="starts with '-'"):
+        gates.run(flag)

@@ -214,13 +214,20 @@ def read_credentials(auth: str | None) -> tuple[str, str] | None:
         if text is None:
             return None
     else:
-        path = Path(auth).expanduser()
+        try:
+            path = Path(auth).expanduser()
+        except RuntimeError:  # ~nosuchuser
+            path = Path(auth)
         if not path.is_file():
             if ":" in auth:
                 raise UserError(f"--auth takes a file holding USER:PASS, not the password itself (ps and shell history "
                                 f"show the command line); write it to a file for --auth FILE, or set {UI_AUTH_ENV}")
             raise UserError(f"--auth {auth}: no such file; give a file holding USER:PASS, or set {UI_AUTH_ENV}")
-        text, where = path.read_text(encoding="utf-8"), f"--auth {auth}"
+        try:
+            text, where = path.read_text(encoding="utf-8"), f"--auth {auth}"
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"cannot read --auth {auth} ({getattr(err, 'strerror', None) or 'not UTF-8 text'}); "
+                            "give a readable file holding USER:PASS") from None
     user, sep, password = text.strip().partition(":")
     if not (sep and user and password):
         raise UserError(f"{where} must hold USER:PASS, e.g. me:a-long-secret")
@@ -253,7 +260,11 @@ class UiConfig:
         if self.no_token and self._credentials is not None:
             raise UserError("--no_token and --auth (or $UNITUNE_UI_AUTH) together: choose one")
         for folder in self.allow_dir or []:
-            if not Path(folder).expanduser().is_dir():
+            try:
+                found = Path(folder).expanduser().is_dir()
+            except (OSError, RuntimeError, ValueError):  # ~nosuchuser, a NUL
+                found = False
+            if not found:
                 raise UserError(f"--allow_dir {folder} is not a folder; give folders the page may read from")
         if self.no_token and not is_loopback(self.host):
             raise UserError(f"--no_token would open the UI on --host {self.host} to anyone who reaches it; keep the "

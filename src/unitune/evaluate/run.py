@@ -157,11 +157,23 @@ def save_results(path: Path, results: dict) -> dict:
     try:
         with contextlib.suppress(OSError):  # a file system without flock: merged unguarded
             fcntl.flock(folder, fcntl.LOCK_EX)  # released with the descriptor
-        merged = {**earlier_results(path), **results}
+        merged = earlier_results(path)
+        for name, result in results.items():
+            merged[name] = kept_over(merged.get(name), result)
         write_json_atomic(path, merged)
     finally:
         os.close(folder)
     return merged
+
+
+def kept_over(earlier: dict | None, result: dict) -> dict:
+    """The entry to keep: this evaluation's, unless it only says why it could not score (skipped: training again now;
+    an error such as an unreachable Hub) while the earlier one has numbers, which stay, dated, with the reason."""
+    failed = "skipped" in result or "error" in result
+    if failed and earlier is not None and not ("skipped" in earlier or "error" in earlier):
+        why = result.get("skipped") or result.get("error")
+        return {**earlier, "not_reevaluated": f"{why} ({result.get('evaluated_at')})"}
+    return result
 
 
 def earlier_results(path: Path) -> dict:

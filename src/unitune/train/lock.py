@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import Interrupted, UserError
+from ..machine import world_size
 
 LOCK_FILE = "unitune.lock"
 BUSY_RETRIES = 10  # x 0.05 s: another process's holder() holds a shared flock for a moment while it looks
@@ -31,6 +32,8 @@ def launch_id() -> str | None:
     """What the processes of one torchrun/accelerate launch share and no other running launch has: its rendezvous
     address (a port is bound by one launch at a time)."""
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if world_size() < 2:  # one process: sbatch scripts export these for every command, export and merge included
+        return None
     return f"{addr}:{port}" if addr and port else None
 
 
@@ -159,10 +162,14 @@ class RunLock:
                     continue
                 if not created:
                     self._take_over(fd, folder, got, doing)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": now_text(),
-                                          "started": time.time(), "launch": launch_id()}).encode(), 0)
-                os.fsync(fd)
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": platform.node(), "since": now_text(),
+                                              "started": time.time(), "launch": launch_id()}).encode(), 0)
+                    os.fsync(fd)
+                except OSError as err:  # a full disk or quota: one line, as the folder's other writes say it
+                    raise UserError(f"cannot write to --output_dir {folder} ({err.strerror}); free some space or "
+                                    "choose another folder") from None
             except BaseException:
                 os.close(fd)
                 raise

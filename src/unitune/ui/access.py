@@ -74,11 +74,19 @@ def cookies_of(headers: dict[str, str]) -> dict[str, str]:
     return cookie_parser(headers.get("cookie", ""))
 
 
+def netloc(url: str) -> str | None:
+    """The host:port of a URL; None for one that does not parse ("http://[" would raise in urlsplit)."""
+    try:
+        return urlsplit(url).netloc.lower()
+    except ValueError:
+        return None
+
+
 def loopback_host(value: str, port: int, names: tuple[str, ...]) -> bool:
     """Whether a Host header names this machine's loopback at this port: a loopback address, or one of ``names``
     (never a name resolved now: a DNS-rebinding name resolves to 127.0.0.1 too)."""
-    where = urlsplit(f"//{value}")
     try:
+        where = urlsplit(f"//{value}")
         if where.port != port or where.hostname is None:
             return False
     except ValueError:  # a port that is not a number
@@ -116,7 +124,7 @@ class Guard:
             return await refuse(scope, send, 403, f"refused: Host '{host}' is not this UI's address (a guard against "
                                                   f"DNS rebinding); open {self.shown}")
         origin = headers.get("origin")
-        if origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        if origin is not None and netloc(origin) != host.lower():
             return await refuse(scope, send, 403, f"refused: a request from another site ({origin})")
         if self.signed_in is not None:
             return await self.login(scope, receive, send, headers, client)
@@ -129,9 +137,10 @@ class Guard:
         given = query.get("token", cookie)
         if given is None:
             return await refuse(scope, send, 403, "refused: open the URL `unitune ui` printed (it carries the token)")
-        if self.limiter.blocked(client):
+        right = same(given, self.token)  # first: local users share 127.0.0.1, and guesses must not lock the owner out
+        if not right and self.limiter.blocked(client):
             return await refuse(scope, send, 429, f"refused: too many wrong tokens from {client}; wait a minute")
-        if not same(given, self.token):
+        if not right:
             self.limiter.failed(client, given)
             return await refuse(scope, send, 403, "refused: a wrong or old token; open the URL `unitune ui` printed")
         self.limiter.succeeded(client)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from ..config import ChatConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
@@ -17,10 +18,11 @@ from ..train.records import FINISHED, record_of, run_status
 from . import form, tasks
 from .gates import Gates
 from .jobs import Job, JobQueue
-from .listing import COLUMNS, history, run_folders, run_row, status_of, updated
+from .listing import COLUMNS, history, outcome, run_folders, run_row, status_of, updated
 from .speakers import Speakers
 
 EMBEDDED = "embedded"  # the chat's value for the embedded base model
+REDRAW_S = 15.0  # a chart of runs that write is drawn again at most this often (the table and log: every REFRESH_S)
 
 
 def problem(err: BaseException) -> str:
@@ -35,17 +37,6 @@ def unique(stem: Path, taken=lambda path: False) -> Path:
         n += 1
         path = stem.with_name(f"{stem.name}-{n}")
     return path
-
-
-def outcome(folder: Path, job: Job | None) -> str | None:
-    """What the run's own record cannot say about the last job for it: an error it died of after the folder was
-    made (killed, or a failed resume), or a stop before its first checkpoint."""
-    status = status_of(folder)
-    if job is not None and job.state == "failed" and status != "failed":
-        return f"failed: {job.error_line()}"
-    if job is not None and job.state == "stopped" and status == "running":
-        return "stopped before its first checkpoint (Start it again)"
-    return None
 
 
 class Ui:
@@ -160,17 +151,22 @@ class Ui:
 
     def chart(self, folders: list[Path]) -> str:
         """The report's overlay chart of these runs against steps, as an <img> ("" when nothing is logged yet).
-        Drawn again only when a run wrote something; pyplot is not thread-safe, and every tab asks."""
+        Drawn again when a run wrote something, at most every REDRAW_S while runs write: a drawing costs ~0.2 s of
+        CPU, taken from the training beside it (bench/ui_overhead.py). pyplot is not thread-safe; every tab asks."""
         from ..evaluate.charts import overlay_png
 
         key = tuple((str(f), updated(f)) for f in folders if f.is_dir())
+        names = tuple(name for name, _ in key)
         with self._chart_lock:
-            if key not in self._charts:
-                png = overlay_png([(Path(f).name, history(Path(f))) for f, _ in key], by_progress=False)
-                if len(self._charts) >= 8:
-                    self._charts.pop(next(iter(self._charts)))
-                self._charts[key] = f"<img alt='training curves' src='data:image/png;base64,{png}'>" if png else ""
-            return self._charts[key]
+            drawn = self._charts.get(names)
+            if drawn is not None and (drawn[0] == key or (drawn[2] and time.monotonic() - drawn[1] < REDRAW_S)):
+                return drawn[2]
+            png = overlay_png([(Path(f).name, history(Path(f))) for f, _ in key], by_progress=False)
+            if len(self._charts) >= 8 and names not in self._charts:
+                self._charts.pop(next(iter(self._charts)))
+            html = f"<img alt='training curves' src='data:image/png;base64,{png}'>" if png else ""
+            self._charts[names] = (key, time.monotonic(), html)
+            return html
 
     def live_run(self) -> Path | None:
         """The folder the running training job writes."""
@@ -228,6 +224,8 @@ class Ui:
         if not chosen:
             return "Select one or more finished runs to evaluate."
         try:
+            for name in chosen:  # a folder named --flag would be read as one by the eval job's command line
+                self.gates.run(self.root / name)
             cfg = from_mapping(EvalConfig, {"runs_dir": str(self.root), "runs": chosen, "skip_base": bool(skip_base),
                                             "max_samples": max_samples or 100}, "the form")
         except UserError as err:
@@ -269,7 +267,7 @@ class Ui:
             if status_of(folder) != FINISHED:
                 continue
             base = (record_of(folder) or {}).get("model_name")  # None: the embedded model, listed first
-            if base:
+            if base and self.gates.readable("model_name", base):
                 bases.setdefault(base, f"base: {base}")
             runs.append((f"run: {folder.name}", str(folder)))
         return [(label, value) for value, label in bases.items()] + runs
@@ -291,6 +289,7 @@ class Ui:
         try:
             output = (output or "").strip()
             self.gates.write("output", output)
+            self.gates.run(self.root / run)
             name = f"{run}-{quant if fmt == 'gguf' else fmt}"
             folder = Path(output) if output else unique(self.root / "exported" / name,
                                                         lambda p: self.queue.busy(str(p)) is not None)

@@ -16,25 +16,33 @@ PATH_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".gguf", ".jinja", ".j2"
 
 
 def looks_local(value: str) -> bool:
-    """Whether a value names a local path rather than a Hub id: it exists here, or it is written as a path."""
+    """Whether a value names a local path rather than a Hub id: it exists here, or it is written as a path (a value
+    no path can be, "~nosuchuser/x" or one with a NUL, counts as one, and is refused as lying outside)."""
     if not value:
         return False
-    if value.startswith(("/", ".", "~")) or value.endswith(PATH_SUFFIXES) or "\\" in value:
+    if value.startswith(("/", ".", "~", "-")) or value.endswith(PATH_SUFFIXES) or "\\" in value:
         return True
-    return Path(value).expanduser().exists() or value.count("/") > 1
+    try:
+        return Path(value).expanduser().exists() or value.count("/") > 1
+    except (OSError, RuntimeError, ValueError):
+        return True
 
 
 def within(path: str | Path, folders: list[Path]) -> bool:
     """Whether ``path``, symlinks resolved, is one of ``folders`` or lies under one of them."""
-    where = Path(path).expanduser().resolve()
-    return any(where == base or base in where.parents for base in (Path(f).expanduser().resolve() for f in folders))
+    try:
+        where = Path(path).expanduser().resolve()
+        bases = [Path(f).expanduser().resolve() for f in folders]
+    except (OSError, RuntimeError, ValueError):  # no such user (~x), a NUL, a name too long: not a place we allow
+        return False
+    return any(where == base or base in where.parents for base in bases)
 
 
 class Gates:
     def __init__(self, root: Path, allow_code: bool = False, allow_dirs: list[str] | None = None):
         self.root = Path(root)
         self.allow_code = allow_code
-        self.readable = [self.root, *map(Path, allow_dirs or [])]
+        self.readable_dirs = [self.root, *map(Path, allow_dirs or [])]
 
     def code(self, specs: list[str] | str | None, what: str = "reward_funcs") -> None:
         """Refuse a reward (or tool) spec that loads a file or a module, unless the UI was started with --allow_code."""
@@ -46,9 +54,29 @@ class Gates:
                                 f"rewards ({', '.join(BUILTINS)}) unless started with --allow_code")
 
     def read(self, key: str, value: str | None) -> None:
-        if value and (key in ALWAYS_LOCAL or looks_local(str(value))) and not within(value, self.readable):
+        if value and (key in ALWAYS_LOCAL or looks_local(str(value))) and not within(value, self.readable_dirs):
             raise UserError(f"{key} {value} lies outside the runs folder {self.root} (uploads included); move it "
                             "there, or start the UI with --allow_dir FOLDER")
+
+    def readable(self, key: str, value: str | None) -> bool:
+        try:
+            self.read(key, value)
+        except UserError:
+            return False
+        return True
+
+    def run(self, folder: Path) -> None:
+        """A run the page names (to evaluate, export or chat with): its folder name must not read as a flag, and
+        the base model and data its record names (anyone may have written it) pass the read gate."""
+        from ..train.records import record_of
+
+        if Path(folder).name.startswith("-"):
+            raise UserError(f"run folder '{Path(folder).name}' starts with '-', which a command line reads as a flag; "
+                            "rename it")
+        record = record_of(Path(folder)) or {}
+        given = record.get("settings") or record  # what was asked for (None: the embedded model, the bundled data)
+        for key in READ_KEYS:
+            self.read(key, given.get(key))
 
     def write(self, key: str, value: str | None) -> None:
         if value and not within(value, [self.root]):

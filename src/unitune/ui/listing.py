@@ -11,6 +11,7 @@ from pathlib import Path
 from ..train.live_log import LOG_FILE
 from ..train.lock import LOCK_FILE, holder
 from ..train.records import ASIDE, FINISHED, RUN_FILE, record_of, run_status, status_line
+from .jobs import Job
 from .watch import LogFollower, Memo, stamp
 
 COLUMNS = ["run", "method", "status", "step", "loss", "updated"]
@@ -123,3 +124,14 @@ def updated(folder: Path) -> float:
         except OSError:  # not written yet, or the run was just moved aside
             pass
     return max(times, default=0.0)
+
+
+def outcome(folder: Path, job: Job | None) -> str | None:
+    """What the run's own record cannot say about the last job for it: an error it died of after the folder was
+    made (killed, or a failed resume), or a stop before its first checkpoint."""
+    status = status_of(folder)
+    if job is not None and job.state == "failed" and status != "failed":
+        return f"failed: {job.error_line()}"
+    if job is not None and job.state == "stopped" and status == "running":
+        return "stopped before its first checkpoint (Start it again)"
+    return None
