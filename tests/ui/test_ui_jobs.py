@@ -11,11 +11,11 @@ from unitune.ui.jobs import Job
 
 
 @pytest.fixture
-def ui(tmp_path, monkeypatch):
+def ui(tmp_path, monkeypatch, tiny_model_dir):
     from unitune.ui.actions import Ui
 
     monkeypatch.chdir(tmp_path)
-    ui = Ui(UiConfig(runs_dir="runs"))
+    ui = Ui(UiConfig(runs_dir="runs", allow_dir=[str(tiny_model_dir)]))  # the runs' base model lies outside
     yield ui
     ui.close()
 
@@ -89,17 +89,29 @@ def test_the_page_follows_a_queued_job_until_it_ends(ui, tmp_path):
 
 
 @pytest.mark.slow  # trains a tiny run, then `unitune export` in a job
-def test_export_job_writes_a_gguf_under_the_runs_folder(ui, tiny_args):
+def test_export_job_writes_a_gguf_under_the_runs_folder(ui, tiny_args, tiny_model_dir):
     from unitune.cli import main
 
     argv = tiny_args("sft")
     argv[argv.index("--output_dir") + 1] = str(ui.root / "sft_tiny")
     assert main(argv) == 0
     shown = list(ui.export("sft_tiny", "gguf", "f16", "quantized", ""))
-    assert any("is running" in line for line, _ in shown[:-1])
+    assert any("is running" in line for line, _ in shown[:-1]), shown
     line, files = shown[-1]
     folder = ui.root / "exported" / "sft_tiny-f16"
     assert line == f"Exported to `{folder}`.", line
     assert sorted(Path(f).name for f in files) == ["Modelfile", "model-f16.gguf", "unitune_export.json"]
     assert ui.queue.jobs[-1].argv[0] == "export" and ui.queue.jobs[-1].state == "finished"
     assert [p.name for p in ui.runs()] == ["sft_tiny"]
+    # without --allow_dir for the base model its record names, the page may not export (nor chat with) that run
+    from unitune.ui.actions import Ui
+
+    strict = Ui(UiConfig(runs_dir="runs"))
+    try:
+        [(said, files)] = list(strict.export("sft_tiny", "gguf", "f16", "quantized", ""))
+        assert said.startswith("**Error:** model_name ") and "--allow_dir" in said and files == []
+        assert str(tiny_model_dir) not in [value for _, value in strict.chat_choices()]
+        assert str(tiny_model_dir) in [value for _, value in ui.chat_choices()]
+        assert strict.queue.jobs == []
+    finally:
+        strict.close()
