@@ -47,11 +47,18 @@ def read_log(folder: Path) -> list[dict]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError:
         return []
-    entries: list[dict] = []
+    return add_entries([], lines)
+
+
+def add_entries(entries: list[dict], lines: list[str]) -> list[dict]:
+    """``entries`` followed by the log lines' entries; a resume's "begin" entry drops what came after its step. A line
+    that is not a whole JSON object (one being written right now) is skipped."""
     for line in lines:
         try:
             entry = json.loads(line)
-        except ValueError:  # a line being written right now
+        except ValueError:
+            continue
+        if not isinstance(entry, dict):
             continue
         if entry.get("event") == "begin":
             entries = [e for e in entries if e.get("step", 0) <= entry.get("step", 0)]

@@ -117,13 +117,8 @@ def fresh_row(folder: Path, live: bool, status: str | None) -> list:
 
 def updated(folder: Path) -> float:
     """When the run last wrote its record or log (appending to a file leaves the folder's own time alone)."""
-    times = []
-    for path in (folder, folder / RUN_FILE, folder / LOG_FILE):
-        try:
-            times.append(path.stat().st_mtime)
-        except OSError:  # not written yet, or the run was just moved aside
-            pass
-    return max(times, default=0.0)
+    found = stamp(folder, folder / RUN_FILE, folder / LOG_FILE)  # None: not written yet, or just moved aside
+    return max((s[2] for s in found if s is not None), default=0) / 1e9
 
 
 def outcome(folder: Path, job: Job | None) -> str | None:

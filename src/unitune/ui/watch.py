@@ -5,12 +5,13 @@ on from where the last read stopped."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+
+from ..train.live_log import add_entries
 
 TAIL_LIMIT = 256 << 10  # a tail reads at most this much of a log (a progress bar without newlines is one long line)
 
@@ -115,20 +116,6 @@ class LogFollower:
             while len(self._logs) > self.size:
                 self._logs.popitem(last=False)
             return list(kept[2])
-
-
-def add_entries(entries: list[dict], lines: list[str]) -> list[dict]:
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(entry, dict):
-            continue
-        if entry.get("event") == "begin":
-            entries = [e for e in entries if e.get("step", 0) <= entry.get("step", 0)]
-        entries.append(entry)
-    return entries
 
 
 __all__ = ["LogFollower", "Memo", "read_tail", "stamp", "tail"]
