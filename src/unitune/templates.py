@@ -1,20 +1,20 @@
 """Render conversations with the chat template and find the trained spans.
 
-The one place SFT, the preference methods, GRPO prompts, `unitune check` and the evaluator turn messages
-into text: the tokens the evaluator scores as a reply are the tokens SFT trains.
+The one place SFT, the preference methods, GRPO prompts, `unitune check` and the evaluator turn messages into text:
+the tokens the evaluator scores as a reply are the tokens SFT trains.
 
 How a reply's span is found, per template (`ChatFormat.how`):
-- **markers**: the template marks assistant output with `{% generation %}` (the model repo's own, or a
-  user's `--chat_template FILE`);
-- **TRL training template**: TRL ships generation-tagged, prefix-preserving twins of the templates of the
-  families people fine-tune most (Qwen3, Llama-3, Gemma, Phi-3, DeepSeek, GLM, ...); rows are rendered with
-  the twin (`trl.chat_template_utils.get_training_chat_template`);
-- **turn by turn**: other templates are rendered one assistant turn at a time; the span is what the turn
-  adds after the generation prompt, up to where the full render and the partial one part.
+- **markers**: the template marks assistant output with `{% generation %}` (the model repo's own, or a user's
+  `--chat_template FILE`);
+- **TRL training template**: TRL ships generation-tagged, prefix-preserving twins of the templates of the families
+  people fine-tune most (Qwen3, Llama-3, Gemma, Phi-3, DeepSeek, GLM, ...); rows are rendered with the twin
+  (`trl.chat_template_utils.get_training_chat_template`);
+- **turn by turn**: other templates are rendered one assistant turn at a time; the span is what the turn adds after
+  the generation prompt, up to where the full render and the partial one part.
 
-Every row is then checked against its messages: each reply's text lies inside its span, no other message's
-text does, and the span ends on the end-of-turn token (what the model must learn to stop). A row that fails
-stops training with one line; a guessed mask is never used.
+Every row is then checked against its messages: each reply's text lies inside its span, no other message's text
+does, and the span ends on the end-of-turn token (what the model must learn to stop). A row that fails stops
+training with one line; a guessed mask is never used.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from jinja2 import TemplateError
 from .errors import UserError, warn
 
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
+RENDERS_KEPT = 64  # a row's renders (prefixes of a few turns, both sides of a pair), not a split's
 TOKEN_FIX = ("use the chat template written for this model's tokenizer, or a tokenizer that has the token (a template "
              "from another model family needs that family's special tokens)")
 
@@ -56,12 +57,12 @@ def _reply_text(content: str) -> str:
 
 
 def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """Length of the longest common prefix: a binary search over slice comparisons (C speed, not per character)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if a[:mid] == b[:mid] else (low, mid - 1)
+    return low
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,19 @@ class ChatFormat:
         return fold_system(messages) if self.folds_system else messages
 
     def render(self, messages: list[dict], generation_prompt: bool = False, template: str | None = None) -> str:
+        """The messages rendered. The last RENDERS_KEPT renders are kept: a row's spans, checks and lengths render the
+        same prefixes (a pair's prompt twice), and Jinja is the data path's largest cost."""
+        turns = tuple((m["role"], m["content"]) for m in self.prepare(messages))
         try:
-            return self.tokenizer.apply_chat_template(self.prepare(messages), tokenize=False,
-                                                      add_generation_prompt=generation_prompt,
-                                                      chat_template=template or self.template)
+            return self._render(turns, generation_prompt, template or self.template)
+        except TypeError:  # content that is not text (parts of a multimodal message): rendered, not kept
+            return ChatFormat._render.__wrapped__(self, turns, generation_prompt, template or self.template)
+
+    @functools.lru_cache(maxsize=RENDERS_KEPT)
+    def _render(self, turns: tuple, generation_prompt: bool, template: str) -> str:
+        try:
+            return self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=False,
+                                                      add_generation_prompt=generation_prompt, chat_template=template)
         except TemplateError as err:
             raise UserError(f"the chat template rejected a row ({err}); fix the row's roles "
                             "(user and assistant turns alternating) or " + FIX) from None
@@ -95,8 +105,6 @@ class ChatFormat:
     def generation_prompt(self, messages: list[dict]) -> str:
         """The prompt as the model sees it at inference: the tokenizer's own template, generation prompt added."""
         return self.render(messages, generation_prompt=True, template=self.tokenizer.chat_template)
-
-    # ------------------------------------------------------------ spans
 
     def _marked_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
         from transformers.utils.chat_template_utils import render_jinja_template
@@ -210,8 +218,6 @@ class ChatFormat:
         if self.end_of_turn:
             ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
         return sorted(ids)
-
-    # ------------------------------------------------------------ tokens
 
     def encode(self, messages: list[dict], last_only: bool = False) -> dict:
         """Token ids and an assistant mask (1 = carries loss): each reply and its end-of-turn token."""

@@ -21,6 +21,9 @@ def stats(values: list[int]) -> dict | None:
             "max": max(values)}
 
 
+BATCH_ROWS = 256  # rows whose texts go to the fast tokenizer in one batch call (its Rust threads share the work)
+
+
 class Lengths:
     """Token counts of prompts and replies, rendered the way training renders them."""
 
@@ -29,36 +32,56 @@ class Lengths:
         self.chat = chat_format(tokenizer) if tokenizer.chat_template else None
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.counts([text])[0]
+
+    def counts(self, texts: list[str]) -> list[int]:
+        """Token counts of many texts: one batch call of the fast tokenizer."""
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        return self.chat.render(messages, generation_prompt=True) if self.chat else as_text(messages)
+
+    def full_text(self, prompt: list[dict], reply: list[dict]) -> str:
+        return self.chat.render(prompt + reply) if self.chat else as_text(prompt) + as_text(reply)
 
     def prompt(self, messages: list[dict]) -> int:
-        if not self.chat:
-            return self.count(as_text(messages))
-        return self.count(self.chat.render(messages, generation_prompt=True))
+        return self.count(self.prompt_text(messages))
 
     def full(self, prompt: list[dict], reply: list[dict]) -> int:
-        if not self.chat:
-            return self.count(as_text(prompt) + as_text(reply))
-        return self.count(self.chat.render(prompt + reply))
+        return self.count(self.full_text(prompt, reply))
+
+
+def _texts(row: dict, fmt: str, lengths: Lengths) -> tuple[str | None, list[str], bool]:
+    """(the prompt's text, or None without one; each reply's text with its prompt; whether the row has a prompt)."""
+    prompt, replies = row_views(row, fmt)
+    head = lengths.prompt_text(prompt) if prompt else None
+    fulls = [lengths.full_text(prompt, reply) if prompt else as_text(reply) for reply in replies]
+    return head, fulls, bool(prompt)
 
 
 def measure(ds, fmt: str, lengths: Lengths, max_length: int) -> dict:
-    """Prompt and reply token counts per row, and what --max_length would cut."""
+    """Prompt and reply token counts per row, and what --max_length would cut. Rows are read and their texts
+    tokenised a batch at a time."""
     prompt_len, reply_len, row_len, cut = [], [], [], []
-    for row in ds:
-        prompt, replies = row_views(row, fmt)
-        p = lengths.prompt(prompt) if prompt else 0
-        if prompt or fmt != "text":
-            prompt_len.append(p)
-        excess = row_tokens = 0  # a row is cut when any of its replies is (a pair has two)
-        for reply in replies:
-            total = lengths.full(prompt, reply) if prompt else lengths.count(as_text(reply))
-            reply_len.append(total - p)
-            row_tokens += min(total, max_length)
-            excess = max(excess, total - max_length)
-        if excess > 0:
-            cut.append(excess)
-        row_len.append(row_tokens if replies else min(p, max_length))
+    for batch in ds.iter(batch_size=BATCH_ROWS):
+        plans = [_texts(dict(zip(batch, values)), fmt, lengths) for values in zip(*batch.values())]
+        texts = [t for head, fulls, _ in plans for t in ([head] if head is not None else []) + fulls]
+        counts = iter(lengths.counts(texts))
+        for head, fulls, has_prompt in plans:
+            p = next(counts) if head is not None else 0
+            if has_prompt or fmt != "text":
+                prompt_len.append(p)
+            excess = row_tokens = 0  # a row is cut when any of its replies is (a pair has two)
+            for _ in fulls:
+                total = next(counts)
+                reply_len.append(total - p)
+                row_tokens += min(total, max_length)
+                excess = max(excess, total - max_length)
+            if excess > 0:
+                cut.append(excess)
+            row_len.append(row_tokens if fulls else min(p, max_length))
     return {"prompt_tokens": stats(prompt_len), "reply_tokens": stats(reply_len), "tokens": sum(row_len),
             "row_tokens": stats(row_len),  # what one row feeds the model (a pair: both sequences)
             "truncated": {"rows": len(cut), "max_length": max_length, "max_cut": max(cut, default=0),
