@@ -1,5 +1,6 @@
 """User-facing errors and warnings: one line that names the problem and the fix."""
 
+import contextlib
 import difflib
 import sys
 
@@ -24,9 +25,25 @@ def first_line(err: BaseException, typed: bool = True) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+_recorders: list[list[str]] = []  # see recorded_warnings
+
+
 def warn(message: str) -> None:
     """A warning for the user: one line on stderr (library warnings keep their own format)."""
     print(f"unitune: warning: {message}", file=sys.stderr, flush=True)
+    for recorder in _recorders:
+        recorder.append(message)
+
+
+@contextlib.contextmanager
+def recorded_warnings():
+    """The warnings given inside the block, as a list (kept with prepared data, and given again when it is loaded)."""
+    found: list[str] = []
+    _recorders.append(found)
+    try:
+        yield found
+    finally:
+        _recorders.remove(found)
 
 
 def closest(word: str, options) -> str:

@@ -95,6 +95,9 @@ class TrainConfig:
     columns: str | None = opt(None, COLUMNS_HELP, section="data columns and broken rows")
     max_bad_rows: float = opt(0.05, "stop when more than this share of the rows cannot be used (below it they "
                                     "are dropped with one warning)")
+    no_data_cache: bool = opt(False, "prepare the training data again instead of loading the rows an earlier run "
+                                     "prepared from the same data, split, method, tokenizer, template and "
+                                     "--max_length (kept under the datasets cache)")
 
     @property
     def column_map(self) -> dict[str, str]:

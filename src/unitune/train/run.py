@@ -12,10 +12,11 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..config.trackers import trackers
 from ..console import dataset_bars, use_training_bar
+from ..data import cache as data_cache
 from ..data.formats import needs_chat_template
 from ..data.load import resolve_dataset, split_names
 from ..data.pipeline import DataSettings, convert, prepare
-from ..errors import Interrupted, UserError, first_line, warn
+from ..errors import Interrupted, UserError, first_line, recorded_warnings, warn
 from ..fast.dropout import fast_lora_dropout
 from ..fast.lm_head import compact_lm_head
 from ..machine import bare_srun, is_main_process, unitune_home, world_size
@@ -100,6 +101,31 @@ def ranks_in_turn(dataset: str):
         yield
 
 
+def training_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, tokenizer):
+    """(the train split converted for the method's trainer, its usable rows, its length plan, the cache entry that
+    holds them or None): loaded from the prepared-data cache (data.cache) when an entry fits, else prepared now."""
+    settings = data_settings(cfg, cfg.max_train_samples, "max_train_samples")
+    name = None if cfg.no_data_cache else data_cache.key(dataset, split, spec, settings, tokenizer, cfg.max_length)
+    entry = data_cache.load(name)
+    if entry is None:
+        with recorded_warnings() as warnings:
+            prepared = prepare(dataset, split, spec, settings)
+            raw, fmt = prepared.rows, prepared.format
+            chat = needs_chat_template(raw, fmt) or spec.samples_completions  # GRPO prompts are rendered as chat
+            if chat:
+                require_chat_template(tokenizer, cfg.model_name or "the embedded model")
+            lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
+            converted = convert(prepared, spec, settings, tokenizer)
+        meta = {"read": prepared.read, "rows": len(raw), "format": fmt, "source_format": prepared.source_format,
+                "bad": prepared.bad, "needs_chat_template": chat, "lengths": lengths, "warnings": warnings}
+        entry = data_cache.save(name, converted, meta)
+        if entry is None:
+            return converted, len(raw), lengths, None
+    elif entry.meta["needs_chat_template"]:
+        require_chat_template(tokenizer, cfg.model_name or "the embedded model")
+    return entry.converted, entry.meta["rows"], entry.meta["lengths"], str(entry.path)
+
+
 def training_revision(source: str, out: Path, resuming: bool) -> str | None:
     """The commit of a Hub model to train on: a resumed run's own (models.revision), else the newest."""
     earlier = (record_of(out) or {}).get("base_revision") if resuming else None
@@ -130,18 +156,12 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         revision = training_revision(source, out, resuming)
         tokenizer = load_tokenizer(source, revision)
         use_template_file(tokenizer, cfg.chat_template)
-        settings = data_settings(cfg, cfg.max_train_samples, "max_train_samples")
-        prepared = prepare(dataset, split, spec, settings)
-        raw, fmt = prepared.rows, prepared.format
-        if needs_chat_template(raw, fmt) or spec.samples_completions:  # GRPO prompts are always rendered as chat
-            require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-        lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
+        train_ds, rows, lengths, cached = training_rows(cfg, spec, dataset, split, tokenizer)
         given, chosen = cfg, hw
         cfg, hw = fit_memory(cfg, hw, lengths, source)
         if hw is not chosen:
             print(hw.line(), flush=True)
-        train_ds = convert(prepared, spec, settings, tokenizer)
-        print_plan(cfg, given, len(raw), len(train_ds), split, out, lengths)
+        print_plan(cfg, given, rows, len(train_ds), split, out, lengths)
         eval_ds = None
         if cfg.eval_split:
             settings = data_settings(cfg, cfg.max_eval_samples, "max_eval_samples")
@@ -152,7 +172,8 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         print("unitune: dry run: nothing trained")
         return out
 
-    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer) | {"base_revision": revision}
+    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer) | {
+        "base_revision": revision, "data_cache": cached}
     if finished_already(cfg.resume, out, record):  # --resume auto: a requeued job that had finished
         return out
     resume = resume_target(cfg.resume, cfg.resume_from_checkpoint, out)  # before the model: a bad --resume fails fast
