@@ -141,3 +141,20 @@ def test_show_tokens_for_grpo_trains_nothing(capsys, tiny_model_dir, tmp_path):
     (view,) = json.loads(out)["splits"][0]["token_view"]
     assert code == 0 and not any(seg["trained"] for seg in view)
     assert view[0]["text"].endswith("谢谢<|im_end|>\n<|im_start|>assistant\n")  # the generation prompt
+
+
+def test_sample_measures_n_rows_and_counts_all(capsys, tmp_path, tiny_model_dir):
+    rows = [{"prompt": f"Question {i}?", "completion": f"Answer number {i}, at some length."} for i in range(20)]
+    rows.append({"prompt": "", "completion": "an unusable row"})
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    flags = ["--dataset", str(data), "--model_name", str(tiny_model_dir), "--max_length", "4"]
+    code, out, _ = check(capsys, *flags, "--json", "--sample", "5")
+    split = json.loads(out)["splits"][0]
+    assert code == 0 and split["rows"] == 21 and split["sampled"] == 5
+    assert sum(len(n) for n in split["bad_rows"].values()) == 1  # every row is still checked
+    assert split["truncated"]["rows"] == 5  # every row is over --max_length 4: only the sample is measured
+    code, out, _ = check(capsys, *flags, "--json")
+    assert json.loads(out)["splits"][0]["truncated"]["rows"] == 20 and "sampled" not in json.loads(out)["splits"][0]
+    code, out, _ = check(capsys, *flags, "--sample", "5")
+    assert "measured on a random 5 of its 21 rows (--sample)" in out

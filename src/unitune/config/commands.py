@@ -83,6 +83,8 @@ class CheckConfig:
                               "highlighted (with --json: a token_view per split)")
     json: bool = opt(False, "print the report as JSON")
     columns: str | None = opt(None, COLUMNS_HELP)
+    sample: int = opt(0, "measure token lengths and render rows on a random N rows of each split (seeded), for "
+                         "large data; every row is still read, counted and checked for unusable rows (0: all rows)")
 
     @property
     def column_map(self) -> dict[str, str]:
@@ -92,8 +94,9 @@ class CheckConfig:
         _positive(self, "max_length")
         parse_columns(self.columns)
         _template_file(self.chat_template)
-        if self.show_tokens < 0:
-            raise UserError(f"--show_tokens must be 0 (off) or more, got {self.show_tokens}")
+        for name in ("show_tokens", "sample"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")
         if self.method is not None and self.method not in METHODS:
             raise UserError(f"unknown method '{self.method}'{closest(self.method, METHODS)}; "
                             f"choose --method from: {', '.join(METHODS)}")

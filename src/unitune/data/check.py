@@ -62,7 +62,11 @@ def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) ->
             same_pairs += 1
         for problem in role_problems(row, fmt):
             roles[problem] = roles.get(problem, 0) + 1
-    report.update(measure(ds, fmt, lengths, cfg.max_length))
+    if cfg.sample and cfg.sample < len(ds):  # lengths (rendering, tokenising: the cost) on a seeded sample
+        report["sampled"] = cfg.sample
+        report.update(measure(ds.shuffle(seed=0).select(range(cfg.sample)), fmt, lengths, cfg.max_length))
+    else:
+        report.update(measure(ds, fmt, lengths, cfg.max_length))
     del report["tokens"]
     report.update(empty_prompts=empty_prompts, empty_replies=empty_replies, duplicates=duplicates,
                   chosen_equals_rejected=same_pairs, role_order=roles)
@@ -172,6 +176,9 @@ def render(report: dict, method: str | None) -> str:
         trunc = s.get("truncated", {})
         lines.append(f"{s['split']:<14}{s['rows']:>6}  {s['format'] or 'UNKNOWN':<20}{','.join(s['feeds']) or '-':<24}"
                      f"{fmt_stats('prompt_tokens'):<28}{fmt_stats('reply_tokens'):<27}{trunc.get('rows', 0):>10}")
+        if s.get("sampled"):
+            notes.append(f"{s['split']}: token lengths and truncation measured on a random {s['sampled']} of its "
+                         f"{s['rows']} rows (--sample); every row was counted and checked for unusable rows")
         if trunc.get("rows"):
             notes.append(f"{s['split']}: {trunc['rows']} rows exceed --max_length {trunc['max_length']} "
                          f"(by up to {trunc['max_cut']} tokens, mean {trunc['mean_cut']})")
