@@ -236,16 +236,17 @@ class ChatFormat:
         return text, enc["input_ids"], mask, starts
 
     def split_reply(self, prompt: list[dict], reply: list[dict]) -> tuple[str, str]:
-        """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings.
-
-        A BOS token the tokenizer adds by itself is left off the prompt, so it is not doubled."""
+        """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings. A BOS token
+        the tokenizer adds by itself is left off the prompt, so it is not doubled."""
         text, spans = self.spans(prompt + reply, last_only=True)
         start, end = spans[0]
         head = text[:start]
         bos = self.tokenizer.bos_token
-        if bos and head.startswith(bos) and self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id]:
+        if bos and head.startswith(bos) and self._adds_bos:
             head = head[len(bos):]
         return head, text[start:end]
+
+    _adds_bos = cached_property(lambda self: self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id])
 
 
 def trainer_tokenizer(tokenizer):
