@@ -20,6 +20,7 @@ training with one line; a guessed mask is never used.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,18 +87,23 @@ class ChatFormat:
 
     def render(self, messages: list[dict], generation_prompt: bool = False, template: str | None = None) -> str:
         """The messages rendered. The last RENDERS_KEPT renders are kept: a row's spans, checks and lengths render the
-        same prefixes (a pair's prompt twice), and Jinja is the data path's largest cost."""
-        turns = tuple((m["role"], m["content"]) for m in self.prepare(messages))
+        same prefixes (a pair's prompt twice), and Jinja is the data path's largest cost. The key is the whole of each
+        message (tool calls, names and any other key a template reads), never only its role and content."""
+        prepared = self.prepare(messages)
         try:
-            return self._render(turns, generation_prompt, template or self.template)
-        except TypeError:  # content that is not text (parts of a multimodal message): rendered, not kept
-            return ChatFormat._render.__wrapped__(self, turns, generation_prompt, template or self.template)
+            key = json.dumps(prepared, sort_keys=True, ensure_ascii=False)
+        except (TypeError, ValueError):  # content that is not JSON (an image in a multimodal message): not kept
+            return self._apply(prepared, generation_prompt, template or self.template)
+        return self._render(key, generation_prompt, template or self.template)
 
     @functools.lru_cache(maxsize=RENDERS_KEPT)
-    def _render(self, turns: tuple, generation_prompt: bool, template: str) -> str:
+    def _render(self, key: str, generation_prompt: bool, template: str) -> str:
+        return self._apply(json.loads(key), generation_prompt, template)
+
+    def _apply(self, messages: list[dict], generation_prompt: bool, template: str) -> str:
         try:
-            return self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns], tokenize=False,
-                                                      add_generation_prompt=generation_prompt, chat_template=template)
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
+                                                      chat_template=template)
         except TemplateError as err:
             raise UserError(f"the chat template rejected a row ({err}); fix the row's roles "
                             "(user and assistant turns alternating) or " + FIX) from None

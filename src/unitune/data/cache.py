@@ -76,12 +76,27 @@ def tokenizer_identity(tokenizer) -> str:
     return digest.hexdigest()
 
 
+def code_identity() -> str:
+    """The code that prepares rows: a hash of unitune's data and template sources, and the versions of the libraries
+    that convert them (TRL's training templates, datasets, transformers), so that a change to any of them prepares
+    again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
+    from importlib.metadata import version
+
+    here = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted([*(here / "data").glob("*.py"), here / "templates.py"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for package in ("datasets", "transformers", "trl", "tokenizers"):
+        digest.update(f"{package}={version(package)}".encode())
+    return digest.hexdigest()
+
+
 def key(dataset: str, split: str, method, settings, tokenizer, max_length: int) -> str | None:
     """The entry's name for these inputs; None when the data's contents cannot be named."""
     data = data_identity(dataset)
     if data is None:
         return None
-    parts = {"format": FORMAT, "data": data, "split": split, "rows": method.rows,
+    parts = {"format": FORMAT, "code": code_identity(), "data": data, "split": split, "rows": method.rows,
              "method": method.name, "settings": asdict(settings), "tokenizer": tokenizer_identity(tokenizer),
              "max_length": max_length}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
