@@ -317,7 +317,7 @@ def test_preference_trainers_see_the_end_of_turn_as_eos(tokenizer):
     from datasets import Dataset
 
     from unitune.data.convert import render_pairs
-    from unitune.templates import trainer_tokenizer
+    from unitune.train.methods import trainer_tokenizer
 
     tok = with_template(tokenizer, "gemma")
     pairs = render_pairs(Dataset.from_list([{"prompt": [{"role": "user", "content": "Hi"}],

@@ -23,7 +23,6 @@ import functools
 import json
 import re
 from dataclasses import dataclass
-from functools import cached_property
 
 from jinja2 import TemplateError
 
@@ -52,8 +51,7 @@ def fold_system(messages: list[dict]) -> list[dict]:
     return [{"role": "user", "content": system}, *rest]
 
 
-def _reply_text(content: str) -> str:
-    """What of a reply the template must show: templates may drop reasoning before </think>, and trim."""
+def _reply_text(content: str) -> str:  # what of a reply a template must show: it may drop reasoning, and trim
     return content.split("</think>")[-1].strip()
 
 
@@ -155,14 +153,12 @@ class ChatFormat:
         messages = self.prepare(messages)
         spans = [(s, e) for s, e in spans if e > s]
         replies = [m for m in messages if m["role"] == "assistant"]
-        tidy = []
+        tidy, cursor, turns = [], 0, iter(spans)
         if len(spans) != len(replies):
             self._fail(f"found {len(spans)} trained spans for {len(replies)} assistant replies", text)
-        cursor = 0
-        turns = iter(spans)
         for index, message in enumerate(messages):
-            needle = _reply_text(str(message["content"])) if message["role"] == "assistant" else str(
-                message["content"]).strip()
+            content = str(message["content"])
+            needle = _reply_text(content) if message["role"] == "assistant" else content.strip()
             if message["role"] != "assistant":
                 at = text.find(needle, cursor) if needle else -1
                 if at >= 0 and any(s < at + len(needle) and at < e for s, e in spans):
@@ -205,7 +201,7 @@ class ChatFormat:
         raise UserError(f"cannot find a correct loss mask with the chat template of {name} ({why}; row starts "
                         f"{text[:60]!r}); {fix}")
 
-    @cached_property
+    @functools.cached_property
     def end_of_turn(self) -> str | None:
         """The control token that closes an assistant reply (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``...)."""
         probe = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"},
@@ -252,27 +248,13 @@ class ChatFormat:
             head = head[len(bos):]
         return head, text[start:end]
 
-    _adds_bos = cached_property(lambda self: self.tokenizer("x")["input_ids"][:1] == [self.tokenizer.bos_token_id])
-
-
-def trainer_tokenizer(tokenizer):
-    """The tokenizer for trainers that take rendered strings (DPO, ORPO, KTO), with its EOS set to the template's
-    end-of-turn token: they append the EOS to a reply that does not end with it, and the reply already ends with
-    its end-of-turn token (Gemma's <end_of_turn>, Llama-3's <|eot_id|>), as SFT and the evaluator have it."""
-    import copy
-
-    if not tokenizer.chat_template:
-        return tokenizer
-    end = chat_format(tokenizer).end_of_turn
-    if not end or end == tokenizer.eos_token:
-        return tokenizer
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.eos_token = end
-    return tokenizer
+    _adds_bos = functools.cached_property(lambda self: self.tokenizer("x")["input_ids"][:1] == [
+        self.tokenizer.bos_token_id])
 
 
 def _rejects_system(tokenizer, template: str) -> bool:
-    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+             {"role": "assistant", "content": "a"}]
     try:
         tokenizer.apply_chat_template(probe, tokenize=False, chat_template=template)
     except TemplateError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from trl import DPOConfig, DPOTrainer
 
 from ...models.load import lora_config
-from ...templates import trainer_tokenizer
+from . import trainer_tokenizer
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):

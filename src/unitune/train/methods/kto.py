@@ -5,7 +5,7 @@ from __future__ import annotations
 from trl import KTOConfig, KTOTrainer
 
 from ...models.load import lora_config
-from ...templates import trainer_tokenizer
+from . import trainer_tokenizer
 
 
 def class_weights(labels: list[bool]) -> tuple[float, float, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from ...models.load import lora_config
-from ...templates import trainer_tokenizer
+from . import trainer_tokenizer
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
