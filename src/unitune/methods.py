@@ -28,7 +28,7 @@ _PAIRS = ("preference", "preference_implicit")
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("sft", ("conversational", "prompt_completion", "text", *_PAIRS), 2e-4, "train_sft", None,
                "supervised fine-tuning on replies", "conversations"),
-    MethodSpec("dpo", _PAIRS, 5e-5, "train_prefs", 0.1, "direct preference optimisation", "pairs"),
+    MethodSpec("dpo", _PAIRS, 5e-5, "train_prefs", 0.1, "direct preference optimisation", "pair_ids"),
     MethodSpec("orpo", _PAIRS, 8e-6, "train_prefs", 0.1, "odds-ratio preference optimisation, no reference", "pairs"),
     MethodSpec("kto", ("unpaired", *_PAIRS), 5e-5, "train_prefs", 0.1, "Kahneman-Tversky optimisation", "unpaired"),
     MethodSpec("grpo", ("prompt_only", "preference", "prompt_completion", "unpaired", "conversational"), 5e-5,

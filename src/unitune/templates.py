@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
 
 from .errors import UserError, warn
+from .masks import FIX, check_spans, common_prefix, span_mask, token_spans
 
-FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
 RENDERS_KEPT = 64  # a row's renders (prefixes of a few turns, both sides of a pair), not a split's
-TOKEN_FIX = ("use the chat template written for this model's tokenizer, or a tokenizer that has the token (a template "
-             "from another model family needs that family's special tokens)")
 
 
 def eos_ids(tokenizer, generation_config=None) -> set[int]:
@@ -49,19 +46,6 @@ def fold_system(messages: list[dict]) -> list[dict]:
     if rest and rest[0]["role"] == "user":
         return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
-
-
-def _reply_text(content: str) -> str:  # what of a reply a template must show: it may drop reasoning, and trim
-    return content.split("</think>")[-1].strip()
-
-
-def _common_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix: a binary search over slice comparisons (C speed, not per character)."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if a[:mid] == b[:mid] else (low, mid - 1)
-    return low
 
 
 @dataclass(frozen=True)
@@ -137,7 +121,7 @@ class ChatFormat:
                 continue
             upto = self.render(messages[: i + 1])
             # Where this turn's render and the full one part: the next turn starts, or a final-turn-only token.
-            end = _common_prefix(upto, full)
+            end = common_prefix(upto, full)
             spans.append((len(prompt), len(full[:end].rstrip())))
         return full, spans
 
@@ -148,58 +132,13 @@ class ChatFormat:
         return text, spans[-1:] if last_only else spans
 
     def check(self, messages: list[dict], text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """One span per assistant reply, holding that reply's text and ending on an end-of-turn token; no other
-        message's text inside any span. Returns the spans with trailing whitespace dropped."""
-        messages = self.prepare(messages)
-        spans = [(s, e) for s, e in spans if e > s]
-        replies = [m for m in messages if m["role"] == "assistant"]
-        tidy, cursor, turns = [], 0, iter(spans)
-        if len(spans) != len(replies):
-            self._fail(f"found {len(spans)} trained spans for {len(replies)} assistant replies", text)
-        for index, message in enumerate(messages):
-            content = str(message["content"])
-            needle = _reply_text(content) if message["role"] == "assistant" else content.strip()
-            if message["role"] != "assistant":
-                at = text.find(needle, cursor) if needle else -1
-                if at >= 0 and any(s < at + len(needle) and at < e for s, e in spans):
-                    self._fail(f"the text of a {message['role']} turn would carry loss", text)
-                cursor = at + len(needle) if at >= 0 else cursor
-                continue
-            start, end = next(turns)
-            if not needle:
-                raise UserError(f"a row has an empty assistant reply (row starts {text[:60]!r}); fill it in or "
-                                "remove the row")
-            at = text.rfind(needle, start, end)  # the reply closes its span (reasoning may come before it)
-            if at < 0:
-                self._fail("an assistant reply does not lie inside its trained span", text)
-            # Role headers are not trained: a span starts no earlier than the end of the generation prompt.
-            start = max(start, min(_common_prefix(self.render(messages[:index], generation_prompt=True), text), at))
-            tail = text[at + len(needle): end]
-            end = at + len(needle) + len(tail.rstrip())
-            if not self._only_control_tokens(tail):
-                marker = re.match(r"\s*(<[^<>\s]{1,40}>)", tail)  # <|eot_id|>, <end_of_turn>: a foreign control token
-                if marker and len(self.tokenizer(marker.group(1), add_special_tokens=False)["input_ids"]) > 1:
-                    self._fail(f"the template ends a reply with {marker.group(1)!r}, which is no single token of "
-                               "this tokenizer", text, TOKEN_FIX)
-                self._fail(f"the trained span runs past the reply into {tail.strip()[:40]!r}", text)
-            if not tail.strip():
-                self._fail("no end-of-turn token is trained after the reply, so the model would not learn to stop",
-                           text)
-            tidy.append((start, end))
-            cursor = end
-        return tidy
+        """The spans checked against the messages (masks.check_spans), trailing whitespace dropped."""
+        return check_spans(self, self.prepare(messages), text, spans)
 
-    def _only_control_tokens(self, tail: str) -> bool:
-        """Whitespace and the tokenizer's added tokens (end-of-turn markers) only."""
-        rest = tail
-        for token in sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True):
-            rest = rest.replace(token, "")
-        return not rest.strip()
-
-    def _fail(self, why: str, text: str, fix: str = FIX):
-        name = getattr(self.tokenizer, "name_or_path", "") or "the model"
-        raise UserError(f"cannot find a correct loss mask with the chat template of {name} ({why}; row starts "
-                        f"{text[:60]!r}); {fix}")
+    @functools.cached_property
+    def added_tokens(self) -> list[str]:
+        """The tokenizer's added tokens (control tokens), longest first."""
+        return sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
 
     @functools.cached_property
     def end_of_turn(self) -> str | None:
@@ -234,8 +173,15 @@ class ChatFormat:
         text, spans = self.spans(messages, last_only)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         starts = [a for a, _ in enc["offset_mapping"]]
-        mask = [int(any(s <= a < e for s, e in spans)) for a in starts]
-        return text, enc["input_ids"], mask, starts
+        return text, enc["input_ids"], span_mask(starts, spans), starts
+
+    def encode_batch(self, conversations: list[list[dict]]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """``encode`` for many conversations, their spans found and checked row by row and their texts tokenised in
+        one batch call: (token ids, the token index range of each reply's span)."""
+        found = [self.spans(messages) for messages in conversations]
+        enc = self.tokenizer([text for text, _ in found], add_special_tokens=False, return_offsets_mapping=True)
+        return enc["input_ids"], [token_spans([a for a, _ in offsets], spans)
+                                  for (_, spans), offsets in zip(found, enc["offset_mapping"])]
 
     def split_reply(self, prompt: list[dict], reply: list[dict]) -> tuple[str, str]:
         """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings. A BOS token
@@ -250,6 +196,13 @@ class ChatFormat:
 
     _adds_bos = functools.cached_property(lambda self: self.tokenizer("x")["input_ids"][:1] == [
         self.tokenizer.bos_token_id])
+
+
+def reply_end(tokenizer) -> str | None:
+    """The token a rendered reply ends with: the template's end-of-turn token, else the tokenizer's EOS. The trainers
+    that take strings (DPO, ORPO, KTO) append their tokenizer's EOS to a reply that does not end with it."""
+    end = chat_format(tokenizer).end_of_turn if tokenizer.chat_template else None
+    return end or tokenizer.eos_token
 
 
 def _rejects_system(tokenizer, template: str) -> bool:

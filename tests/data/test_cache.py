@@ -64,7 +64,8 @@ def test_other_inputs_prepare_again(prepared, tmp_path, tokenizer):
 
     write_pairs(tmp_path / "pairs.jsonl", reply="Lyon is the capital.")  # the file edited in place
     (edited, _, _, other), fresh = prepared(data)
-    assert fresh and other != entry and "Lyon" in edited[0]["chosen"] and "Paris" in rows[0]["chosen"]
+    assert fresh and other != entry
+    assert "Lyon" in tokenizer.decode(edited[0]["chosen_ids"]) and "Paris" in tokenizer.decode(rows[0]["chosen_ids"])
 
 
 def test_no_data_cache(prepared, tmp_path):

@@ -13,6 +13,7 @@ from unitune.data.load import DEMO_DIR
 from unitune.data.pipeline import prepare
 from unitune.methods import METHODS
 from unitune.models.hardware import choose_hardware
+from unitune.templates import chat_format
 from unitune.train.records import RUN_FILE
 from unitune.train.methods import trainer_module
 from unitune.train.run import data_settings, training_args
@@ -57,14 +58,15 @@ def test_prompt_tokens_carry_no_loss(tiny_model_dir, tokenizer, tmp_path):
     cfg = parse_config(TrainConfig, ["--method", "sft", "--model_name", str(tiny_model_dir),
                                      "--output_dir", str(tmp_path / "r")], "t")
     spec = METHODS["sft"]
-    ds = prepare(str(DEMO_DIR), "train_sft", spec, data_settings(cfg, 4, "max_train_samples"), tokenizer)
-    ds = ds.converted
+    prepared = prepare(str(DEMO_DIR), "train_sft", spec, data_settings(cfg, 4, "max_train_samples"), tokenizer)
+    ds = prepared.converted
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     trainer = trainer_module(spec.name).build(cfg, model, tokenizer, ds, None,
                                 training_args(cfg, choose_hardware("auto"), tmp_path / "r", False))
-    for row, source in zip(trainer.train_dataset, ds):
+    chat = chat_format(tokenizer)
+    for row, source in zip(trainer.train_dataset, prepared.rows):
         labels = torch.tensor(row["labels"])
-        mask = torch.tensor(source["assistant_masks"])
+        mask = torch.tensor(chat.encode(source["messages"])["assistant_masks"])  # row by row, as the evaluator does
         assert (labels[mask == 0] == -100).all() and (labels[mask == 1] != -100).all()
         reply = tokenizer.decode(labels[labels != -100])
         assert "user" not in reply and reply.endswith("<|im_end|>") and "Answer:" in reply
@@ -74,7 +76,7 @@ def test_train_on_prompt_trains_every_token(tiny_model_dir, tokenizer, tmp_path)
     cfg = parse_config(TrainConfig, ["--method", "sft", "--train_on_prompt"], "t")
     settings = data_settings(cfg, 2, "max_train_samples")
     ds = prepare(str(DEMO_DIR), "train_sft", METHODS["sft"], settings, tokenizer).converted
-    assert all(all(row["assistant_masks"]) for row in ds)
+    assert all(row["labels"] == row["input_ids"] for row in ds)
 
 
 def test_dry_run_trains_nothing(tiny_args, tmp_path, capsys):
@@ -95,14 +97,14 @@ def test_library_noise_stays_out_unless_verbose(tiny_model_dir, tmp_path):
     def run(*extra):
         cmd = [sys.executable, "-m", "unitune", "train", "--method", "sft", "--model_name", str(tiny_model_dir),
                "--output_dir", str(tmp_path / f"run{len(extra)}"), "--max_steps", "1", "--max_train_samples", "4",
-               *extra]
+               "--no_data_cache", *extra]  # each run prepares its data (the second would load the first's)
         done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert done.returncode == 0, done.stderr[-2000:]
         return done.stdout + done.stderr
 
     quiet, verbose = run(), run("--verbose")
     for noise in ("FutureWarning", "Loading weights", "Generating train_sft split", "Tokenizing (assistant-only",
-                  "Truncating train dataset", "{'loss': "):
+                  "Truncating to --max_length", "{'loss': "):
         assert noise not in quiet and noise in verbose, noise
     assert "unitune: plan:" in quiet and "unitune: run written to" in quiet
     assert quiet.rstrip().splitlines()[-1].startswith(f"unitune: next: unitune eval --runs_dir {tmp_path}  ")

@@ -7,8 +7,9 @@ from __future__ import annotations
 from datasets import Dataset
 
 from ..errors import UserError, warn
-from ..templates import FIX, chat_format, require_chat_template
+from ..templates import FIX, chat_format, reply_end, require_chat_template
 from .formats import as_messages
+from .lengths import BATCH_ROWS, PROMPT_TOKENS
 from .views import pair_row, prompt_messages
 
 
@@ -86,26 +87,75 @@ def render_unpaired(ds, tokenizer):
 
 
 def conversation_rows(ds, fmt: str, settings, tokenizer):
-    """SFT: conversations tokenised with assistant-only masks (every token with --train_on_prompt);
-    prompt/completion and text rows as they are (TRL masks the prompt itself: completion_only_loss)."""
+    """SFT: conversations tokenised with labels on the assistant replies only (every token with --train_on_prompt),
+    and each row's prompt tokens (those before its last reply) for the length plan; prompt/completion and text rows
+    as they are (TRL masks the prompt itself: completion_only_loss)."""
     ds = to_conversations(ds, fmt)
     if "messages" not in ds.column_names:
         return ds
     require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
     chat = chat_format(tokenizer)
 
-    def encode(row):
+    def encode(batch):
         if settings.train_on_prompt:  # every token trained: no reply spans to find
-            ids = tokenizer(chat.render(row["messages"]), add_special_tokens=False)["input_ids"]
-            return {"input_ids": ids, "assistant_masks": [1] * len(ids)}
-        return chat.encode(row["messages"])
+            ids = tokenizer([chat.render(m) for m in batch["messages"]], add_special_tokens=False)["input_ids"]
+            return {"input_ids": ids, "labels": ids}
+        ids, spans = chat.encode_batch(batch["messages"])
+        labels = []
+        for row, ranges in zip(ids, spans):
+            trained = [-100] * len(row)
+            for first, last in ranges:
+                trained[first:last] = row[first:last]
+            labels.append(trained)
+        prompts = [ranges[-1][0] if ranges else len(row) for row, ranges in zip(ids, spans)]
+        return {"input_ids": ids, "labels": labels, PROMPT_TOKENS: prompts}
 
-    return ds.map(encode, remove_columns=ds.column_names, desc="Tokenizing (assistant-only loss)")
+    return ds.map(encode, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
+                  desc="Tokenizing (assistant-only loss)")
+
+
+def tokenize_pairs(ds, tokenizer):
+    """DPO's rows as DPOTrainer's own preparation tokenises them, a batch at a time (one call of the fast tokenizer
+    per column, its threads sharing the work), so that it is done once: the length plan reads these ids, and the
+    trainer takes them as they are (train.methods.dpo). As TRL does: the reply end appended to a reply without it;
+    the prompt, prompt + chosen and prompt + rejected tokenised; the prompt cut where the three part."""
+    from trl.data_utils import common_prefix_length
+
+    end = reply_end(tokenizer)
+    parted = 0
+
+    def tokenize(batch):
+        nonlocal parted
+        ends = [(c if not end or c.endswith(end) else c + end, r if not end or r.endswith(end) else r + end)
+                for c, r in zip(batch["chosen"], batch["rejected"])]
+        prompts = tokenizer(batch["prompt"])["input_ids"]
+        chosen = tokenizer([p + c for p, (c, _) in zip(batch["prompt"], ends)])["input_ids"]
+        rejected = tokenizer([p + r for p, (_, r) in zip(batch["prompt"], ends)])["input_ids"]
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
+        for p, c, r in zip(prompts, chosen, rejected):
+            n = min(common_prefix_length(p, c), common_prefix_length(p, r))
+            parted += n < len(p)
+            out["prompt_ids"].append(p[:n])
+            out["chosen_ids"].append(c[n:])
+            out["rejected_ids"].append(r[n:])
+        return out
+
+    ds = ds.map(tokenize, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
+                desc="Tokenizing pairs")
+    if parted:
+        warn(f"in {parted} pair(s) the tokenised prompt is not a prefix of the tokenised prompt + reply (tokens merge "
+             "across the boundary); their replies start where the two part, as TRL does")
+    return ds
 
 
 def pair_rows(ds, fmt: str, settings, tokenizer):
     """DPO, ORPO: pairs, rendered as SFT and the evaluator render them."""
     return render_pairs(to_pairs(ds, fmt), tokenizer)
+
+
+def pair_ids(ds, fmt: str, settings, tokenizer):
+    """DPO: pairs rendered as pair_rows renders them, tokenised as DPOTrainer would (tokenize_pairs)."""
+    return tokenize_pairs(pair_rows(ds, fmt, settings, tokenizer), tokenizer)
 
 
 def unpaired_rows(ds, fmt: str, settings, tokenizer):
@@ -120,5 +170,5 @@ def prompt_rows(ds, fmt: str, settings, tokenizer):
 
 
 # the method table's ``rows`` -> the conversion: (canonical rows, format, DataSettings, tokenizer) -> the trainer's rows
-CONVERSIONS = {"conversations": conversation_rows, "pairs": pair_rows, "unpaired": unpaired_rows,
-               "prompts": prompt_rows}
+CONVERSIONS = {"conversations": conversation_rows, "pairs": pair_rows, "pair_ids": pair_ids,
+               "unpaired": unpaired_rows, "prompts": prompt_rows}

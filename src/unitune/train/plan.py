@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..data.lengths import Lengths, measure
+from ..data.lengths import Lengths, from_ids, measure
 from ..errors import UserError, warn
 from ..machine import memory_limit, world_size
 from ..methods import METHODS
@@ -45,9 +45,11 @@ def planned_steps(cfg: TrainConfig, examples: int) -> int:
     return cfg.max_steps or math.ceil(cfg.num_train_epochs * per_epoch)
 
 
-def length_plan(ds, fmt: str, tokenizer, max_length: int) -> dict:
-    """Tokens and truncation of the training rows, measured as `unitune check` measures them."""
-    summary = measure(ds, fmt, Lengths(tokenizer), max_length)
+def length_plan(ds, fmt: str, tokenizer, max_length: int, converted=None) -> dict:
+    """Tokens and truncation of the training rows: from the token ids their conversion made (``converted``), else
+    measured from the rows as `unitune check` measures them."""
+    summary = (from_ids(converted, max_length) if converted is not None else None) or measure(
+        ds, fmt, Lengths(tokenizer), max_length)
     if fmt != "text" and summary["prompt_over_max_length"] == len(ds):
         shortest = summary["prompt_tokens"]["min"]
         raise UserError(f"every row's prompt alone is at least --max_length {max_length} tokens (shortest: "

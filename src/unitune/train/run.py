@@ -14,6 +14,7 @@ from ..config.trackers import trackers
 from ..console import dataset_bars, use_training_bar
 from ..data import cache as data_cache
 from ..data.formats import needs_chat_template
+from ..data.lengths import without_counts
 from ..data.load import resolve_dataset, split_names
 from ..data.pipeline import DataSettings, convert, prepare
 from ..errors import Interrupted, UserError, first_line, recorded_warnings, warn
@@ -114,8 +115,9 @@ def training_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, 
             chat = needs_chat_template(raw, fmt) or spec.samples_completions  # GRPO prompts are rendered as chat
             if chat:
                 require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-            lengths = length_plan(raw, fmt, tokenizer, cfg.max_length)
             converted = convert(prepared, spec, settings, tokenizer)
+            lengths = length_plan(raw, fmt, tokenizer, cfg.max_length, converted)
+            converted = without_counts(converted)
         meta = {"read": prepared.read, "rows": len(raw), "format": fmt, "source_format": prepared.source_format,
                 "bad": prepared.bad, "needs_chat_template": chat, "lengths": lengths, "warnings": warnings}
         entry = data_cache.save(name, converted, meta)
@@ -165,7 +167,7 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         eval_ds = None
         if cfg.eval_split:
             settings = data_settings(cfg, cfg.max_eval_samples, "max_eval_samples")
-            eval_ds = prepare(dataset, cfg.eval_split, spec, settings, tokenizer).converted
+            eval_ds = without_counts(prepare(dataset, cfg.eval_split, spec, settings, tokenizer).converted)
         callbacks = [generation_eval(cfg, dataset, tokenizer, cfg.per_device_train_batch_size)] if cfg.eval_generation \
             else []
     if cfg.dry_run:

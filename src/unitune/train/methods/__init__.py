@@ -8,7 +8,7 @@ import copy
 import importlib
 from types import ModuleType
 
-from ...templates import chat_format
+from ...templates import reply_end
 
 
 def trainer_module(method: str) -> ModuleType:
@@ -20,9 +20,7 @@ def trainer_tokenizer(tokenizer):
     """The tokenizer for trainers that take rendered strings (DPO, ORPO, KTO), with its EOS set to the template's
     end-of-turn token: they append the EOS to a reply that does not end with it, and the reply already ends with
     its end-of-turn token (Gemma's <end_of_turn>, Llama-3's <|eot_id|>), as SFT and the evaluator have it."""
-    if not tokenizer.chat_template:
-        return tokenizer
-    end = chat_format(tokenizer).end_of_turn
+    end = reply_end(tokenizer)
     if not end or end == tokenizer.eos_token:
         return tokenizer
     tokenizer = copy.deepcopy(tokenizer)
