@@ -28,11 +28,26 @@ def first_line(err: BaseException, typed: bool = True) -> str:
 _recorders: list[list[str]] = []  # see recorded_warnings
 
 
+_silenced: list[bool] = []  # see silenced
+
+
 def warn(message: str) -> None:
     """A warning for the user: one line on stderr (library warnings keep their own format)."""
+    if _silenced:
+        return
     print(f"unitune: warning: {message}", file=sys.stderr, flush=True)
     for recorder in _recorders:
         recorder.append(message)
+
+
+@contextlib.contextmanager
+def silenced():
+    """No warnings inside the block: for work done twice, such as a sample timed for an estimate."""
+    _silenced.append(True)
+    try:
+        yield
+    finally:
+        _silenced.pop()
 
 
 @contextlib.contextmanager

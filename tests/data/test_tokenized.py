@@ -108,3 +108,26 @@ def test_sft_rows_are_what_sft_trainer_makes(tokenizer, tmp_path, max_length):
     theirs = SFTTrainer._prepare_dataset(trl_self, masked, tokenizer, args, False, None, "train").to_dict()
     assert ours["input_ids"] == theirs["input_ids"] and ours["labels"] == theirs["labels"]
     assert (len(ours["input_ids"]) < len(rows)) == (max_length < 1024)  # short limits leave rows with no reply
+
+
+def test_large_data_get_an_estimate_and_warnings_once(tokenizer, monkeypatch, capsys):
+    """Large data: one line estimating the preparation from a timed sample, whose own warnings are not given (the
+    sample's rows are converted again), within a few times the real time."""
+    import time
+
+    from unitune.data import pipeline
+    from unitune.methods import METHODS
+
+    monkeypatch.setattr(pipeline, "LONG_DATA_ROWS", 1000)
+    rows = [{"prompt": f"Q{i}?", "chosen": [{"role": "assistant", "content": f"Answer {i}."}],
+             "rejected": [{"role": "assistant", "content": "No." if i else f"Answer {i}."}]} for i in range(1500)]
+    prepared = pipeline.Prepared("mem", "train", ["prompt", "chosen", "rejected"], len(rows),
+                                 format="preference", rows=Dataset.from_list(rows))
+    start = time.perf_counter()
+    converted = pipeline.convert(prepared, METHODS["dpo"], DataSettings(), tokenizer)
+    took = time.perf_counter() - start
+    out = capsys.readouterr()
+    line = next(x for x in out.out.splitlines() if "preparing 1,500 pairs: about" in x)
+    said = int(line.split("about ")[1].split(" s")[0])
+    assert len(converted) == 1499 and out.err.count("whose chosen reply equals the rejected one") == 1
+    assert took / 4 <= said <= took * 4 + 1

@@ -9,12 +9,13 @@ eval-time generation all call ``prepare``, so a split's format is found one way,
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from datasets import Dataset
 
-from ..console import dataset_bars
-from ..errors import UserError, warn
+from ..console import LONG_DATA_ROWS, dataset_bars
+from ..errors import UserError, silenced, warn
 from ..templates import require_chat_template
 from .canonical import canonical
 from .columns import COLUMN_KEYS, apply_columns
@@ -99,10 +100,38 @@ def prepare(dataset: str, split: str, method=None, settings: DataSettings = Data
 
 def convert(prepared: Prepared, method, settings: DataSettings, tokenizer) -> Dataset:
     """The pipeline's last step: the canonical rows in the shape ``method``'s trainer takes (the conversion its
-    table row names), kept in ``prepared.converted``."""
+    table row names), kept in ``prepared.converted``. Large data get an estimate first."""
     rows, fmt = prepared.rows, prepared.format
     if len(rows) and (method.samples_completions or needs_chat_template(rows, fmt)):  # GRPO renders every prompt
         require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
+    conversion = CONVERSIONS[method.rows]
+    seconds = estimate(conversion, rows, fmt, settings, tokenizer) if len(rows) >= LONG_DATA_ROWS else None
+    if seconds is not None:
+        print(f"unitune: data: preparing {len(rows):,} {NOUNS[method.rows]}: about {duration(seconds)} on this "
+              "machine", flush=True)
     with dataset_bars(len(rows)):
-        prepared.converted = CONVERSIONS[method.rows](rows, fmt, settings, tokenizer) if len(rows) else rows
+        prepared.converted = conversion(rows, fmt, settings, tokenizer) if len(rows) else rows
     return prepared.converted
+
+
+NOUNS = {"conversations": "conversations", "pairs": "pairs", "pair_ids": "pairs", "unpaired": "rows",
+         "prompts": "prompts"}  # what a conversion's rows are called in the estimate line
+SAMPLE_ROWS = 256  # rows converted (after a few to warm the template's caches) to time the estimate
+
+
+def estimate(conversion, rows: Dataset, fmt: str, settings: DataSettings, tokenizer) -> float | None:
+    """Seconds the conversion of ``rows`` should take on this machine: a sample converted and timed, scaled to the
+    rows (warnings silenced: the sample's rows are converted again). None when the sample alone is refused (its
+    rows may all be ones the whole data has few of): the conversion of all rows decides."""
+    with silenced():
+        try:
+            conversion(rows.select(range(8)), fmt, settings, tokenizer)  # the template's probes, once
+            start = time.perf_counter()
+            conversion(rows.select(range(SAMPLE_ROWS)), fmt, settings, tokenizer)
+        except UserError:
+            return None
+    return (time.perf_counter() - start) * len(rows) / SAMPLE_ROWS
+
+
+def duration(seconds: float) -> str:
+    return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
