@@ -144,10 +144,16 @@ def _report(cfg: ReportConfig, prog: str) -> int:
 def _check(cfg: CheckConfig, prog: str) -> int:
     from .data.check import render, render_tokens, run_check
 
-    report, ok = run_check(cfg)
-    print(json.dumps(report, indent=2, ensure_ascii=False) if cfg.json else render(report, cfg.method))
-    if cfg.show_tokens and not cfg.json:
-        print(render_tokens(report, color=sys.stdout.isatty()))
+    checked = [run_check(cfg, name) for name in cfg.dataset or [None]]  # several sources: each one's report
+    ok = all(found for _, found in checked)
+    if cfg.json:
+        reports = [report for report, _ in checked]
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2, ensure_ascii=False))
+        return 0 if ok else 1
+    for number, (report, _) in enumerate(checked):
+        print(("\n" if number else "") + render(report, cfg.method))
+        if cfg.show_tokens:
+            print(render_tokens(report, color=sys.stdout.isatty()))
     return 0 if ok else 1
 
 

@@ -34,7 +34,7 @@ def prepared(tmp_path, monkeypatch, tokenizer):
     def run(data: str, tok=tokenizer, **flags):
         cfg = TrainConfig(method="dpo", dataset=data, output_dir=str(tmp_path / "run"), max_bad_rows=0.2, **flags)
         before = len(calls)
-        found = train_run.training_rows(cfg, METHODS["dpo"], data, "train", tok)
+        found = train_run.training_rows(cfg, METHODS["dpo"], [data], tok)[:4]  # (rows, count, lengths, entry)
         return found, len(calls) > before
 
     return run

@@ -72,7 +72,8 @@ class EvalConfig:
 class CheckConfig:
     """Check a dataset before training: formats, the methods each split feeds, token lengths, problems."""
 
-    dataset: str | None = opt(None, "Hub id, local folder or data file (default: the bundled demo data)")
+    dataset: list[str] | None = opt(None, "Hub id, local folder or data file (default: the bundled demo data); "
+                                          "several are checked one by one")
     split: str | None = opt(None, "check only this split (default: every split)")
     method: str | None = opt(None, "exit non-zero unless every checked split can feed this method")
     model_name: str | None = opt(None, "model whose tokenizer and chat template measure the lengths "
@@ -94,6 +95,7 @@ class CheckConfig:
         _positive(self, "max_length")
         parse_columns(self.columns)
         _template_file(self.chat_template)
+        self.dataset = [self.dataset] if isinstance(self.dataset, str) else self.dataset or None
         for name in ("show_tokens", "sample"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be 0 (off) or more, got {getattr(self, name)}")

@@ -25,8 +25,11 @@ class TrainConfig:
                       section="what to train")
     model_name: str | None = opt(None, "Hub id, local model folder or .gguf file (default: the embedded "
                                        "smollm2-135m-instruct)")
-    dataset: str | None = opt(None, "Hub id, local folder in Hub layout, or .json/.jsonl/.csv/.parquet file "
-                                    "(default: the bundled demo data, alias 'demo')")
+    dataset: list[str] | None = opt(None, "Hub id, local folder in Hub layout, or .json/.jsonl/.csv/.parquet file "
+                                          "(default: the bundled demo data, alias 'demo'); several are mixed")
+    dataset_weights: list[float] | None = opt(None, "with several --dataset: each source's share of the mixed rows "
+                                                    "(default: equal); rows are drawn at random by weight, seeded by "
+                                                    "--seed, until one source runs out")
     output_dir: str | None = opt(None, "run folder (default: runs/{method}_{model short name})")
     split: str | None = opt(None, "training split (default: the method's natural split if present, else train)")
     eval_split: str | None = opt(None, "split to evaluate on during training (default: none)")
@@ -134,6 +137,7 @@ class TrainConfig:
             raise UserError(f"--reward_weights has {len(self.reward_weights)} values for {rewards} rewards "
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
+        self.dataset = sources(self.dataset, self.dataset_weights)
         self.resume = _resume_value(self.resume)
         _answer_format(self)
         check_trackers(self.report_to)
@@ -146,6 +150,23 @@ class TrainConfig:
             raise UserError(f"--max_bad_rows must be a share in [0, 1], got {self.max_bad_rows}; e.g. 0.05 for 5%")
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self.method, self.model_name))
+
+
+def sources(dataset, weights: list[float] | None) -> list[str] | None:
+    """--dataset as a list (one name given as a string, as a YAML file or a caller may, is one source), checked
+    against --dataset_weights."""
+    dataset = [dataset] if isinstance(dataset, str) else list(dataset or []) or None
+    if weights is not None:
+        if len(dataset or []) < 2:
+            raise UserError("--dataset_weights mixes several sources; give two or more --dataset values "
+                            "(e.g. --dataset a.jsonl b.jsonl --dataset_weights 0.7 0.3), or drop it")
+        if len(weights) != len(dataset):
+            raise UserError(f"--dataset_weights has {len(weights)} values for {len(dataset)} --dataset sources; "
+                            "give one weight per source")
+        if any(w <= 0 for w in weights):
+            raise UserError(f"--dataset_weights must all be greater than 0, got {' '.join(map(str, weights))}; "
+                            "drop a source instead of giving it weight 0")
+    return dataset
 
 
 def _resume_value(value) -> str:

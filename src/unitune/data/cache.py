@@ -91,14 +91,16 @@ def code_identity() -> str:
     return digest.hexdigest()
 
 
-def key(dataset: str, split: str, method, settings, tokenizer, max_length: int) -> str | None:
-    """The entry's name for these inputs; None when the data's contents cannot be named."""
-    data = data_identity(dataset)
-    if data is None:
+def key(sources: list[tuple[str, str]], method, settings, tokenizer, max_length: int,
+        mix: dict | None = None) -> str | None:
+    """The entry's name for these inputs (``sources``: each dataset and split; ``mix``: how several are mixed);
+    None when the contents of one cannot be named."""
+    data = [data_identity(dataset) for dataset, _ in sources]
+    if None in data:
         return None
-    parts = {"format": FORMAT, "code": code_identity(), "data": data, "split": split, "rows": method.rows,
-             "method": method.name, "settings": asdict(settings), "tokenizer": tokenizer_identity(tokenizer),
-             "max_length": max_length}
+    parts = {"format": FORMAT, "code": code_identity(), "data": data, "splits": [split for _, split in sources],
+             "rows": method.rows, "method": method.name, "settings": asdict(settings),
+             "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length, "mix": mix}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

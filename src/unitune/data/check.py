@@ -137,9 +137,10 @@ def render_tokens(report: dict, color: bool) -> str:
     return "\n".join(lines)
 
 
-def run_check(cfg: CheckConfig) -> tuple[dict, bool]:
-    """(report, ok): ok is False when a split cannot feed --method."""
-    dataset = resolve_dataset(cfg.dataset)
+def run_check(cfg: CheckConfig, name: str | None = None) -> tuple[dict, bool]:
+    """(report, ok) of one source (``name``: one of --dataset; None: the first, or the bundled data): ok is False
+    when a split cannot feed --method."""
+    dataset = resolve_dataset(name or (cfg.dataset or [None])[0])
     splits = [cfg.split] if cfg.split else split_names(dataset)
     source = resolve_model(cfg.model_name)
     tokenizer = load_tokenizer(source)

@@ -145,6 +145,11 @@ def lm_eval_markdown(entries: list[tuple[str, dict]]) -> str:
     return "\n## lm-evaluation-harness\n\n" + "\n".join(lines) + "\n"
 
 
+def sources_text(dataset) -> str | None:
+    """A run's --dataset as written: one source, or several joined with '+' (a mix)."""
+    return " + ".join(map(str, dataset)) if isinstance(dataset, list) else dataset
+
+
 def settings_sections(entries: list[tuple[str, dict]]) -> str:
     """A collapsible block per run with the settings that made it differ, from its unitune_run.json."""
     blocks = []
@@ -158,7 +163,8 @@ def settings_sections(entries: list[tuple[str, dict]]) -> str:
         except (OSError, ValueError, AttributeError):
             continue
         rows = {"method": record.get("method"), "base model": record.get("model_name") or record.get("base_model"),
-                "dataset": f"{settings.get('dataset') or record.get('dataset')} ({record.get('train_split')}, "
+                "dataset": f"{sources_text(settings.get('dataset')) or record.get('dataset')} ("
+                           f"{record.get('train_split')}, "
                            f"{record.get('train_rows')} rows)",
                 "learning rate": settings.get("learning_rate"), "effective batch": record.get("effective_batch"),
                 "steps": record.get("global_step"), "LoRA r / alpha / dropout":

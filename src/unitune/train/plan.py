@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..data.lengths import Lengths, from_ids, measure
+from ..data.mix import Source
 from ..errors import UserError, warn
 from ..machine import memory_limit, world_size
 from ..methods import METHODS
@@ -110,6 +111,14 @@ def fit_memory(cfg: TrainConfig, hw: Hardware, lengths: dict, source: str) -> tu
                          reason=f"{hw.reason}; no gradient checkpointing: activations ~{need / 2**30:.1f} GiB fit "
                                 f"in a quarter of the GPU's {total / 2**30:.0f} GiB")
     return cfg, hw
+
+
+def print_mix(sources: list[dict], rows: int) -> None:
+    """The sources of a mixed split: each one's rows in the mix, its share and its weight."""
+    print(f"unitune: data: {len(sources)} sources mixed ({rows:,} rows), drawn at random by weight (seeded by --seed) "
+          "until one runs out:", flush=True)
+    for source in sources:
+        print(f"unitune: data:   {Source(**source).line(rows)}", flush=True)
 
 
 def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, examples: int, split: str, out: Path,

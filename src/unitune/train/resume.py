@@ -60,12 +60,18 @@ def finished_already(resume: str, out: Path, record: dict) -> bool:
     return True
 
 
+def _one_or_many(dataset):
+    """A record's --dataset: one source as its name (records written before mixing hold a string), several as a
+    list."""
+    return dataset[0] if isinstance(dataset, list) and len(dataset) == 1 else dataset
+
+
 def resume_signature(record: dict) -> dict:
     """What must not change between a checkpoint and the command that continues it, by the flag that sets it:
     settings as the user gave them (a resolved path differs across machines and installs)."""
     settings = record.get("settings") or {}
     return {"--method": record.get("method"), "--model_name": record.get("model_name"),
-            "--dataset": settings.get("dataset"), "--split": record.get("train_split"),
+            "--dataset": _one_or_many(settings.get("dataset")), "--split": record.get("train_split"),
             "--max_train_samples (rows)": record.get("train_rows"), "--seed": settings.get("seed"),
             "--lora_r": settings.get("lora_r"), "--lora_alpha": settings.get("lora_alpha"),
             "--max_length": settings.get("max_length"),

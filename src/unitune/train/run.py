@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 import traceback
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -16,6 +17,7 @@ from ..data import cache as data_cache
 from ..data.formats import needs_chat_template
 from ..data.lengths import without_counts
 from ..data.load import resolve_dataset, split_names
+from ..data.mix import STOPPING, mix
 from ..data.pipeline import DataSettings, convert, prepare
 from ..errors import Interrupted, UserError, first_line, recorded_warnings, warn
 from ..fast.dropout import fast_lora_dropout
@@ -33,7 +35,7 @@ from .live_log import LiveLog
 from .lock import RunLock, held_while_training
 from .methods import trainer_module
 from .output_dir import prepare_output_dir
-from .plan import fit_memory, length_plan, plural, print_plan
+from .plan import fit_memory, length_plan, plural, print_mix, print_plan
 from .records import FINISHED, record_of, run_record, save_generation_config, tokens_seen, write_status
 from .resume import check_resume_matches, finished_already, resume_target
 
@@ -102,15 +104,29 @@ def ranks_in_turn(dataset: str):
         yield
 
 
-def training_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, tokenizer):
+def train_split(cfg: TrainConfig, spec: MethodSpec, dataset: str) -> str:
+    """--split, else the method's natural split where the dataset has it, else train."""
+    return cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
+
+
+def training_rows(cfg: TrainConfig, spec: MethodSpec, sources: list[str], tokenizer):
     """(the train split converted for the method's trainer, its usable rows, its length plan, the cache entry that
-    holds them or None): loaded from the prepared-data cache (data.cache) when an entry fits, else prepared now."""
+    holds them or None, the mixed sources or None): loaded from the prepared-data cache (data.cache) when an entry
+    fits, else prepared now. Several sources are mixed (data.mix) before the conversion."""
     settings = data_settings(cfg, cfg.max_train_samples, "max_train_samples")
-    name = None if cfg.no_data_cache else data_cache.key(dataset, split, spec, settings, tokenizer, cfg.max_length)
+    splits = [train_split(cfg, spec, dataset) for dataset in sources]
+    mixing = {"weights": cfg.dataset_weights, "seed": cfg.seed, "stopping": STOPPING} if len(sources) > 1 else None
+    name = None if cfg.no_data_cache else data_cache.key(list(zip(sources, splits)), spec, settings, tokenizer,
+                                                         cfg.max_length, mixing)
     entry = data_cache.load(name)
     if entry is None:
         with recorded_warnings() as warnings:
-            prepared = prepare(dataset, split, spec, settings)
+            if mixing:
+                each = replace(settings, limit=None)  # --max_train_samples: the first N rows of the mix
+                prepared, mixed = mix([prepare(d, s, spec, each) for d, s in zip(sources, splits)], spec.rows,
+                                      cfg.dataset_weights, cfg.seed, settings.limit)
+            else:
+                prepared, mixed = prepare(sources[0], splits[0], spec, settings), []
             raw, fmt = prepared.rows, prepared.format
             chat = needs_chat_template(raw, fmt) or spec.samples_completions  # GRPO prompts are rendered as chat
             if chat:
@@ -119,13 +135,15 @@ def training_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, 
             lengths = length_plan(raw, fmt, tokenizer, cfg.max_length, converted)
             converted = without_counts(converted)
         meta = {"read": prepared.read, "rows": len(raw), "format": fmt, "source_format": prepared.source_format,
-                "bad": prepared.bad, "needs_chat_template": chat, "lengths": lengths, "warnings": warnings}
-        entry = data_cache.save(name, converted, meta)
-        if entry is None:
-            return converted, len(raw), lengths, None
+                "bad": prepared.bad, "needs_chat_template": chat, "lengths": lengths, "warnings": warnings,
+                "sources": [asdict(source) for source in mixed] or None}
+        entry = data_cache.save(name, converted, meta) or data_cache.Entry(None, converted, meta)
     elif entry.meta["needs_chat_template"]:
         require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-    return entry.converted, entry.meta["rows"], entry.meta["lengths"], str(entry.path)
+    if entry.meta["sources"]:
+        print_mix(entry.meta["sources"], entry.meta["rows"])
+    return (entry.converted, entry.meta["rows"], entry.meta["lengths"], entry.path and str(entry.path),
+            entry.meta["sources"])
 
 
 def training_revision(source: str, out: Path, resuming: bool) -> str | None:
@@ -148,9 +166,10 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
     trackers(cfg.report_to)  # a missing tracker package or login fails now, not after loading data and model
     hw = choose_hardware(cfg.use_qlora, cfg.dtype)
     print(hw.line(), flush=True)
-    dataset = resolve_dataset(cfg.dataset)
-    with ranks_in_turn(dataset):  # see ranks_in_turn
-        split = cfg.split or (spec.split if spec.split in split_names(dataset) else "train")
+    sources = [resolve_dataset(name) for name in cfg.dataset or [None]]
+    dataset = sources[0]  # with several sources: the eval split, generation eval and the record's dataset
+    with ranks_in_turn(" + ".join(sources)):  # see ranks_in_turn
+        split = train_split(cfg, spec, dataset) if len(sources) == 1 else "mixed"
         resuming = cfg.resume != "false" or bool(cfg.resume_from_checkpoint)
         out = Path(cfg.output_dir) if cfg.dry_run else prepare_output_dir(cfg.output_dir, cfg.overwrite_output_dir,
                                                                            resuming, lock)
@@ -158,7 +177,7 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         revision = training_revision(source, out, resuming)
         tokenizer = load_tokenizer(source, revision)
         use_template_file(tokenizer, cfg.chat_template)
-        train_ds, rows, lengths, cached = training_rows(cfg, spec, dataset, split, tokenizer)
+        train_ds, rows, lengths, cached, mixed = training_rows(cfg, spec, sources, tokenizer)
         given, chosen = cfg, hw
         cfg, hw = fit_memory(cfg, hw, lengths, source)
         if hw is not chosen:
@@ -175,7 +194,7 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         return out
 
     record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer) | {
-        "base_revision": revision, "data_cache": cached}
+        "base_revision": revision, "data_cache": cached, "sources": mixed}
     if finished_already(cfg.resume, out, record):  # --resume auto: a requeued job that had finished
         return out
     resume = resume_target(cfg.resume, cfg.resume_from_checkpoint, out)  # before the model: a bad --resume fails fast

@@ -5,6 +5,7 @@ back as its one line, shown in the page (never only in the server's log)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -120,10 +121,11 @@ class Ui:
         source = Path(path)
         folder = self.state_dir / "uploads"
         folder.mkdir(parents=True, exist_ok=True)
-        target, n = folder / source.name, 1
+        name = re.sub(r"[\s,]+", "_", source.name)  # the dataset field splits sources on spaces and commas
+        target, n = folder / name, 1
         while target.exists() and target.read_bytes() != source.read_bytes():  # never replace what a run used
             n += 1
-            target = folder / f"{source.stem}-{n}{source.suffix}"
+            target = folder / f"{Path(name).stem}-{n}{source.suffix}"
         shutil.copyfile(source, target)
         return str(target)
 

@@ -53,7 +53,11 @@ class Gates:
                 raise UserError(f"{what} '{spec}' would run code from a file or module; the UI runs only the built-in "
                                 f"rewards ({', '.join(BUILTINS)}) unless started with --allow_code")
 
-    def read(self, key: str, value: str | None) -> None:
+    def read(self, key: str, value: str | list | None) -> None:
+        if isinstance(value, list):  # several --dataset sources: each one passes
+            for item in value:
+                self.read(key, item)
+            return
         if value and (key in ALWAYS_LOCAL or looks_local(str(value))) and not within(value, self.readable_dirs):
             raise UserError(f"{key} {value} lies outside the runs folder {self.root} (uploads included); move it "
                             "there, or start the UI with --allow_dir FOLDER")
