@@ -101,3 +101,15 @@ def test_a_run_the_page_names_is_gated_on_its_record(root, tmp_path):
     flag.mkdir()
     with pytest.raises(UserError, match="starts with '-'"):
         gates.run(flag)
+
+
+def test_every_mixed_source_passes_the_read_gate(root, tmp_path):
+    """--dataset with several sources (the form's list): one outside the allowed folders is refused."""
+    inside = root / ".ui" / "uploads" / "a.jsonl"
+    inside.write_text("{}\n")
+    outside = tmp_path / "b.jsonl"
+    outside.write_text("{}\n")
+    Gates(root).mapping({"dataset": [str(inside), "trl-lib/Capybara"]})
+    with pytest.raises(UserError, match="--allow_dir") as err:
+        Gates(root).mapping({"dataset": [str(inside), str(outside)]})
+    assert f"dataset {outside}" in str(err.value)
