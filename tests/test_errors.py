@@ -102,6 +102,10 @@ def test_seed_script_same_errors():
     (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16' (choose from 'auto', 'float32', 'bfloat16')"),
     (["--max_train_samples", "0"], "--max_train_samples must be at least 1"),
     (["--chat_template", "/nope/t.jinja"], "--chat_template /nope/t.jinja is not a file; pass a Jinja template file"),
+    (["--dataset", "a.jsonl", "b.jsonl", "--dataset_weights", "0.5"], "--dataset_weights has 1 values for 2 --dataset"),
+    (["--dataset_weights", "0.5", "0.5"], "--dataset_weights mixes several sources; give two or more --dataset"),
+    (["--streaming", "--max_steps", "0"], "--max_steps must be greater than 0"),
+    (["--method", "grpo", "--streaming"], "--streaming trains sft and dpo"),
 ])
 def test_bad_input(capsys, tiny_args, extra, message):
     code, line = run_cli(capsys, tiny_args("sft", *extra))

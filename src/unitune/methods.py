@@ -22,13 +22,15 @@ class MethodSpec:
     summary: str
     rows: str  # the rows its trainer takes: a conversion of data.convert.CONVERSIONS
     samples_completions: bool = False  # its batch counts sampled completions (num_generations per prompt), not rows
+    streams: bool = False  # --streaming trains it (its trainer is tested on a stream of rows)
 
 
 _PAIRS = ("preference", "preference_implicit")
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("sft", ("conversational", "prompt_completion", "text", *_PAIRS), 2e-4, "train_sft", None,
-               "supervised fine-tuning on replies", "conversations"),
-    MethodSpec("dpo", _PAIRS, 5e-5, "train_prefs", 0.1, "direct preference optimisation", "pair_ids"),
+               "supervised fine-tuning on replies", "conversations", streams=True),
+    MethodSpec("dpo", _PAIRS, 5e-5, "train_prefs", 0.1, "direct preference optimisation", "pair_ids",
+               streams=True),
     MethodSpec("orpo", _PAIRS, 8e-6, "train_prefs", 0.1, "odds-ratio preference optimisation, no reference", "pairs"),
     MethodSpec("kto", ("unpaired", *_PAIRS), 5e-5, "train_prefs", 0.1, "Kahneman-Tversky optimisation", "unpaired"),
     MethodSpec("grpo", ("prompt_only", "preference", "prompt_completion", "unpaired", "conversational"), 5e-5,

@@ -80,13 +80,17 @@ def adapter(folder: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,sig,code", [("sft", signal.SIGTERM, 143), ("dpo", signal.SIGINT, 130)])
-def test_interrupted_and_resumed_equals_uninterrupted(method, sig, code, tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("method,sig,code,stream", [("sft", signal.SIGTERM, 143, False),
+                                                    ("dpo", signal.SIGINT, 130, False),
+                                                    ("dpo", signal.SIGTERM, 143, True)])
+def test_interrupted_and_resumed_equals_uninterrupted(method, sig, code, stream, tiny_model_dir, tmp_path):
     """A signal mid-run saves a checkpoint and exits 143/130 with how to resume; --resume then trains exactly the
-    steps an uninterrupted run trains (data order, dropout RNG, scheduler): same losses, same adapter."""
+    steps an uninterrupted run trains (data order, dropout RNG, scheduler): same losses, same adapter. With
+    --streaming, the stream continues from the right row."""
     def cmd(out):  # 12 steps over 20 rows: the interruption and the resume cross an epoch boundary
         return tiny_train(tiny_model_dir, out, "--method", method, "--max_steps", "12", "--max_train_samples", "20",
-                          "--gradient_accumulation_steps", "2", "--lora_dropout", "0.1")
+                          "--gradient_accumulation_steps", "2", "--lora_dropout", "0.1",
+                          *(["--streaming"] if stream else []))
 
     whole = subprocess.run(cmd(tmp_path / "whole"), env=env(), capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr[-2000:]

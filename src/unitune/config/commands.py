@@ -86,6 +86,7 @@ class CheckConfig:
     columns: str | None = opt(None, COLUMNS_HELP)
     sample: int = opt(0, "measure token lengths and render rows on a random N rows of each split (seeded), for "
                          "large data; every row is still read, counted and checked for unusable rows (0: all rows)")
+    streaming: bool = opt(False, "read each split as a stream and check its first --sample rows (default 1000)")
 
     @property
     def column_map(self) -> dict[str, str]:

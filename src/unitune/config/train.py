@@ -98,6 +98,8 @@ class TrainConfig:
     columns: str | None = opt(None, COLUMNS_HELP, section="data columns and broken rows")
     max_bad_rows: float = opt(0.05, "stop when more than this share of the rows cannot be used (below it they "
                                     "are dropped with one warning)")
+    streaming: bool = opt(False, "read the training split as a stream, converting rows as training asks for them "
+                                 "(data larger than memory; sft and dpo); needs --max_steps")
     no_data_cache: bool = opt(False, "prepare the training data again instead of loading the rows an earlier run "
                                      "prepared from the same data, split, method, tokenizer, template and "
                                      "--max_length (kept under the datasets cache)")
@@ -138,6 +140,15 @@ class TrainConfig:
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
         self.dataset = sources(self.dataset, self.dataset_weights)
+        if self.streaming and not self.max_steps:
+            raise UserError("--streaming needs --max_steps: a stream's length is not known before it is read "
+                            "(e.g. --max_steps 2000)")
+        if self.streaming and not spec.streams:
+            streams = " and ".join(name for name, method in METHODS.items() if method.streams)
+            raise UserError(f"--streaming trains {streams}; {self.method} needs its rows loaded: drop --streaming (the "
+                            "prepared-data cache keeps large data ready for the next run)")
+        if self.streaming and len(self.dataset or []) > 1:
+            raise UserError("--streaming reads one --dataset; mix the sources without --streaming")
         self.resume = _resume_value(self.resume)
         _answer_format(self)
         check_trackers(self.report_to)

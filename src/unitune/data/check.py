@@ -15,8 +15,9 @@ from ..templates import chat_format, eos_ids, use_template_file
 from .formats import FORMATS, as_text, conversational, detect_format
 from .lengths import Lengths, measure
 from .load import resolve_dataset, split_names
-from .pipeline import DataSettings, prepare
+from .pipeline import DataSettings, prepare, prepare_rows
 from .rows import describe
+from .stream import first_rows
 from .views import prompt_messages, row_views
 
 
@@ -34,10 +35,19 @@ def role_problems(row: dict, fmt: str) -> list[str]:
     return problems
 
 
+STREAM_ROWS = 1000  # check --streaming: the rows read from each split's stream without --sample
+
+
 def check_split(dataset: str, split: str, cfg: CheckConfig, lengths: Lengths) -> dict:
-    prepared = prepare(dataset, split, None, DataSettings(cfg.column_map, max_bad_rows=None), required=False)
+    settings = DataSettings(cfg.column_map, max_bad_rows=None)
+    if cfg.streaming:  # the first rows of the stream, never the whole split
+        first = first_rows(dataset, split, settings, cfg.sample or STREAM_ROWS)
+        prepared = prepare_rows(first, dataset, split, None, settings, required=False)
+    else:
+        prepared = prepare(dataset, split, None, settings, required=False)
     source, columns = prepared.source_format, prepared.columns
     report: dict = {"split": split, "rows": prepared.read, "columns": columns, "format": source,
+                    "streamed": cfg.streaming,
                     "format_description": FORMATS[source][1] if source else "unknown",
                     "feeds": [m for m, spec in METHODS.items() if detect_format(columns, spec.formats)]}
     if source is None or prepared.read == 0:
@@ -177,6 +187,8 @@ def render(report: dict, method: str | None) -> str:
         trunc = s.get("truncated", {})
         lines.append(f"{s['split']:<14}{s['rows']:>6}  {s['format'] or 'UNKNOWN':<20}{','.join(s['feeds']) or '-':<24}"
                      f"{fmt_stats('prompt_tokens'):<28}{fmt_stats('reply_tokens'):<27}{trunc.get('rows', 0):>10}")
+        if s.get("streamed"):
+            notes.append(f"{s['split']}: the first {s['rows']} rows of its stream checked (--streaming)")
         if s.get("sampled"):
             notes.append(f"{s['split']}: token lengths and truncation measured on a random {s['sampled']} of its "
                          f"{s['rows']} rows (--sample); every row was counted and checked for unusable rows")

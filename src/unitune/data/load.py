@@ -7,7 +7,7 @@ import functools
 import json
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, get_dataset_split_names, load_dataset
+from datasets import Dataset, DatasetDict, IterableDataset, get_dataset_split_names, load_dataset
 
 from ..errors import UserError, first_line
 from ..hub import hub_reachable
@@ -40,12 +40,13 @@ def _require_hub(name: str) -> None:
                         "file (.json/.jsonl/.csv/.parquet), or omit --dataset to use the bundled demo data")
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path, every_line: bool = True) -> None:
+    """A data file's type and size, and (``every_line``) each JSON line parsed: a bad line named before loading."""
     if path.suffix not in FILE_BUILDERS:
         raise UserError(f"unsupported data file type '{path.suffix}' ({path}); use .json, .jsonl, .csv or .parquet")
     if path.stat().st_size == 0:
         raise UserError(f"data file is empty: {path}; add rows, or point --dataset at another file")
-    if path.suffix == ".jsonl":
+    if path.suffix == ".jsonl" and every_line:
         with path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
@@ -119,3 +120,24 @@ def load_split(dataset: str, split: str) -> Dataset:
                         "or pass a local folder or file") from None
     except ValueError as err:
         raise UserError(f"could not read dataset '{dataset}': {str(err).splitlines()[0]}; check the file") from None
+
+
+def stream_split(dataset: str, split: str) -> IterableDataset:
+    """One split of a resolved dataset as a stream (--streaming): rows read as they are asked for, never the whole
+    split in memory or on disk. Local files stream from the files themselves; Hub datasets from the Hub."""
+    path = Path(dataset)
+    available = split_names(dataset)
+    if split not in available:
+        raise UserError(f"split '{split}' not found in {dataset}; available splits: {', '.join(available)} "
+                        "(choose one with --split / --eval_split)")
+    try:
+        if path.is_file():
+            _check_file(path, every_line=False)  # a stream does not read the whole file first
+            return load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split=split, streaming=True)
+        if not path.exists():
+            _require_hub(dataset)
+        return load_dataset(dataset, split=split, streaming=True)
+    except (ConnectionError, OSError) as err:
+        raise UserError(f"could not stream dataset '{dataset}' ({type(err).__name__}); check the name, "
+                        "or pass a local folder or file") from None
+

@@ -75,7 +75,13 @@ def prepare(dataset: str, split: str, method=None, settings: DataSettings = Data
     ``tokenizer``, the conversion for its trainer (``convert``: training calls it itself, after its length plan).
     ``required``: an empty split, or one no accepted format fits, is an error (training); otherwise the result says
     so (``source_format`` None) and the caller decides."""
-    ds = load(dataset, split, settings, required)
+    return prepare_rows(load(dataset, split, settings, required), dataset, split, method, settings, tokenizer,
+                        required)
+
+
+def prepare_rows(ds: Dataset, dataset: str, split: str, method=None, settings: DataSettings = DataSettings(),
+                 tokenizer=None, required: bool = True) -> Prepared:
+    """``prepare`` on rows already loaded (their columns renamed by --columns): a chunk of a stream, for one."""
     prepared = Prepared(dataset, split, ds.column_names, len(ds))
     accepted = method.formats if method is not None else None
     source = detect_format(ds.column_names, accepted)

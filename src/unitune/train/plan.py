@@ -123,17 +123,23 @@ def print_mix(sources: list[dict], rows: int) -> None:
 
 def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, examples: int, split: str, out: Path,
                lengths: dict) -> None:
-    """The plan: rows, optimizer steps over the ``examples`` the trainer iterates, batch, lr, output; lengths."""
-    steps = planned_steps(cfg, examples)
+    """The plan: rows, optimizer steps over the ``examples`` the trainer iterates, batch, lr, output; lengths.
+    ``rows`` None: a stream (--streaming), whose lengths were measured on its first rows."""
+    steps = planned_steps(cfg, examples) if rows is not None else cfg.max_steps
     merged = (f", merged from {given.per_device_train_batch_size} x {given.gradient_accumulation_steps} to fit "
               f"--max_batch_tokens" if cfg is not given else "")
     unit = " completions" if METHODS[cfg.method].samples_completions else ""
     seen = f" ({examples} examples)" if examples != rows else ""
-    print(f"unitune: plan: {cfg.method} on {plural(rows, 'row')} of '{split}'{seen}, "
+    what = plural(rows, "row") if rows is not None else "a stream"
+    print(f"unitune: plan: {cfg.method} on {what} of '{split}'{seen if rows is not None else ''}, "
           f"{plural(steps, 'optimizer step')} (batch {cfg.per_device_train_batch_size}{unit} x accumulation "
           f"{cfg.gradient_accumulation_steps} x {plural(world_size(), 'process')}{merged}), lr {cfg.learning_rate:g}, "
           f"output {out}")
-    print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
+    if rows is None:
+        print(f"unitune: plan: rows converted as training reads them; lengths below measured on its first "
+              f"{plural(lengths['rows'], 'row')}")
+    else:
+        print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
     cut = lengths["truncated"]
     if cut["rows"]:
         warn(f"{cut['rows']} rows exceed --max_length {cfg.max_length} and will be truncated (by up to "

@@ -18,6 +18,7 @@ from ..data.formats import needs_chat_template
 from ..data.lengths import without_counts
 from ..data.load import resolve_dataset, split_names
 from ..data.mix import STOPPING, mix
+from ..data.stream import stream
 from ..data.pipeline import DataSettings, convert, prepare
 from ..errors import Interrupted, UserError, first_line, recorded_warnings, warn
 from ..fast.dropout import fast_lora_dropout
@@ -146,6 +147,17 @@ def training_rows(cfg: TrainConfig, spec: MethodSpec, sources: list[str], tokeni
             entry.meta["sources"])
 
 
+def streamed_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, tokenizer):
+    """training_rows for --streaming: (the stream of converted rows, no row count, the length plan of its first
+    chunk with ``rows`` added, no cache entry, no sources, the counts the stream keeps as it is read)."""
+    streamed = stream(dataset, split, spec, data_settings(cfg, cfg.max_train_samples, "max_train_samples"), tokenizer,
+                      cfg.seed)
+    first = streamed.first
+    lengths = length_plan(first.rows, first.format, tokenizer, cfg.max_length, first.converted) | {
+        "rows": len(first.rows)}
+    return streamed.rows, None, lengths, None, None, streamed.counts
+
+
 def training_revision(source: str, out: Path, resuming: bool) -> str | None:
     """The commit of a Hub model to train on: a resumed run's own (models.revision), else the newest."""
     earlier = (record_of(out) or {}).get("base_revision") if resuming else None
@@ -177,12 +189,16 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         revision = training_revision(source, out, resuming)
         tokenizer = load_tokenizer(source, revision)
         use_template_file(tokenizer, cfg.chat_template)
-        train_ds, rows, lengths, cached, mixed = training_rows(cfg, spec, sources, tokenizer)
+        if cfg.streaming:
+            train_ds, rows, lengths, cached, mixed, streamed = streamed_rows(cfg, spec, dataset, split, tokenizer)
+        else:
+            train_ds, rows, lengths, cached, mixed = training_rows(cfg, spec, sources, tokenizer)
+            streamed = None
         given, chosen = cfg, hw
         cfg, hw = fit_memory(cfg, hw, lengths, source)
         if hw is not chosen:
             print(hw.line(), flush=True)
-        print_plan(cfg, given, rows, len(train_ds), split, out, lengths)
+        print_plan(cfg, given, rows, rows and len(train_ds), split, out, lengths)
         eval_ds = None
         if cfg.eval_split:
             settings = data_settings(cfg, cfg.max_eval_samples, "max_eval_samples")
@@ -193,8 +209,8 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         print("unitune: dry run: nothing trained")
         return out
 
-    record = run_record(cfg, given, hw, source, dataset, split, len(train_ds), tokenizer) | {
-        "base_revision": revision, "data_cache": cached, "sources": mixed}
+    record = run_record(cfg, given, hw, source, dataset, split, rows and len(train_ds), tokenizer) | {
+        "base_revision": revision, "data_cache": cached, "sources": mixed, "streamed": streamed}
     if finished_already(cfg.resume, out, record):  # --resume auto: a requeued job that had finished
         return out
     resume = resume_target(cfg.resume, cfg.resume_from_checkpoint, out)  # before the model: a bad --resume fails fast
@@ -206,6 +222,9 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
                                                                 if cfg.overwrite_output_dir else "") + " to continue")
     try:
         train_and_save(spec, cfg, hw, source, tokenizer, train_ds, eval_ds, out, resume, record, stop, callbacks)
+        if streamed and is_main_process():  # the stream's counts, as the record keeps them
+            print(f"unitune: data: read {streamed['read']:,} rows of the stream ({streamed['unusable']:,} unusable, "
+                  "skipped)", flush=True)
     except Interrupted:
         end_process_group()
         raise
@@ -224,7 +243,7 @@ def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str
     model = load_model(source, hw, revision=record["base_revision"])
     if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
         model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
-    with dataset_bars(len(train_ds)):  # the trainer's own preparation (tokenizing, truncating) runs in here
+    with dataset_bars(len(train_ds) if hasattr(train_ds, "__len__") else 0):  # the trainer's own preparation runs here
         trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)
     use_training_bar(trainer)
     for callback in callbacks:

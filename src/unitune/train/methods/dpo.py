@@ -16,13 +16,14 @@ class PretokenizedDPOTrainer(DPOTrainer):
     dropping rows whose prompt alone fills max_length. Rows without ``prompt_ids`` go through TRL's own."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        if not isinstance(dataset, Dataset) or "prompt_ids" not in dataset.column_names:
+        if "prompt_ids" not in (dataset.column_names or []):
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        if args.max_length is not None and args.truncation_mode == "keep_start":
-            keep = [i for i, n in enumerate(list_lengths(dataset, "prompt_ids")) if n < args.max_length]
-            if len(keep) < len(dataset):
-                dataset = dataset.select(keep)
-        return dataset
+        if args.max_length is None or args.truncation_mode != "keep_start":
+            return dataset
+        if not isinstance(dataset, Dataset):  # a stream (--streaming): filtered as it is read
+            return dataset.filter(lambda row: len(row["prompt_ids"]) < args.max_length)
+        keep = [i for i, n in enumerate(list_lengths(dataset, "prompt_ids")) if n < args.max_length]
+        return dataset.select(keep) if len(keep) < len(dataset) else dataset
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from ...models.load import lora_config
@@ -21,7 +22,8 @@ def truncated(ds, max_length: int):
                 kept["labels"].append(labels)
         return kept
 
-    return ds.map(cut, batched=True, remove_columns=ds.column_names, desc="Truncating to --max_length")
+    described = {"desc": "Truncating to --max_length"} if isinstance(ds, Dataset) else {}  # a stream takes no desc
+    return ds.map(cut, batched=True, remove_columns=ds.column_names, **described)
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
