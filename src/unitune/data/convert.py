@@ -13,10 +13,19 @@ from .lengths import BATCH_ROWS, PROMPT_TOKENS
 from .views import pair_row, prompt_messages
 
 
+SAME = "__unitune_same"  # to_pairs' flag of a pair whose chosen equals rejected, read from Arrow, then dropped
+
+
 def to_pairs(ds: Dataset, fmt: str) -> Dataset:
-    """Preference data for DPO/ORPO, with pairs whose chosen equals rejected dropped (warned)."""
-    pairs = ds.map(lambda row: pair_row(row, fmt), remove_columns=ds.column_names, desc="Preparing pairs")
-    same = [i for i, row in enumerate(pairs) if row["chosen"] == row["rejected"]]
+    """Preference data for DPO/ORPO, with pairs whose chosen equals rejected dropped (warned): flagged in the same
+    pass that makes the pairs."""
+    def pair(row):
+        found = pair_row(row, fmt)
+        return found | {SAME: found["chosen"] == found["rejected"]}
+
+    pairs = ds.map(pair, remove_columns=ds.column_names, desc="Preparing pairs")
+    same = [i for i, flag in enumerate(pairs.with_format("arrow")[SAME].to_pylist()) if flag]
+    pairs = pairs.remove_columns(SAME)
     if same:
         if len(same) == len(pairs):
             raise UserError("every pair has chosen equal to rejected, nothing to learn from; check the data")
