@@ -259,11 +259,13 @@ def test_every_install_shares_one_embedded_conversion(embedded_dir, tmp_path, mo
     assert models.resolve_model(None) == str(embedded_dir)
 
 
-@pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_two_processes_match_one(method, tiny_model_dir, tmp_path):
-    """torchrun with 2 CPU processes (gloo): one complete run folder, same losses as 1 process."""
+@pytest.mark.parametrize("method,stream", [("sft", False), ("dpo", False), ("sft", True)])
+def test_two_processes_match_one(method, stream, tiny_model_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one complete run folder, same losses as 1 process; on a stream too
+    (the main process reads it and hands each process its share of a batch)."""
     common = ["--method", method, "--model_name", str(tiny_model_dir), "--max_steps", "3", "--seed", "3",
-              "--learning_rate", "1e-3", "--max_train_samples", "24", "--lora_dropout", "0"]
+              "--learning_rate", "1e-3", "--max_train_samples", "24", "--lora_dropout", "0",
+              *(["--streaming"] if stream else [])]
     one = subprocess.run([sys.executable, "-m", "unitune", "train", *common, "--output_dir", str(tmp_path / "one"),
                           "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1"],
                          env=env(), capture_output=True, text=True)

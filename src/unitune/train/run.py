@@ -141,10 +141,10 @@ def training_rows(cfg: TrainConfig, spec: MethodSpec, sources: list[str], tokeni
         entry = data_cache.save(name, converted, meta) or data_cache.Entry(None, converted, meta)
     elif entry.meta["needs_chat_template"]:
         require_chat_template(tokenizer, cfg.model_name or "the embedded model")
-    if entry.meta["sources"]:
-        print_mix(entry.meta["sources"], entry.meta["rows"])
-    return (entry.converted, entry.meta["rows"], entry.meta["lengths"], entry.path and str(entry.path),
-            entry.meta["sources"])
+    mixed = entry.meta.get("sources")  # each mixed source's rows and share (None: one source)
+    if mixed:
+        print_mix(mixed, entry.meta["rows"])
+    return entry.converted, entry.meta["rows"], entry.meta["lengths"], entry.path and str(entry.path), mixed
 
 
 def streamed_rows(cfg: TrainConfig, spec: MethodSpec, dataset: str, split: str, tokenizer):
