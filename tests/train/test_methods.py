@@ -148,6 +148,36 @@ def test_grpo_default_rewards_logged(tiny_args, tmp_path, capsys):
     assert "rewards/accuracy/mean" in logs[0] and "rewards/format/mean" in logs[0]
 
 
+@pytest.mark.parametrize("loss,level", [("dr_grpo", "token"), ("luspo", "sequence")])
+def test_grpo_loss_variants_reach_the_trainer_and_the_report(loss, level, tiny_args, tiny_model_dir, tmp_path):
+    """--loss_type and --importance_sampling_level (GSPO) are the ones TRL's trainer computes its loss with, and the
+    report names them."""
+    from transformers import AutoModelForCausalLM
+
+    from unitune.evaluate.report import loss_row
+    from unitune.models.load import load_tokenizer
+
+    flags = ["--max_steps", "1", "--max_completion_length", "4", "--num_generations", "2", "--loss_type", loss,
+             "--importance_sampling_level", level]
+    cfg = parse_config(TrainConfig, tiny_args("grpo", *flags)[1:], "t")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    ds = prepare(str(DEMO_DIR), "train_gen", METHODS["grpo"], data_settings(cfg, 4, "max_train_samples"),
+                 tokenizer).converted
+    trainer = trainer_module("grpo").build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ds,
+                                           None, training_args(cfg, choose_hardware("auto"), tmp_path / "b", False))
+    assert (trainer.loss_type, trainer.importance_sampling_level) == (loss, level)
+    assert main(tiny_args("grpo", *flags)) == 0
+    record = read_json(tmp_path / "grpo_run" / "unitune_run.json")
+    assert loss_row("grpo", record["settings"]) == {"loss / importance sampling": f"{loss} / {level}"}
+
+
+def test_grpo_loss_errors_are_one_line(tiny_args, capsys):
+    assert main(tiny_args("grpo", "--loss_type", "ppo")) == 2
+    assert "unknown --loss_type for grpo 'ppo'" in capsys.readouterr().err
+    assert main(tiny_args("grpo", "--loss_type", "luspo")) == 2
+    assert "luspo is a sequence-level loss: add --importance_sampling_level sequence" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec,message", [
     ("nope.py:f", "reward file not found: nope.py"),
     ("{file}:missing", "no function 'missing' in"),

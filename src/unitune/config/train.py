@@ -72,7 +72,11 @@ class TrainConfig:
                                           "{% generation %} markers; it is saved with the run")
     beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)",
                              section="method-specific (DPO, ORPO, KTO, GRPO)", methods=("dpo", "orpo", "kto", "grpo"))
-    loss_type: str | None = opt(None, "DPO loss type, TRL's names (default: sigmoid)", methods=("dpo",))
+    loss_type: str | None = opt(None, "the loss, TRL's names: DPO's (default sigmoid), GRPO's (default dapo; also "
+                                      "grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo: README, Methods)",
+                                methods=("dpo", "grpo"))
+    importance_sampling_level: str = opt("token", "GRPO: importance ratios per token, or per sequence (GSPO)",
+                                         choices=("token", "sequence"), methods=("grpo",))
     num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)",
                                          methods=("grpo",))
     max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens; also the longest reply of "
@@ -140,6 +144,10 @@ class TrainConfig:
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
         self.dataset = sources(self.dataset, self.dataset_weights)
+        if self.method == "grpo" and self.loss_type is not None:
+            _choice(self.loss_type, "--loss_type for grpo", GRPO_LOSSES)
+            if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
+                raise UserError("--loss_type luspo is a sequence-level loss: add --importance_sampling_level sequence")
         if self.streaming and not self.max_steps:
             raise UserError("--streaming needs --max_steps: a stream's length is not known before it is read "
                             "(e.g. --max_steps 2000)")
@@ -161,6 +169,9 @@ class TrainConfig:
             raise UserError(f"--max_bad_rows must be a share in [0, 1], got {self.max_bad_rows}; e.g. 0.05 for 5%")
         if self.output_dir is None:
             self.output_dir = str(default_run_dir(self.method, self.model_name))
+
+
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's GRPOConfig
 
 
 def sources(dataset, weights: list[float] | None) -> list[str] | None:

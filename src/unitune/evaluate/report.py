@@ -150,6 +150,17 @@ def sources_text(dataset) -> str | None:
     return " + ".join(map(str, dataset)) if isinstance(dataset, list) else dataset
 
 
+def loss_row(method: str | None, settings: dict) -> dict:
+    """The loss a run used, where the method has a choice: DPO's loss type; GRPO's, with its importance sampling
+    level (GSPO: sequence). The defaults are TRL's."""
+    if method == "dpo":
+        return {"loss": settings.get("loss_type") or "sigmoid"}
+    if method == "grpo":
+        return {"loss / importance sampling": f"{settings.get('loss_type') or 'dapo'} / "
+                                              f"{settings.get('importance_sampling_level') or 'token'}"}
+    return {}
+
+
 def settings_sections(entries: list[tuple[str, dict]]) -> str:
     """A collapsible block per run with the settings that made it differ, from its unitune_run.json."""
     blocks = []
@@ -170,7 +181,7 @@ def settings_sections(entries: list[tuple[str, dict]]) -> str:
                 "steps": record.get("global_step"), "LoRA r / alpha / dropout":
                     f"{settings.get('lora_r')} / {settings.get('lora_alpha')} / {settings.get('lora_dropout')}",
                 "dtype / QLoRA": f"{hardware.get('dtype')} / {hardware.get('qlora')}",
-                "wall time (s)": record.get("wall_time_seconds")}
+                "wall time (s)": record.get("wall_time_seconds"), **loss_row(record.get("method"), settings)}
         cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(fmt(v))}</td></tr>" for k, v in rows.items())
         blocks.append(f"<details><summary>{html.escape(name)}</summary><table>{cells}</table></details>")
     return "".join(blocks) or "<p>No run records.</p>"

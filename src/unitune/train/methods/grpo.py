@@ -92,7 +92,8 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     args = args | {"include_num_input_tokens_seen": "no"}  # TRL logs GRPO's own token count ("num_tokens")
     config = GRPOConfig(**args, beta=cfg.beta, num_generations=num_generations(cfg, world_size()),
                         max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                        reward_weights=cfg.reward_weights)
+                        reward_weights=cfg.reward_weights, importance_sampling_level=cfg.importance_sampling_level,
+                        **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
     return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
                        processing_class=tokenizer, callbacks=[_SaveCompletions(log)],
                        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
