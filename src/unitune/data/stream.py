@@ -74,9 +74,10 @@ def stream(dataset: str, split: str, method, settings: DataSettings, tokenizer, 
     each = replace(settings, limit=None, max_bad_rows=None)  # unusable rows: skipped and counted
     counts = {"read": 0, "unusable": 0, "examples": 0}
 
-    def prepared(quiet_after_first: bool) -> Iterator[Prepared]:
-        for number, chunk in enumerate(chunks(source(dataset, split, settings))):
-            quiet = quiet_after_first and number > 0
+    def prepared(quiet: bool) -> Iterator[Prepared]:
+        """Each chunk prepared; ``quiet``: its lines and warnings not given (the first chunk, prepared eagerly for
+        the plan, gave them; the rows skipped are counted)."""
+        for chunk in chunks(source(dataset, split, settings)):
             with (silenced() if quiet else contextlib.nullcontext()), \
                     (contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()):
                 done = prepare_rows(chunk, dataset, split, method, each, tokenizer)
@@ -85,7 +86,7 @@ def stream(dataset: str, split: str, method, settings: DataSettings, tokenizer, 
             counts["examples"] += len(done.converted)
             yield done
 
-    first = next(prepared(quiet_after_first=False))
+    first = next(prepared(quiet=False))
     if first.converted is None or not len(first.converted):
         raise UserError(f"the first {CHUNK_ROWS} rows of split '{split}' of {dataset} hold no usable row; check the "
                         "data with `unitune check --streaming`")
@@ -93,7 +94,7 @@ def stream(dataset: str, split: str, method, settings: DataSettings, tokenizer, 
     def generate():
         for key in counts:  # each pass (epoch) counts again
             counts[key] = 0
-        for done in prepared(quiet_after_first=True):
+        for done in prepared(quiet=True):
             yield from without_counts(done.converted)
 
     rows = IterableDataset.from_generator(generate, features=without_counts(first.converted).features)
