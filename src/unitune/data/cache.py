@@ -77,9 +77,9 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def code_identity() -> str:
-    """The code that prepares rows: a hash of unitune's data, template and mask sources, and the versions of the libraries
-    that convert them (TRL's training templates, datasets, transformers), so that a change to any of them prepares
-    again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
+    """The code that prepares rows: a hash of unitune's data, template and mask sources, and the versions of the
+    libraries that convert them (TRL's training templates, datasets, transformers), so that a change to any of them
+    prepares again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
     from importlib.metadata import version
 
     here = Path(__file__).resolve().parents[1]
