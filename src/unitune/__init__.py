@@ -1,3 +1,3 @@
-"""unitune: post-train causal LMs (SFT, DPO, ORPO, KTO, GRPO with LoRA/QLoRA) and compare the runs."""
+"""unitune: post-train causal LMs (SFT, DPO, ORPO, KTO, GRPO, RLOO with LoRA/QLoRA) and compare the runs."""
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from .config import (ChatConfig, CheckConfig, DemoConfig, EnvConfig, EvalConfig,
                      ReportConfig, TrainConfig, UiConfig, as_bool, base_type, from_mapping)
 from .console import quiet_libraries
 from .errors import Interrupted, UserError, closest
+from .methods import METHODS
 
 
 def _bool(text: str) -> bool:
@@ -207,9 +208,11 @@ class Command:
     summary: str  # what it does, shown by `unitune --help`
 
 
+_METHOD_NAMES = ", ".join(m.upper() for m in list(METHODS)[:-1]) + f" and {list(METHODS)[-1].upper()}"
+
 COMMANDS = {
-    "train": Command(_train, TrainConfig, "fine-tune a model with SFT, DPO, ORPO, KTO or GRPO (LoRA, or QLoRA on "
-                                          "4-bit weights)"),
+    "train": Command(_train, TrainConfig, f"fine-tune a model with {_METHOD_NAMES} (LoRA, or QLoRA on 4-bit "
+                                          "weights)"),
     "eval": Command(_eval, EvalConfig, "evaluate every run in a runs folder and the base model; write the results "
                                        "and a report"),
     "check": Command(_check, CheckConfig, "check a dataset before training: its format, the methods it feeds, token "
@@ -223,8 +226,8 @@ COMMANDS = {
                                        "from a pipe)"),
     "ui": Command(_ui, UiConfig, "a local web UI: train from a form, watch live loss curves, evaluate, chat side by "
                                  "side, export"),
-    "demo": Command(_demo, DemoConfig, "the main job: train all five methods on the embedded model and bundled data, "
-                                       "then evaluate and report"),
+    "demo": Command(_demo, DemoConfig, "the main job: train the seed's five methods on the embedded model and bundled "
+                                       "data, then evaluate and report"),
     "env": Command(_env, EnvConfig, "print versions (against the tested ones), devices, CPU flags and caches, for bug "
                                     "reports"),
 }
@@ -241,7 +244,7 @@ EXAMPLES = """examples:
 def usage(prog: str) -> str:
     width = max(map(len, COMMANDS))
     lines = [f"usage: {prog} COMMAND [flags]", "",
-             "Post-train causal LMs with SFT, DPO, ORPO, KTO and GRPO, then evaluate and compare the runs.", "",
+             f"Post-train causal LMs with {_METHOD_NAMES}, then evaluate and compare the runs.", "",
              "commands:"]
     lines += [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
     lines += ["", EXAMPLES, "", "options:", "  -h, --help  this help", "  --version   unitune's version and the "

@@ -26,6 +26,7 @@ class MethodSpec:
 
 
 _PAIRS = ("preference", "preference_implicit")
+_PROMPTED = ("prompt_only", "preference", "prompt_completion", "unpaired", "conversational")
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("sft", ("conversational", "prompt_completion", "text", *_PAIRS), 2e-4, "train_sft", None,
                "supervised fine-tuning on replies", "conversations", streams=True),
@@ -33,7 +34,9 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
                streams=True),
     MethodSpec("orpo", _PAIRS, 8e-6, "train_prefs", 0.1, "odds-ratio preference optimisation, no reference", "pairs"),
     MethodSpec("kto", ("unpaired", *_PAIRS), 5e-5, "train_prefs", 0.1, "Kahneman-Tversky optimisation", "unpaired"),
-    MethodSpec("grpo", ("prompt_only", "preference", "prompt_completion", "unpaired", "conversational"), 5e-5,
-               "train_gen", 0.0, "group relative policy optimisation with reward functions", "prompts",
-               samples_completions=True),
+    MethodSpec("grpo", _PROMPTED, 5e-5, "train_gen", 0.0, "group relative policy optimisation with reward functions",
+               "prompts", samples_completions=True),
+    MethodSpec("rloo", _PROMPTED, 5e-5, "train_gen", 0.05, "REINFORCE leave-one-out, GRPO's rewards and sampling",
+               "prompts", samples_completions=True),
 ]}
+SAMPLING = tuple(name for name, spec in METHODS.items() if spec.samples_completions)  # sample and reward completions

@@ -1,5 +1,5 @@
-"""GRPO's CPU speed-ups change nothing but speed: the same log-probs, entropies and gradients as TRL's own pass
-(fast/shared_prompts), the same logits while sampling, and the exact same weights afterwards (fast/lora_merge)."""
+"""GRPO's and RLOO's CPU speed-ups change nothing but speed: the same log-probs, entropies and gradients as TRL's own
+pass (fast/shared_prompts), the same logits while sampling, and the exact same weights afterwards (fast/lora_merge)."""
 
 import functools
 
@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from unitune.fast.lora_merge import lora_merged
 from unitune.train.methods.grpo import GRPOTrainer
+from unitune.train.methods.rloo import RLOOTrainer
 
 from conftest import save_tiny, tiny_config
 
@@ -24,12 +25,16 @@ def _peft(folder, dropout=0.0):
     return model
 
 
-def _trainer(folder, tokenizer, tmp_path):
+TRAINERS = {"grpo": (GRPOTrainer, trl.GRPOConfig), "rloo": (RLOOTrainer, trl.RLOOConfig)}
+
+
+def _trainer(folder, tokenizer, tmp_path, method="grpo"):
     rows = Dataset.from_list([{"prompt": [{"role": "user", "content": f"question {i}"}]} for i in range(4)])
-    args = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=6, num_generations=3,
-                          max_completion_length=8, use_cpu=True, bf16=False, report_to="none", beta=0.0)
-    return GRPOTrainer(model=_peft(folder), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
-                       args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer, config = TRAINERS[method]
+    args = config(output_dir=str(tmp_path / "out"), per_device_train_batch_size=6, num_generations=3,
+                  max_completion_length=8, use_cpu=True, bf16=False, report_to="none", beta=0.0)
+    return trainer(model=_peft(folder), reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+                   args=args, train_dataset=rows, processing_class=tokenizer)
 
 
 def _batch(tokenizer):
@@ -45,11 +50,14 @@ def _batch(tokenizer):
     return ids, mask
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2", "mistral"])
-def test_shared_prompt_logps_match_trl(arch, tokenizer, tmp_path):
-    """Gemma-2 adds softcapping and sliding windows, Mistral one window for all layers (both 8 < the rows)."""
+@pytest.mark.parametrize("arch,method", [("llama", "grpo"), ("qwen2", "grpo"), ("gemma2", "grpo"), ("mistral", "grpo"),
+                                         ("llama", "rloo")])
+def test_shared_prompt_logps_match_trl(arch, method, tokenizer, tmp_path):
+    """Gemma-2 adds softcapping and sliding windows, Mistral one window for all layers (both 8 < the rows). RLOO's pass
+    is GRPO's code, copied in TRL: the same speed-up against its own."""
     folder = save_tiny(tmp_path / arch, arch, tokenizer)
-    trainer = _trainer(folder, tokenizer, tmp_path)
+    trainer = _trainer(folder, tokenizer, tmp_path, method)
+    ours_class, theirs_class = TRAINERS[method][0], getattr(trl, TRAINERS[method][0].__name__)
     model = trainer.model
     ids, mask = _batch(tokenizer)
     width = 5
@@ -63,8 +71,8 @@ def test_shared_prompt_logps_match_trl(arch, tokenizer, tmp_path):
         return logps.detach(), entropy.detach(), grads
 
     with torch.autocast("cpu", enabled=False):
-        ours = run(GRPOTrainer._get_per_token_logps_and_entropies)
-        theirs = run(trl.GRPOTrainer._get_per_token_logps_and_entropies)
+        ours = run(ours_class._get_per_token_logps_and_entropies)
+        theirs = run(theirs_class._get_per_token_logps_and_entropies)
     assert ours[0].shape == theirs[0].shape == (6, width)
     assert torch.allclose(ours[0][completion_mask], theirs[0][completion_mask], atol=2e-5)
     assert torch.allclose(ours[1][completion_mask], theirs[1][completion_mask], atol=2e-5)

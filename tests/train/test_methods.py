@@ -1,4 +1,4 @@
-"""DPO, ORPO, KTO and GRPO: two steps each on the tiny model, data formats, rewards."""
+"""DPO, ORPO, KTO, GRPO and RLOO: two steps each on the tiny model, data formats, rewards."""
 
 import json
 import re
@@ -171,6 +171,44 @@ def test_grpo_loss_variants_reach_the_trainer_and_the_report(loss, level, tiny_a
     assert loss_row("grpo", record["settings"]) == {"loss / importance sampling": f"{loss} / {level}"}
 
 
+def test_rloo_trains_on_grpo_rewards(tiny_args, tiny_model_dir, tmp_path, capsys):
+    """RLOO is TRL's RLOOTrainer with GRPO's rewards, reward weights, sampling flags and completions file; its
+    --beta is TRL's KL weight (0.05 by default)."""
+    import trl
+    from transformers import AutoModelForCausalLM
+
+    from unitune.models.load import load_tokenizer
+
+    reward = tmp_path / "my_rewards.py"
+    reward.write_text(REWARD_FILE)
+    flags = ["--max_completion_length", "8", "--num_generations", "2", "--reward_funcs", "accuracy",
+             f"{reward}:brevity", "--reward_weights", "1", "0.5", "--temperature", "0.7"]
+    cfg = parse_config(TrainConfig, tiny_args("rloo", *flags)[1:], "t")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    ds = prepare(str(DEMO_DIR), "train_gen", METHODS["rloo"], data_settings(cfg, 4, "max_train_samples"),
+                 tokenizer).converted
+    trainer = trainer_module("rloo").build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ds,
+                                           None, training_args(cfg, choose_hardware("auto"), tmp_path / "b", False))
+    assert isinstance(trainer, trl.RLOOTrainer)
+    assert (trainer.beta, trainer.num_generations, trainer.temperature) == (0.05, 2, 0.7)
+    assert trainer.reward_weights.tolist() == [1.0, 0.5]
+    assert main(tiny_args("rloo", *flags)) == 0
+    assert "RLOO rewards: accuracy, " in capsys.readouterr().out
+    out = tmp_path / "rloo_run"
+    logs = read_json(out / "trainer_state.json")["log_history"]
+    assert "rewards/accuracy/mean" in logs[0] and "rewards/brevity/mean" in logs[0]
+    assert read_json(out / "unitune_run.json")["settings"]["method"] == "rloo"
+    samples = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert samples and set(samples[0]["rewards"]) == {"accuracy", "brevity"}
+    assert lora_b_norm(out) > 0  # the completions' rewards differ from their leave-one-out baselines
+
+
+@pytest.mark.parametrize("flag", [["--loss_type", "dapo"], ["--importance_sampling_level", "sequence"]])
+def test_rloo_refuses_grpo_losses(flag, tiny_args, capsys):
+    assert main(tiny_args("rloo", *flag)) == 2
+    assert f"{flag[0]}" in capsys.readouterr().err
+
+
 def test_grpo_loss_errors_are_one_line(tiny_args, capsys):
     assert main(tiny_args("grpo", "--loss_type", "ppo")) == 2
     assert "unknown --loss_type for grpo 'ppo'" in capsys.readouterr().err
@@ -223,12 +261,12 @@ def test_grpo_reward_model_is_weighted_with_the_functions(tiny_args, tiny_model_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["sft", "dpo", "orpo", "kto", "grpo"])
+@pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("steps", [["--max_steps", "2"], ["--num_train_epochs", "1.5"]], ids=["max_steps", "epochs"])
 def test_plan_line_matches_the_steps_taken(method, steps, tiny_model_dir, tmp_path, capsys):
     """The plan's optimizer steps are the trainer's: KTO's pairs count twice, GRPO's batch counts completions."""
     out = tmp_path / "run"
-    extra = ["--max_completion_length", "4", "--num_generations", "2"] if method == "grpo" else []
+    extra = ["--max_completion_length", "4", "--num_generations", "2"] if METHODS[method].samples_completions else []
     assert main(["train", "--method", method, "--model_name", str(tiny_model_dir), "--output_dir", str(out),
                  "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
                  "--max_train_samples", "8", *steps, *extra]) == 0
@@ -245,7 +283,7 @@ def test_grpo_num_generations_must_divide(tiny_args, capsys):
 def test_grpo_needs_a_reward(tiny_args, tmp_path, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Say hi"}] * 4)
     assert main(tiny_args("grpo", "--dataset", data, "--num_generations", "2")) == 2
-    assert "no reward for GRPO" in capsys.readouterr().err
+    assert "no reward for GRPO/RLOO" in capsys.readouterr().err
 
 
 def test_rewards_builtins():

@@ -57,6 +57,22 @@ def test_demo_pipeline_sft(tmp_path, capsys):
     assert "| sft_demo | sft |" in out and f"report: {tmp_path / 'report.html'}" in out
 
 
+def test_demo_rloo_is_trained_evaluated_and_reported(tmp_path, capsys):
+    """RLOO on the embedded model, with the demo's GRPO budget and rewards: its run is scored with those rewards, as
+    the base is, and it is a row of the report."""
+    from unitune.cli import main as cli
+
+    assert cli(["demo", "--runs_dir", str(tmp_path), "--methods", "rloo", "--max_samples", "30"]) == 0
+    out = capsys.readouterr().out
+    results = read_json(tmp_path / "evaluation_results.json")
+    assert set(results) == {"base", "rloo_demo"}
+    assert results["rloo_demo"]["method"] == "rloo"
+    assert results["rloo_demo"]["mean_reward"] is not None and results["base"]["mean_reward"] is not None
+    state = read_json(tmp_path / "rloo_demo" / "trainer_state.json")
+    assert state["global_step"] == 10 and any("reward" in e for e in state["log_history"])
+    assert "| rloo_demo | rloo |" in out and "rloo_demo" in (tmp_path / "report.md").read_text()
+
+
 def test_trained_model_stops_at_end_of_turn(embedded_dir, tmp_path):
     """A model repo whose tokenizer and generation config name only <|endoftext|> as EOS: generation runs on past
     the reply's <|im_end|>. The run's generation_config.json adds the end-of-turn token, so it stops there."""

@@ -284,19 +284,20 @@ class UiConfig:
 
 @dataclass
 class DemoConfig:
-    """Train all five methods on the embedded model and bundled data, evaluate every run and the base model, and
-    write the report (the main job)."""
+    """Train the seed's five methods on the embedded model and bundled data, evaluate every run and the base model,
+    and write the report (the main job)."""
 
     runs_dir: str = opt("runs/demo", "where the demo runs, results and report go (its own folder, so runs of yours "
                                      "are not re-evaluated)")
-    methods: list[str] | None = opt(None, "only these methods (default: all)")
+    methods: list[str] | None = opt(None, "only these methods, or all (default: the seed's five: sft dpo orpo kto "
+                                          "grpo; all adds rloo)")
     max_samples: int = opt(100, "score each run and the base on the first N rows of each test split (fewer: a "
                                 "quicker, noisier table)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_samples")
         for method in self.methods or []:
-            _choice(method, "--methods", tuple(METHODS))
+            _choice(method, "--methods", (*METHODS, "all"))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, closest
-from ..methods import METHODS
+from ..methods import METHODS, SAMPLING
 from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, as_bool,
                      opt, parse_columns)
 from .trackers import check_names as check_trackers
@@ -19,7 +19,8 @@ TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 
 @dataclass
 class TrainConfig:
-    """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO or GRPO (embedded model and data by default)."""
+    """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO, GRPO or RLOO (embedded model and data by
+    default)."""
 
     method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS),
                       section="what to train")
@@ -61,8 +62,8 @@ class TrainConfig:
     eval_steps: int | None = opt(None, "evaluate every N steps with --eval_split (default: same as --save_steps, "
                                        "and at the end)")
     eval_generation: int = opt(0, "at each evaluation (--eval_split), greedy replies to the split's first N prompts, "
-                                  "logged as eval_task_accuracy (rows with an answer) and, for GRPO, eval_mean_reward; "
-                                  "replies are up to --max_completion_length tokens")
+                                  "logged as eval_task_accuracy (rows with an answer) and, for GRPO/RLOO, "
+                                  "eval_mean_reward; replies are up to --max_completion_length tokens")
     report_to: list[str] | None = opt(None, "experiment trackers for the training logs: none (default), tensorboard, "
                                             "trackio, wandb, mlflow, or several")
     run_name: str | None = opt(None, "the run's name in the trackers (default: the output folder's name)")
@@ -70,25 +71,27 @@ class TrainConfig:
                                 section="chat template and loss mask", methods=("sft",))
     chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
                                           "{% generation %} markers; it is saved with the run")
-    beta: float | None = opt(None, "DPO/ORPO/KTO/GRPO beta (default per method: dpo/orpo/kto 0.1, grpo 0.0)",
-                             section="method-specific (DPO, ORPO, KTO, GRPO)", methods=("dpo", "orpo", "kto", "grpo"))
+    beta: float | None = opt(None, "beta (default per method: " + ", ".join(
+        f"{m.name} {m.beta:g}" for m in METHODS.values() if m.beta is not None) + "; RLOO: the KL penalty's weight)",
+        section="method-specific (DPO, ORPO, KTO, GRPO, RLOO)",
+        methods=tuple(name for name, m in METHODS.items() if m.beta is not None))
     loss_type: str | None = opt(None, "the loss, TRL's names: DPO's (default sigmoid), GRPO's (default dapo; also "
                                       "grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo: README, Methods)",
                                 methods=("dpo", "grpo"))
     importance_sampling_level: str = opt("token", "GRPO: importance ratios per token, or per sequence (GSPO)",
                                          choices=("token", "sequence"), methods=("grpo",))
-    num_generations: int | None = opt(None, "GRPO: completions per prompt (default: 4 on CPU, 8 on GPU)",
-                                         methods=("grpo",))
-    max_completion_length: int = opt(64, "GRPO: longest sampled completion, in tokens; also the longest reply of "
-                                         "--eval_generation (every method)")
-    temperature: float = opt(1.0, "GRPO: sampling temperature", methods=("grpo",))
-    reward_funcs: list[str] | None = opt(None, "GRPO rewards: built-in names (accuracy, format, length, reference), "
-                                               "path/file.py:function or package.module:function",
-                                     methods=("grpo",))
-    reward_weights: list[float] | None = opt(None, "GRPO: one weight per reward function, then one for --reward_model",
-                                            methods=("grpo",))
-    reward_model: str | None = opt(None, "GRPO: Hub id or folder of a sequence-classification reward model",
-                                     methods=("grpo",))
+    num_generations: int | None = opt(None, "GRPO/RLOO: completions per prompt (default: 4 on CPU, 8 on GPU)",
+                                         methods=SAMPLING)
+    max_completion_length: int = opt(64, "GRPO/RLOO: longest sampled completion, in tokens; also the longest reply "
+                                         "of --eval_generation (every method)")
+    temperature: float = opt(1.0, "GRPO/RLOO: sampling temperature", methods=SAMPLING)
+    reward_funcs: list[str] | None = opt(None, "GRPO/RLOO rewards: built-in names (accuracy, format, length, "
+                                               "reference), path/file.py:function or package.module:function",
+                                     methods=SAMPLING)
+    reward_weights: list[float] | None = opt(None, "GRPO/RLOO: one weight per reward function, then one for "
+                                                   "--reward_model", methods=SAMPLING)
+    reward_model: str | None = opt(None, "GRPO/RLOO: Hub id or folder of a sequence-classification reward model",
+                                     methods=SAMPLING)
     answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
@@ -144,6 +147,10 @@ class TrainConfig:
                             f"({len(self.reward_funcs or [])} --reward_funcs{model}); give one weight per reward "
                             "function, then one for the reward model")
         self.dataset = sources(self.dataset, self.dataset_weights)
+        if self.method == "rloo" and (self.loss_type is not None or self.importance_sampling_level != "token"):
+            flag = "--loss_type" if self.loss_type is not None else "--importance_sampling_level sequence"
+            raise UserError(f"{flag} is GRPO's: TRL's RLOO has one loss (REINFORCE with the leave-one-out baseline, "
+                            "token-level ratios); drop the flag, or use --method grpo")
         if self.method == "grpo" and self.loss_type is not None:
             _choice(self.loss_type, "--loss_type for grpo", GRPO_LOSSES)
             if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":

@@ -1,5 +1,5 @@
-"""mean_reward: each entry's greedy replies scored by the rewards its GRPO run trained with (or --reward_funcs), and
-by a reward model."""
+"""mean_reward: each entry's greedy replies scored by the rewards its GRPO or RLOO run trained with (or
+--reward_funcs), and by a reward model."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from ..config import EvalConfig
 from ..errors import UserError, first_line, warn
+from ..methods import SAMPLING
 from ..models.load import resolve_model
 from .entries import Entry
 from .heldout import EvalData
@@ -17,7 +18,7 @@ from .heldout import EvalData
 
 @dataclass
 class RewardSetup:
-    """The rewards behind one entry's mean_reward, as its GRPO run trained with them (or --reward_funcs)."""
+    """The rewards behind one entry's mean_reward, as its GRPO or RLOO run trained with them (or --reward_funcs)."""
 
     names: list[str]  # []: the defaults for the data, as in training
     weights: list[float] | None = None  # one per function, then one for the model; None: all 1
@@ -34,9 +35,9 @@ class RewardSetup:
 
 def reward_setups(entries: list[Entry], cfg: EvalConfig) -> dict[str, RewardSetup]:
     """Each entry's rewards for mean_reward. With --reward_funcs on the eval command line: those, for every entry
-    (one yardstick). Otherwise each GRPO run's own functions, weights, reward model and answer format; the base and
-    other runs get none. Code a run record names (a file or a module) is imported only with --trust_reward_code:
-    a runs folder someone sent must not run their Python."""
+    (one yardstick). Otherwise each GRPO or RLOO run's own functions, weights, reward model and answer format; the
+    base and other runs get none. Code a run record names (a file or a module) is imported only with
+    --trust_reward_code: a runs folder someone sent must not run their Python."""
     from ..train.rewards import BUILTINS, load_reward
 
     if cfg.reward_funcs:
@@ -46,7 +47,7 @@ def reward_setups(entries: list[Entry], cfg: EvalConfig) -> dict[str, RewardSetu
         return {entry.name: shared for entry in entries}
     setups = {}
     for entry in entries:
-        if entry.method != "grpo":
+        if entry.method not in SAMPLING:
             continue
         settings = entry.record.get("settings") or {}
         setup = RewardSetup(list(settings.get("reward_funcs") or []), settings.get("reward_weights"),

@@ -1,6 +1,7 @@
 """``--eval_generation N``: at each evaluation during training, greedy replies to N held-out prompts of the eval
-split, scored into ``eval_task_accuracy`` (rows with an ``answer``) and, for GRPO, ``eval_mean_reward`` (the run's
-reward functions and weights), logged with the evaluation's step in trainer_state.json and to the trackers."""
+split, scored into ``eval_task_accuracy`` (rows with an ``answer``) and, for GRPO and RLOO, ``eval_mean_reward``
+(the run's reward functions and weights), logged with the evaluation's step in trainer_state.json and to the
+trackers."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from transformers import TrainerCallback
 
 from ..answers import check_answer
 from ..fast.generation import generate_replies
+from ..methods import SAMPLING
 from .rewards import RewardLog, build_rewards, reward_columns, weighted_mean
 
 
@@ -56,8 +58,8 @@ class GenerationEval(TrainerCallback):
 
 def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> GenerationEval:
     """The callback for ``--eval_generation N``: the first N rows of ``--eval_split`` (the unusable ones dropped),
-    their answer format resolved and printed. GRPO also scores the run's reward functions (the reward model is left
-    out: loading a second model at each evaluation costs more than it tells)."""
+    their answer format resolved and printed. GRPO and RLOO also score the run's reward functions (the reward model
+    is left out: loading a second model at each evaluation costs more than it tells)."""
     from ..data.pipeline import DataSettings, prepare
     from ..data.views import prompt_messages
     from ..errors import UserError
@@ -70,8 +72,8 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
         raise UserError(f"--eval_generation: split '{cfg.eval_split}' has no prompts to generate for; choose "
                         "another --eval_split")
     rows = list(ds)
-    grpo = cfg.method == "grpo" and (cfg.reward_funcs or not cfg.reward_model)
-    if "answer" not in rows[0] and not grpo:
+    rewarded = cfg.method in SAMPLING and (cfg.reward_funcs or not cfg.reward_model)
+    if "answer" not in rows[0] and not rewarded:
         raise UserError(f"--eval_generation scores replies against an 'answer' column, which split "
                         f"'{cfg.eval_split}' lacks (columns: {', '.join(rows[0])}); map one with --columns "
                         "answer=COLUMN, or drop --eval_generation")
@@ -79,7 +81,7 @@ def generation_eval(cfg, dataset: str, tokenizer, batch_size: int) -> Generation
     answer_format, why = answer_format_of(cfg.answer_format, [{"prompt": p, "answer": r.get("answer")}
                                                               for p, r in zip(prompts, rows)])
     rewards = None
-    if grpo:
+    if rewarded:
         try:
             rewards = build_rewards(cfg.reward_funcs, list(rows[0]), RewardLog(), answer_format)[0], \
                 cfg.reward_weights

@@ -33,8 +33,9 @@ def steps_per_epoch(cfg: TrainConfig, examples: int) -> int:
 
         prompts = batch // num_generations(cfg, world_size())
         if examples < prompts:
-            raise UserError(f"GRPO takes {prompts} prompts per optimizer step (batch x accumulation x processes / "
-                            f"num_generations) but the data have {examples}; use more rows or a smaller batch")
+            raise UserError(f"{cfg.method.upper()} takes {prompts} prompts per optimizer step (batch x accumulation x "
+                            f"processes / num_generations) but the data have {examples}; use more rows or a smaller "
+                            "batch")
         return examples // prompts
     micro = math.ceil(examples / (cfg.per_device_train_batch_size * world_size()))
     return max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)

@@ -76,7 +76,7 @@ def default_rewards(columns: list[str]) -> tuple[list[str], str]:
         return ["accuracy", "format"], "the data have an 'answer' column"
     if "chosen" in columns:
         return ["reference"], "the data have a reference reply in 'chosen'"
-    raise UserError("no reward for GRPO: the data have no 'answer' or 'chosen' column; pass --reward_funcs "
+    raise UserError("no reward for GRPO/RLOO: the data have no 'answer' or 'chosen' column; pass --reward_funcs "
                     "(accuracy, format, length, reference, path/file.py:function or package.module:function) "
                     "or --reward_model")
 

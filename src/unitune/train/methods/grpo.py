@@ -1,4 +1,5 @@
-"""GRPO: TRL GRPOTrainer with unitune's reward functions (train/rewards.py).
+"""GRPO: TRL GRPOTrainer with unitune's reward functions (train/rewards.py). RLOO (rloo.py) shares its rewards, its
+sampling and its CPU speed-ups, from here.
 
 Reward mean/std per step go to trainer_state.json through TRL's logs ("reward", "reward_std",
 "rewards/<name>/mean"); a few sampled completions with their rewards go to completions.jsonl.
@@ -38,11 +39,12 @@ def num_generations(cfg, world_size: int) -> int:
     return n
 
 
-class GRPOTrainer(trl.GRPOTrainer):
-    """TRL's GRPOTrainer with CPU speed-ups, each measured in bench/ (RESULTS.md): it samples through merged LoRA
-    weights (fast.lora_merge), packed for decode steps where that measured faster (fast.packed_linear), and
-    prefills each prompt once (fast.prefill); its log-prob passes compute each prompt once for its group of
-    completions (shared_prompts). Elsewhere, and for inputs these do not cover, TRL's own code runs."""
+class FastSampling:
+    """CPU speed-ups for TRL's GRPO and RLOO trainers (whose sampling and log-prob passes are the same code), each
+    measured in bench/ (RESULTS.md): they sample through merged LoRA weights (fast.lora_merge), packed for decode
+    steps where that measured faster (fast.packed_linear), and prefill each prompt once (fast.prefill); their
+    log-prob passes compute each prompt once for its group of completions (shared_prompts). Elsewhere, and for inputs
+    these do not cover, TRL's own code runs."""
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
@@ -64,6 +66,10 @@ class GRPOTrainer(trl.GRPOTrainer):
             return super()._generate_single_turn(*args, **kwargs)
 
 
+class GRPOTrainer(FastSampling, trl.GRPOTrainer):
+    pass
+
+
 class _SaveCompletions(TrainerCallback):
     def __init__(self, log: RewardLog):
         self.log = log
@@ -75,7 +81,9 @@ class _SaveCompletions(TrainerCallback):
                     handle.write(json.dumps(row) + "\n")
 
 
-def build(cfg, model, tokenizer, train_ds, eval_ds, args):
+def sampling_setup(cfg, train_ds, args: dict) -> tuple[list, dict, list]:
+    """What GRPO and RLOO share: (their rewards, the config fields of their sampling, the callbacks that keep a few
+    completions). Says which rewards score the completions."""
     log = RewardLog()
     answer_format, because = answer_format_of(cfg.answer_format, train_ds)
     funcs, why = ([], "") if cfg.reward_model and not cfg.reward_funcs else build_rewards(
@@ -86,14 +94,20 @@ def build(cfg, model, tokenizer, train_ds, eval_ds, args):
     if cfg.reward_weights and len(cfg.reward_weights) != len(funcs):
         raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
                         f"{len(funcs)} weights, one per reward")
-    print(f"unitune: GRPO rewards: {why}", flush=True)
+    print(f"unitune: {cfg.method.upper()} rewards: {why}", flush=True)
     if any(getattr(f, "__name__", "") in ANSWER_FORMATTED for f in funcs):
         print(f"unitune: answers checked as {answer_format} ({because})", flush=True)
-    args = args | {"include_num_input_tokens_seen": "no"}  # TRL logs GRPO's own token count ("num_tokens")
-    config = GRPOConfig(**args, beta=cfg.beta, num_generations=num_generations(cfg, world_size()),
-                        max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                        reward_weights=cfg.reward_weights, importance_sampling_level=cfg.importance_sampling_level,
+    sampling = args | {  # TRL logs the sampled token count itself ("num_tokens")
+        "include_num_input_tokens_seen": "no", "beta": cfg.beta, "num_generations": num_generations(cfg, world_size()),
+        "max_completion_length": cfg.max_completion_length, "temperature": cfg.temperature,
+        "reward_weights": cfg.reward_weights}
+    return funcs, sampling, [_SaveCompletions(log)]
+
+
+def build(cfg, model, tokenizer, train_ds, eval_ds, args):
+    funcs, sampling, callbacks = sampling_setup(cfg, train_ds, args)
+    config = GRPOConfig(**sampling, importance_sampling_level=cfg.importance_sampling_level,
                         **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
     return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, callbacks=[_SaveCompletions(log)],
+                       processing_class=tokenizer, callbacks=callbacks,
                        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
