@@ -202,3 +202,32 @@ def save_tiny(folder: Path, arch: str, tokenizer) -> Path:
     AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def kl_to_teacher(student, teacher, tokenizer, prompts, new_tokens: int = 8) -> float:
+    """Mean per-token KL(teacher || student) over the teacher's greedy continuations of held-out prompts."""
+    import torch
+
+    total, count = 0.0, 0
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            full = teacher.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id)
+            positions = slice(ids.shape[1] - 1, full.shape[1] - 1)  # the logits that predict the continuation
+            p = torch.log_softmax(teacher(full).logits[0, positions].float(), -1)
+            q = torch.log_softmax(student(full).logits[0, positions].float(), -1)
+        total += (p.exp() * (p - q)).sum().item()
+        count += p.shape[0]
+    return total / count
+
+
+def held_out_prompts(rows: int = 6):
+    """The first prompts of the bundled test_gen split, as messages."""
+    from unitune.data.load import DEMO_DIR
+    from unitune.data.pipeline import DataSettings, prepare
+    from unitune.data.views import prompt_messages
+
+    prepared = prepare(str(DEMO_DIR), "test_gen", None, DataSettings({}, rows, "max_samples"))
+    return [prompt_messages(row, prepared.format) for row in prepared.rows]

@@ -34,7 +34,7 @@ def test_unknown_method_subprocess():
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("unitune: error: unknown method 'ppo' (did you mean 'dpo'?); "
-                                   "choose --method from: sft, dpo, orpo, kto, grpo, rloo")
+                                   "choose --method from: sft, dpo, orpo, kto, grpo, rm, rloo, distill")
     assert "Traceback" not in proc.stderr
 
 
@@ -56,7 +56,7 @@ def test_train_help_groups_its_flags(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0 and "{% generation %}" in out  # a literal % in a help text must not break it
     sections = ["what to train:", "training:", "LoRA and QLoRA:", "sequences, logging and checkpoints:",
-                "chat template and loss mask:", "method-specific (DPO, ORPO, KTO, GRPO, RLOO):",
+                "chat template and loss mask:", "method-specific (preference, sampling, distillation):",
                 "output, resume and dry run:", "data columns and broken rows:"]
     assert [out.index(s) for s in sections] == sorted(out.index(s) for s in sections)
     assert out.index("--lora_r") > out.index("LoRA and QLoRA:") > out.index("--learning_rate")

@@ -6,13 +6,14 @@ import pytest
 
 from unitune.cli import main, parse_config
 from unitune.config import EvalConfig, TrainConfig
+from unitune.methods import METHODS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TRAIN = sorted(p for p in EXAMPLES.glob("*.yaml") if p.stem != "eval")
 
 
 def test_one_example_per_method():
-    assert sorted(p.stem for p in TRAIN) == sorted(["sft", "dpo", "orpo", "kto", "grpo"])
+    assert sorted(p.stem for p in TRAIN) == sorted(METHODS)
 
 
 @pytest.mark.slow

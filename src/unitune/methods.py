@@ -23,6 +23,13 @@ class MethodSpec:
     rows: str  # the rows its trainer takes: a conversion of data.convert.CONVERSIONS
     samples_completions: bool = False  # its batch counts sampled completions (num_generations per prompt), not rows
     streams: bool = False  # --streaming trains it (its trainer is tested on a stream of rows)
+    scores: bool = False  # it trains a scalar score head (a sequence-classification model), not the language model
+    teacher: bool = False  # it learns a --teacher model's next-token distributions
+
+    @property
+    def samples(self) -> bool:
+        """It samples completions while it trains (GRPO, RLOO, distill): its prompts are rendered as chat."""
+        return self.samples_completions or self.teacher
 
 
 _PAIRS = ("preference", "preference_implicit")
@@ -36,7 +43,17 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("kto", ("unpaired", *_PAIRS), 5e-5, "train_prefs", 0.1, "Kahneman-Tversky optimisation", "unpaired"),
     MethodSpec("grpo", _PROMPTED, 5e-5, "train_gen", 0.0, "group relative policy optimisation with reward functions",
                "prompts", samples_completions=True),
+    MethodSpec("rm", _PAIRS, 1e-4, "train_prefs", None, "reward model: a scalar score head trained on preference "
+               "pairs", "scored_pairs", scores=True),
     MethodSpec("rloo", _PROMPTED, 5e-5, "train_gen", 0.05, "REINFORCE leave-one-out, GRPO's rewards and sampling",
                "prompts", samples_completions=True),
+    MethodSpec("distill", _PROMPTED, 1e-4, "train_gen", 1.0, "on-policy distillation: a --teacher's token "
+               "distributions on the student's own samples", "prompts", teacher=True),
 ]}
 SAMPLING = tuple(name for name, spec in METHODS.items() if spec.samples_completions)  # sample and reward completions
+GENERATING = tuple(name for name, spec in METHODS.items() if spec.samples)  # sample while training
+
+
+def is_reward_model(method: str | None) -> bool:
+    """Whether ``method`` trains a score head (a reward model) rather than the language model."""
+    return method in METHODS and METHODS[method].scores

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from unitune.cli import main
+from unitune.methods import METHODS
 from unitune.data.demo_tasks import SPLIT_SIZES
 from unitune.templates import chat_format
 
@@ -34,7 +35,8 @@ def test_bundled_dataset_all_six_splits(capsys, tiny_model_dir):
     for split in report["splits"]:
         assert split["rows"] == SPLIT_SIZES[split["split"]]
         assert split["format"] == "preference"  # the most specific format; messages are there too
-        assert split["feeds"] == ["sft", "dpo", "orpo", "kto", "grpo"]
+        assert split["feeds"] == [m for m, spec in METHODS.items() if "preference" in spec.formats]
+        assert {"sft", "dpo", "orpo", "kto", "grpo"} <= set(split["feeds"])
         assert 30 < split["prompt_tokens"]["median"] < 80 and split["prompt_tokens"]["min"] <= split["prompt_tokens"]["max"]
         assert split["truncated"]["rows"] == 0 and split["empty_prompts"] == 0 and split["duplicates"] == 0
         assert split["chosen_equals_rejected"] == 0 and split["role_order"] == {}
@@ -58,7 +60,9 @@ def test_problems_are_reported(capsys, tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, out, _ = check(capsys, "--dataset", str(data), "--model_name", str(tiny_model_dir), "--json")
     split = json.loads(out)["splits"][0]
-    assert split["format"] == "conversational" and split["feeds"] == ["sft", "grpo"]
+    assert split["format"] == "conversational" and split["feeds"] == [m for m, spec in METHODS.items()
+                                                                        if "conversational" in spec.formats]
+    assert {"sft", "grpo"} <= set(split["feeds"]) and "dpo" not in split["feeds"]
     assert split["duplicates"] == 1
     assert split["role_order"] == {"two user turns in a row": 1, "trailing user turn (nothing to learn)": 2}
 

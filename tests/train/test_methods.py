@@ -267,6 +267,7 @@ def test_plan_line_matches_the_steps_taken(method, steps, tiny_model_dir, tmp_pa
     """The plan's optimizer steps are the trainer's: KTO's pairs count twice, GRPO's batch counts completions."""
     out = tmp_path / "run"
     extra = ["--max_completion_length", "4", "--num_generations", "2"] if METHODS[method].samples_completions else []
+    extra += ["--max_completion_length", "4", "--teacher", str(tiny_model_dir)] if METHODS[method].teacher else []
     assert main(["train", "--method", method, "--model_name", str(tiny_model_dir), "--output_dir", str(out),
                  "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
                  "--max_train_samples", "8", *steps, *extra]) == 0

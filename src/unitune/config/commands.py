@@ -37,6 +37,8 @@ class EvalConfig:
     columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
     reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "
                                                "package.module:function (default: the GRPO run's own)")
+    reward_model: str | None = opt(None, "a reward model for mean_reward, for every entry: Hub id, folder or a "
+                                         "unitune RM run (with --reward_funcs: added to them)")
     trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
                                          "without it such runs get mean_reward null: a runs folder from someone "
                                          "else must not run their Python")
@@ -290,7 +292,7 @@ class DemoConfig:
     runs_dir: str = opt("runs/demo", "where the demo runs, results and report go (its own folder, so runs of yours "
                                      "are not re-evaluated)")
     methods: list[str] | None = opt(None, "only these methods, or all (default: the seed's five: sft dpo orpo kto "
-                                          "grpo; all adds rloo)")
+                                          "grpo; all adds rloo, rm then GRPO rewarded by it, distill from sft)")
     max_samples: int = opt(100, "score each run and the base on the first N rows of each test split (fewer: a "
                                 "quicker, noisier table)")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, closest
-from ..methods import METHODS, SAMPLING
+from ..methods import GENERATING, METHODS, SAMPLING
 from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, as_bool,
                      opt, parse_columns)
 from .trackers import check_names as check_trackers
@@ -19,8 +19,8 @@ TRAIN_DTYPES = ("auto", "float32", "bfloat16")
 
 @dataclass
 class TrainConfig:
-    """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO, GRPO or RLOO (embedded model and data by
-    default)."""
+    """Fine-tune a causal LM with LoRA/QLoRA: SFT, DPO, ORPO, KTO, GRPO, RLOO, distillation, or a reward model
+    (embedded model and data by default)."""
 
     method: str = opt(None, "training method: " + ", ".join(METHODS), required=True, choices=tuple(METHODS),
                       section="what to train")
@@ -72,8 +72,9 @@ class TrainConfig:
     chat_template: str | None = opt(None, "Jinja chat template file to use instead of the tokenizer's, e.g. one with "
                                           "{% generation %} markers; it is saved with the run")
     beta: float | None = opt(None, "beta (default per method: " + ", ".join(
-        f"{m.name} {m.beta:g}" for m in METHODS.values() if m.beta is not None) + "; RLOO: the KL penalty's weight)",
-        section="method-specific (DPO, ORPO, KTO, GRPO, RLOO)",
+        f"{m.name} {m.beta:g}" for m in METHODS.values() if m.beta is not None) + "; RLOO: the KL penalty's weight; "
+        "distill: the divergence, 0 forward KL to 1 reverse KL)",
+        section="method-specific (preference, sampling, distillation)",
         methods=tuple(name for name, m in METHODS.items() if m.beta is not None))
     loss_type: str | None = opt(None, "the loss, TRL's names: DPO's (default sigmoid), GRPO's (default dapo; also "
                                       "grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo: README, Methods)",
@@ -82,9 +83,12 @@ class TrainConfig:
                                          choices=("token", "sequence"), methods=("grpo",))
     num_generations: int | None = opt(None, "GRPO/RLOO: completions per prompt (default: 4 on CPU, 8 on GPU)",
                                          methods=SAMPLING)
-    max_completion_length: int = opt(64, "GRPO/RLOO: longest sampled completion, in tokens; also the longest reply "
-                                         "of --eval_generation (every method)")
-    temperature: float = opt(1.0, "GRPO/RLOO: sampling temperature", methods=SAMPLING)
+    max_completion_length: int = opt(64, "GRPO/RLOO/distill: longest sampled completion, in tokens; also the "
+                                         "longest reply of --eval_generation (every method)")
+    temperature: float = opt(1.0, "GRPO/RLOO/distill: sampling temperature", methods=GENERATING)
+    teacher: str | None = opt(None, "distill: the teacher, with the student's tokenizer: Hub id, folder, .gguf file "
+                                    "or a run folder (its adapter merged into its base)",
+                              methods=tuple(name for name, m in METHODS.items() if m.teacher))
     reward_funcs: list[str] | None = opt(None, "GRPO/RLOO rewards: built-in names (accuracy, format, length, "
                                                "reference), path/file.py:function or package.module:function",
                                      methods=SAMPLING)
@@ -155,6 +159,9 @@ class TrainConfig:
             _choice(self.loss_type, "--loss_type for grpo", GRPO_LOSSES)
             if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
                 raise UserError("--loss_type luspo is a sequence-level loss: add --importance_sampling_level sequence")
+        if spec.teacher and not self.teacher:
+            raise UserError(f"--method {self.method} needs --teacher: a Hub id, folder, .gguf file or run folder "
+                            "whose tokenizer is the student's (e.g. --teacher runs/sft_demo)")
         if self.streaming and not self.max_steps:
             raise UserError("--streaming needs --max_steps: a stream's length is not known before it is read "
                             "(e.g. --max_steps 2000)")

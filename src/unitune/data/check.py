@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from ..config import CheckConfig
-from ..methods import METHODS, SAMPLING
+from ..methods import GENERATING, METHODS
 from ..models.load import generation_config, load_tokenizer, resolve_model
 from ..templates import chat_format, eos_ids, use_template_file
 from .formats import FORMATS, as_text, conversational, detect_format
@@ -116,10 +116,10 @@ def token_segments(text: str, mask: list[int], starts: list[int]) -> list[dict]:
 
 def row_tokens(row: dict, fmt: str, tokenizer, method: str | None = None) -> list[dict]:
     """One row as the trainer sees it: conversations with every reply trained (SFT), pairs as prompt + chosen with
-    the scored reply trained, prompts alone untrained (and every row for GRPO and RLOO, which sample the
+    the scored reply trained, prompts alone untrained (and every row for GRPO, RLOO and distill, which sample the
     replies); plain strings as prompt + reply, the reply trained."""
     prompt, replies = row_views(row, fmt)
-    if method in SAMPLING:
+    if method in GENERATING:
         prompt, replies = prompt_messages(row, fmt), []
     if conversational(row, fmt):
         chat = chat_format(tokenizer)

@@ -167,6 +167,19 @@ def pair_ids(ds, fmt: str, settings, tokenizer):
     return tokenize_pairs(pair_rows(ds, fmt, settings, tokenizer), tokenizer)
 
 
+def scored_pairs(ds, fmt: str, settings, tokenizer):
+    """RM: each pair as two whole conversations, prompt + reply, which TRL's reward trainer renders with the chat
+    template: the text GRPO's reward models and the evaluator score (the score is read at the last token that is not
+    padding, so training and scoring must end alike). Plain-text pairs stay strings (TRL appends the EOS)."""
+    pairs = to_pairs(ds, fmt)
+    if not len(pairs) or isinstance(pairs[0]["prompt"], str):
+        return pairs
+    chat = chat_format(tokenizer)
+    return pairs.map(lambda row: {"chosen": chat.prepare(row["prompt"] + row["chosen"]),
+                                  "rejected": chat.prepare(row["prompt"] + row["rejected"])},
+                     remove_columns=["prompt"], desc="Preparing scored pairs")
+
+
 def unpaired_rows(ds, fmt: str, settings, tokenizer):
     """KTO: one row per reply, rendered as SFT and the evaluator render them."""
     return render_unpaired(to_unpaired(ds, fmt), tokenizer)
@@ -180,4 +193,4 @@ def prompt_rows(ds, fmt: str, settings, tokenizer):
 
 # the method table's ``rows`` -> the conversion: (canonical rows, format, DataSettings, tokenizer) -> the trainer's rows
 CONVERSIONS = {"conversations": conversation_rows, "pairs": pair_rows, "pair_ids": pair_ids,
-               "unpaired": unpaired_rows, "prompts": prompt_rows}
+               "scored_pairs": scored_pairs, "unpaired": unpaired_rows, "prompts": prompt_rows}

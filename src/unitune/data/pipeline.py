@@ -108,7 +108,7 @@ def convert(prepared: Prepared, method, settings: DataSettings, tokenizer) -> Da
     """The pipeline's last step: the canonical rows in the shape ``method``'s trainer takes (the conversion its
     table row names), kept in ``prepared.converted``. Large data get an estimate first."""
     rows, fmt = prepared.rows, prepared.format
-    if len(rows) and (method.samples_completions or needs_chat_template(rows, fmt)):  # GRPO renders every prompt
+    if len(rows) and (method.samples or needs_chat_template(rows, fmt)):  # a sampling method renders every prompt
         require_chat_template(tokenizer, tokenizer.name_or_path or "the model")
     conversion = CONVERSIONS[method.rows]
     seconds = estimate(conversion, rows, fmt, settings, tokenizer) if len(rows) >= LONG_DATA_ROWS else None

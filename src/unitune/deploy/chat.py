@@ -58,10 +58,12 @@ def load_speaker(source: str | None) -> Speaker:
     from transformers import AutoModelForCausalLM
 
     from ..models.load import load_tokenizer, resolve_model
+    from ..train.trained import refuse_reward_model
     from .merge import merge_adapter
 
     print(f"unitune chat: loading {source or 'the embedded model'}", file=sys.stderr, flush=True)
     if source and is_run(source):
+        refuse_reward_model(Path(source), "chat")
         merged = merge_adapter(Path(source))
         speaker = Speaker(Path(source).name, merged.model, merged.tokenizer)
     else:

@@ -123,11 +123,13 @@ def preflight(cfg: ExportConfig, run: Path) -> None:
     from transformers import AutoConfig
 
     from ..models.load import resolve_model
+    from ..train.trained import refuse_reward_model
     from .gguf_writer import check_supported
     from .merge import run_base
 
     if cfg.format != "gguf":
         return
+    refuse_reward_model(run, "be exported to GGUF for llama.cpp or Ollama")
     if cfg.quant in K_QUANTS and not has_quantizer():
         raise missing_quantizer(cfg.quant)
     tokenizer_json = run / "tokenizer.json"

@@ -21,7 +21,7 @@ from ..files import protected_folders, publish_tree, replace_dir, temp_dir_besid
 from ..models.load import load_tokenizer, resolve_model
 from ..train.lock import check_free
 from ..train.records import is_run_folder, recorded_base
-from ..train.trained import merged_model, qlora_dtype
+from ..train.trained import merged_model, qlora_dtype, scores
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
 MERGE_FILE = "unitune_merge.json"
@@ -85,6 +85,8 @@ def merge_adapter(run: Path, merge_base: str = "quantized") -> Merged:
     base = resolve_model(run_base(run))
     model, used = merged_model(run, base, merge_base)
     tokenizer = load_tokenizer(str(run))  # the run's tokenizer carries the chat template it trained with
+    if scores(run):  # a reward model reads its score at the last token that is not padding: its pad, as trained
+        model.config.pad_token_id = tokenizer.pad_token_id
     record = {"run": str(run.resolve()), "base_model": base, "qlora": qlora_dtype(run) is not None,
               "merge_base": used}
     return Merged(model, tokenizer, base, record)

@@ -7,11 +7,13 @@ import io
 import json
 from pathlib import Path
 
-BAR_KEYS = ("test_loss", "perplexity", "preference_accuracy", "loss_margin", "task_accuracy", "mean_reward")
+BAR_KEYS = ("test_loss", "perplexity", "preference_accuracy", "loss_margin", "task_accuracy", "mean_reward",
+            "reward_accuracy", "reward_margin")
 # Which way is better, for the table headers, the bold best values and the chart titles.
 LOWER, HIGHER = "↓ lower is better", "↑ higher is better"
 DIRECTION = {"test_loss": LOWER, "perplexity": LOWER, "preference_accuracy": HIGHER, "loss_margin": HIGHER,
-             "task_accuracy": HIGHER, "mean_reward": HIGHER, "final_train_loss": LOWER, "final_eval_loss": LOWER}
+             "task_accuracy": HIGHER, "mean_reward": HIGHER, "reward_accuracy": HIGHER, "reward_margin": HIGHER,
+             "final_train_loss": LOWER, "final_eval_loss": LOWER}
 # The training logs overlaid on one axis per key (runs differ in steps, so against progress, 0-100%).
 OVERLAY_KEYS = (("loss", "training loss", LOWER), ("eval_loss", "eval loss", LOWER), ("reward", "reward", HIGHER),
                 ("eval_task_accuracy", "eval task accuracy", HIGHER), ("eval_mean_reward", "eval mean reward", HIGHER))

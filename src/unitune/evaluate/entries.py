@@ -128,3 +128,23 @@ def base_entry(entries: list[Entry], fallback: str | None) -> Entry:
     return Entry("base", None, base, revision=revision)
 
 
+
+
+def teacher_entries(entries: list[Entry]) -> list[Entry]:
+    """Each distillation's --teacher as an entry of its own, once, scored on the run's data beside its students:
+    a run folder as a run ("teacher_<name>" unless it is already among the entries), a model as the base is."""
+    have = {e.path.resolve() for e in entries if e.path is not None}
+    found: dict[str, Entry] = {}
+    for entry in entries:
+        teacher = (entry.record.get("settings") or {}).get("teacher")
+        if not teacher or teacher in found:
+            continue
+        run = Path(teacher)
+        if (run / RUN_FILE).is_file():
+            if run.resolve() not in have:
+                found[teacher] = Entry(f"teacher_{run.name}", (read_run(run) or {}).get("method"), recorded_base(run),
+                                       run, read_run(run) or {})
+        else:
+            found[teacher] = Entry(f"teacher_{Path(teacher).name}", "teacher", teacher,
+                                   record={"dataset": entry.record.get("dataset")})
+    return list(found.values())

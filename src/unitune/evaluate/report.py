@@ -13,6 +13,7 @@ from .charts import DIRECTION, LOWER, chart_images
 TABLE_KEYS = ("method", "test_loss", "perplexity", "preference_accuracy", "loss_margin", "task_accuracy",
               "mean_reward", "initial_train_loss", "final_train_loss", "final_eval_loss", "total_steps",
               "training_time_seconds", "evaluated_at")
+REWARD_MODEL_KEYS = ("reward_accuracy", "reward_margin")  # RM runs' columns, after mean_reward where a run has them
 GONE = "run folder gone"  # an entry kept from an earlier evaluation whose run was deleted or moved since
 
 
@@ -66,15 +67,24 @@ def gone(name: str, result: dict, runs: Path | None) -> bool:
     return not Path(result["model_path"]).exists() and not (runs is not None and (runs / name).is_dir())
 
 
+def table_keys(entries: list[tuple[str, dict]]) -> tuple[str, ...]:
+    """The table's columns: TABLE_KEYS, with the reward model columns where an entry has them."""
+    if not any(result.get(key) is not None for _, result in entries for key in REWARD_MODEL_KEYS):
+        return TABLE_KEYS
+    at = TABLE_KEYS.index("mean_reward") + 1
+    return TABLE_KEYS[:at] + REWARD_MODEL_KEYS + TABLE_KEYS[at:]
+
+
 def markdown_table(entries: list[tuple[str, dict]], runs: Path | None = None) -> str:
-    lines = ["| run | " + " | ".join(TABLE_KEYS) + " |", "|---" * (len(TABLE_KEYS) + 1) + "|"]
+    keys = table_keys(entries)
+    lines = ["| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, result in entries:
         label = f"{name} ({GONE})" if gone(name, result, runs) else name
         if not_evaluated(result):  # the reason spans the metrics; the date keeps its column
-            lines.append(f"| {label} | {not_evaluated(result)} |" + " |" * (len(TABLE_KEYS) - 2)
+            lines.append(f"| {label} | {not_evaluated(result)} |" + " |" * (len(keys) - 2)
                          + f" {fmt(result.get('evaluated_at'))} |")
         else:
-            lines.append(f"| {label} | " + " | ".join(fmt(result.get(k)) for k in TABLE_KEYS) + " |")
+            lines.append(f"| {label} | " + " | ".join(fmt(result.get(k)) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -93,17 +103,17 @@ def html_table(entries: list[tuple[str, dict]], runs: Path | None = None) -> str
         way = DIRECTION.get(key)
         return (f"<th title='{way}'>{html.escape(key)} {way[0]}</th>" if way else f"<th>{html.escape(key)}</th>")
 
-    best = best_values(entries)
-    head = "<th>run</th>" + "".join(header(k) for k in TABLE_KEYS)
+    best, keys = best_values(entries), table_keys(entries)
+    head = "<th>run</th>" + "".join(header(k) for k in keys)
     body = []
     for name, result in entries:
         if not_evaluated(result):
-            cells = (f"<td colspan='{len(TABLE_KEYS) - 1}' class='error'>{html.escape(not_evaluated(result))}</td>"
+            cells = (f"<td colspan='{len(keys) - 1}' class='error'>{html.escape(not_evaluated(result))}</td>"
                      f"<td>{html.escape(fmt(result.get('evaluated_at')))}</td>")
         else:
             cells = "".join(f"<td class='best'>{html.escape(fmt(result.get(k)))}</td>"
                             if k in best and result.get(k) == best[k] else f"<td>{html.escape(fmt(result.get(k)))}</td>"
-                            for k in TABLE_KEYS)
+                            for k in keys)
         label = f"{html.escape(name)} <small>(before training)</small>" if name == "base" else html.escape(name)
         label += f" <small>({GONE})</small>" if gone(name, result, runs) else ""
         body.append(f"<tr{' class=base' if name == 'base' else ''}><th>{label}</th>{cells}</tr>")

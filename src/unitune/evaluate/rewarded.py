@@ -10,8 +10,7 @@ import torch
 
 from ..config import EvalConfig
 from ..errors import UserError, first_line, warn
-from ..methods import SAMPLING
-from ..models.load import resolve_model
+from ..methods import SAMPLING, is_reward_model
 from .entries import Entry
 from .heldout import EvalData
 
@@ -34,17 +33,19 @@ class RewardSetup:
 
 
 def reward_setups(entries: list[Entry], cfg: EvalConfig) -> dict[str, RewardSetup]:
-    """Each entry's rewards for mean_reward. With --reward_funcs on the eval command line: those, for every entry
-    (one yardstick). Otherwise each GRPO or RLOO run's own functions, weights, reward model and answer format; the
-    base and other runs get none. Code a run record names (a file or a module) is imported only with
-    --trust_reward_code: a runs folder someone sent must not run their Python."""
+    """Each entry's rewards for mean_reward. With --reward_funcs or --reward_model on the eval command line: those, for
+    every entry that writes replies (one yardstick). Otherwise each GRPO or RLOO run's own functions, weights, reward
+    model and answer format; the base and other runs get none. Code a run record names (a file or a module) is
+    imported only with --trust_reward_code: a runs folder someone sent must not run their Python."""
     from ..train.rewards import BUILTINS, load_reward
 
-    if cfg.reward_funcs:
-        for name in cfg.reward_funcs:  # a bad name fails now, not after every entry has generated
+    if cfg.reward_funcs or cfg.reward_model:
+        for name in cfg.reward_funcs or []:  # a bad name fails now, not after every entry has generated
             load_reward(name)
-        shared = RewardSetup(list(cfg.reward_funcs), answer_format=cfg.answer_format, source="--reward_funcs")
-        return {entry.name: shared for entry in entries}
+        shared = RewardSetup(list(cfg.reward_funcs or []), model=cfg.reward_model, answer_format=cfg.answer_format,
+                             source=" and ".join(f for f, v in (("--reward_funcs", cfg.reward_funcs),
+                                                                ("--reward_model", cfg.reward_model)) if v))
+        return {entry.name: shared for entry in entries if not is_reward_model(entry.method)}
     setups = {}
     for entry in entries:
         if entry.method not in SAMPLING:
@@ -93,29 +94,39 @@ def mean_reward(funcs, setup: RewardSetup, prompts, replies: list[str], rows: li
 
 @functools.lru_cache(maxsize=2)
 def reward_model(model_id: str):
-    """A reward model and its tokenizer, loaded once per evaluation (every GRPO run may name the same one), with
-    TRL's padding fix: a tokenizer without a pad token pads with EOS."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """A reward model and its tokenizer (train.trained.reward_classifier: a unitune RM run, a Hub id or a folder),
+    loaded once per evaluation (every GRPO run may name the same one)."""
+    from ..train.trained import reward_classifier
 
-    source = resolve_model(model_id)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
+    model, tokenizer = reward_classifier(model_id)
     return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @torch.inference_mode()
-def reward_model_scores(model_id: str, prompts, replies: list[str], batch_size: int = 16) -> list[float]:
+def reward_model_scores(model_id: str, prompts, replies: list, batch_size: int = 16) -> list[float]:
     """A sequence-classification reward model's score for each prompt + reply, as TRL's GRPOTrainer computes it:
-    the conversation through the reward tokenizer's chat template, right-padded, the first logit."""
+    the conversation through the reward tokenizer's chat template, right-padded, the first logit. A reply is a
+    string or its messages; a plain-text prompt is followed by its reply and the EOS, as TRL's reward trainer has it."""
     tokenizer, model = reward_model(model_id)
-    texts = [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
-             for p, r in zip(prompts, replies)]
+    texts = [p + r + tokenizer.eos_token if isinstance(p, str) else tokenizer.apply_chat_template(
+        list(p) + (list(r) if isinstance(r, list) else [{"role": "assistant", "content": r}]), tokenize=False)
+        for p, r in zip(prompts, replies)]
     scores: list[float] = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, padding_side="right",
                           add_special_tokens=False).to(model.device)
         scores += model(**batch).logits[:, 0].float().tolist()
     return scores
+
+
+def reward_model_metrics(run: str, pairs: list[tuple], batch_size: int) -> dict:
+    """A reward model run on the test pairs: reward_accuracy (the chosen reply scored above the rejected one) and
+    reward_margin (the mean of chosen minus rejected)."""
+    if not pairs:
+        return {"reward_accuracy": None, "reward_margin": None}
+    prompts = [p for p, _, _ in pairs]
+    chosen = reward_model_scores(run, prompts, [c for _, c, _ in pairs], batch_size)
+    rejected = reward_model_scores(run, prompts, [r for _, _, r in pairs], batch_size)
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"reward_accuracy": sum(m > 0 for m in margins) / len(margins), "reward_margin": sum(margins) / len(margins),
+            "reward_pairs": len(margins)}

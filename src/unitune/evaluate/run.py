@@ -22,20 +22,23 @@ from ..data.views import prompt_messages
 from ..errors import UserError, warn
 from ..fast.generation import generate_replies
 from ..files import write_json_atomic
+from ..methods import is_reward_model
 from ..models.load import load_tokenizer, resolve_model
 from ..train.lock import now_text
 from .cache import base_key
 from .cache import load as load_cached
 from .cache import save as save_cached
-from .entries import Entry, base_entry, discover, load_entry_model, training_metrics
+from .entries import Entry, base_entry, discover, load_entry_model, teacher_entries, training_metrics
 from .heldout import EvalData
-from .rewarded import RewardSetup, reward_setups, rewarded_metrics
+from .rewarded import RewardSetup, reward_model_metrics, reward_setups, rewarded_metrics
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
 
 
 def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardSetup | None,
                    device: str) -> dict:
     started = time.time()
+    if entry.path is not None and is_reward_model(entry.method):
+        return evaluate_reward_model(entry, data, cfg, started)
     model, scored_as = load_entry_model(entry, device)
     tokenizer = load_tokenizer(str(entry.path)) if entry.path else \
         load_tokenizer(resolve_model(entry.base_model), entry.revision)
@@ -54,11 +57,24 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
     else:
         result.update(preference_metrics([], []))
     result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards))
-    result.update(model_name=entry.record.get("model_name", entry.base_model) if entry.path else entry.base_model,
-                  model_path=str(entry.path) if entry.path else resolve_model(entry.base_model),
-                  dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2),
-                  evaluated_at=now_text())
-    return result
+    return result | where_from(entry, data, started)
+
+
+def evaluate_reward_model(entry: Entry, data: EvalData, cfg: EvalConfig, started: float) -> dict:
+    """An RM run scores replies and writes none: its reward accuracy and margin on the test pairs, no LM metrics."""
+    if not (entry.path / "adapter_config.json").exists():
+        raise UserError("no adapter_config.json (the run did not finish saving)")
+    return {"method": entry.method, **training_metrics(entry.path),
+            "scored_as": "adapter and score head merged into the base, fp32",
+            **reward_model_metrics(str(entry.path), data.pairs, cfg.batch_size), **where_from(entry, data, started)}
+
+
+def where_from(entry: Entry, data: EvalData, started: float) -> dict:
+    """The model and data an entry was scored on, and when."""
+    return dict(model_name=entry.record.get("model_name", entry.base_model) if entry.path else entry.base_model,
+                model_path=str(entry.path) if entry.path else resolve_model(entry.base_model),
+                dataset=data.dataset, splits=data.splits, eval_time_seconds=round(time.time() - started, 2),
+                evaluated_at=now_text())
 
 
 def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry,
@@ -92,6 +108,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if not cfg.skip_base:
         entries.insert(0, base_entry(entries, cfg.base_model))
+    entries += teacher_entries(entries)
     rewards = reward_setups(entries, cfg)
     benchmarks = None
     if cfg.lm_eval_tasks:  # an unknown task or a missing lm-eval fails now, before any model loads
@@ -193,10 +210,11 @@ def earlier_results(path: Path) -> dict:
 
 
 def run_benchmarks(manager, entries: list[Entry], results: dict, cfg: EvalConfig, device: str) -> None:
-    """lm-eval's tasks on every entry that evaluated, merged into its results under "lm_eval"."""
+    """lm-eval's tasks on every entry that evaluated and writes text (not a reward model), merged into its results
+    under "lm_eval"."""
     from .harness import run_tasks
 
-    for entry in (e for e in entries if "error" not in results[e.name]):
+    for entry in (e for e in entries if "error" not in results[e.name] and not is_reward_model(e.method)):
         print(f"unitune eval: lm-eval {', '.join(cfg.lm_eval_tasks)} on {entry.name}", flush=True)
         revision = entry.record.get("base_revision") if entry.path else entry.revision
         results[entry.name]["lm_eval"] = run_tasks(manager, cfg.lm_eval_tasks, resolve_model(entry.base_model),

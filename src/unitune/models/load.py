@@ -74,10 +74,12 @@ def generation_config(source: str, revision: str | None = None):
         return GenerationConfig()
 
 
-def load_model(source: str, hw: Hardware, device_map: str | None = None, revision: str | None = None):
+def load_model(source: str, hw: Hardware, device_map: str | None = None, revision: str | None = None,
+               scores: bool = False):
     """The model as ``hw`` trains it (QLoRA: quantised to 4-bit NF4 on its device); ``device_map`` ("auto": spread
-    over the GPUs there are) for inference; ``revision``: a Hub model's commit (models.revision)."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    over the GPUs there are) for inference; ``revision``: a Hub model's commit (models.revision); ``scores``: with a
+    one-output score head (a reward model, models.load.auto_class) instead of the LM head."""
+    from transformers import BitsAndBytesConfig
 
     kwargs: dict = {"dtype": torch.float32 if hw.device == "cpu" else hw.dtype,  # CPU bf16 is autocast
                     "revision": revision}
@@ -89,17 +91,31 @@ def load_model(source: str, hw: Hardware, device_map: str | None = None, revisio
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = auto_class(scores).from_pretrained(source, **kwargs, **({"num_labels": 1} if scores else {}))
     except OSError as err:
         raise _hub_error(source, err) from err
+    except ValueError as err:
+        if scores and "Unrecognized configuration class" in str(err):
+            raise UserError(f"{source}: transformers has no sequence classifier for this model family, so it cannot "
+                            "be a reward model; use a family that has one (Llama, Qwen, Gemma, Mistral, Phi-3, ...)"
+                            ) from None
+        raise
     # No peft.prepare_model_for_kbit_training: it upcasts every non-quantised weight (embeddings included) to fp32,
     # which cost 1.6x the GPU memory and ~10% speed in the bench's GPU mode. TRL's trainers prepare a quantised model
     # themselves (input gradients, bf16 adapters), as the QLoRA paper does.
     return model
 
 
-def lora_config(r: int, alpha: int, dropout: float):
+def auto_class(scores: bool = False):
+    """transformers' class for a causal LM, or with ``scores`` for a sequence classifier: the base with a new score
+    head (one output, the reward), which PEFT trains in full beside the adapter and saves with it."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if scores else AutoModelForCausalLM
+
+
+def lora_config(r: int, alpha: int, dropout: float, scores: bool = False):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="SEQ_CLS" if scores else "CAUSAL_LM",
                       target_modules="all-linear")

@@ -78,10 +78,11 @@ def merge_batches(cfg: TrainConfig, hw: Hardware, longest: int | None, bytes_per
 
     The effective batch (micro-batch x accumulation) and so the optimizer steps stay the same; TRL normalises the
     loss over the whole effective batch, so the update is the same too. A fold must also keep the estimated
-    activations under a quarter of this machine's memory. GRPO is left alone: its batch counts completions.
+    activations under a quarter of this machine's memory. Sampling methods (GRPO, RLOO, distill) are left alone: they
+    generate the completions they train on.
     """
     budget = cfg.max_batch_tokens or 0  # off by default: measured within noise on our CPUs (bench/RESULTS.md)
-    if not budget or not longest or not bytes_per_token or METHODS[cfg.method].samples_completions:
+    if not budget or not longest or not bytes_per_token or METHODS[cfg.method].samples:
         return cfg
     micro, accum = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
     fold = max((k for k in range(1, accum + 1) if accum % k == 0

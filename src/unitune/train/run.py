@@ -129,7 +129,7 @@ def training_rows(cfg: TrainConfig, spec: MethodSpec, sources: list[str], tokeni
             else:
                 prepared, mixed = prepare(sources[0], splits[0], spec, settings), []
             raw, fmt = prepared.rows, prepared.format
-            chat = needs_chat_template(raw, fmt) or spec.samples_completions  # GRPO prompts are rendered as chat
+            chat = needs_chat_template(raw, fmt) or spec.samples  # sampled prompts are rendered as chat
             if chat:
                 require_chat_template(tokenizer, cfg.model_name or "the embedded model")
             converted = convert(prepared, spec, settings, tokenizer)
@@ -240,8 +240,8 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
 def train_and_save(spec: MethodSpec, cfg: TrainConfig, hw: Hardware, source: str, tokenizer, train_ds, eval_ds,
                    out: Path, resume: str | None, record: dict, stop: GracefulStop, callbacks: list) -> None:
     """Load the model, train (stopping cleanly on a signal), save the adapter and the finished run record."""
-    model = load_model(source, hw, revision=record["base_revision"])
-    if tokenizer.chat_template:  # GRPO's sampling stops at the end of a turn, as the saved config will
+    model = load_model(source, hw, revision=record["base_revision"], scores=spec.scores)
+    if tokenizer.chat_template and not spec.scores:  # GRPO's sampling stops at the end of a turn, as the saved config
         model.generation_config.eos_token_id = chat_format(tokenizer).stop_ids(model.generation_config)
     with dataset_bars(len(train_ds) if hasattr(train_ds, "__len__") else 0):  # the trainer's own preparation runs here
         trainer = build_trainer(spec, cfg, hw, model, tokenizer, train_ds, eval_ds, out)

@@ -16,14 +16,29 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+from ..methods import is_reward_model
 from ..models.hardware import Hardware
-from ..models.load import load_model
+from ..models.load import auto_class, load_model, load_tokenizer, resolve_model
 from ..models.revision import pinned
-from .records import read_run
+from .records import read_run, recorded_base
 
 
 def _hardware(run: Path) -> dict:
     return (read_run(run) or {}).get("hardware") or {}
+
+
+def scores(run: Path) -> bool:
+    """Whether the run trained a score head (a reward model, the method table's ``scores``), not the LM."""
+    return is_reward_model((read_run(run) or {}).get("method"))
+
+
+def refuse_reward_model(run: Path, what: str) -> None:
+    """One line for a command that generates text (chat, export), given a reward model run."""
+    if scores(run):
+        raise UserError(f"{run} is a reward model (--method rm): it scores replies and writes none, so it cannot "
+                        f"{what}; give it to GRPO or RLOO as --reward_model, or `unitune merge` it into a standalone "
+                        "classifier")
 
 
 def training_dtype(run: Path) -> torch.dtype:
@@ -46,13 +61,12 @@ def load_base(base: str, run: Path, merge_base: str):
     """The base weights to merge into, fp32: for a QLoRA run with merge_base "quantized", the 4-bit NF4 base it
     trained on (quantised as in training, then dequantised to fp32: the exact quantised values, whatever dtype the
     training computed in); else the full-precision weights. A Hub base at the revision the run trained on."""
-    from transformers import AutoModelForCausalLM
-
-    dtype, revision = qlora_dtype(run), base_revision(run, base)
+    dtype, revision, head = qlora_dtype(run), base_revision(run, base), scores(run)
     if dtype is None or merge_base == "original":
-        return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision)
+        return auto_class(head).from_pretrained(base, dtype=torch.float32, revision=revision,
+                                                **({"num_labels": 1} if head else {}))
     # Quantise on the CPU as training did on its device: NF4 blocks and absmax do not depend on the device.
-    model = load_model(base, Hardware("cpu", dtype, True, False, "merge"), revision=revision)
+    model = load_model(base, Hardware("cpu", dtype, True, False, "merge"), revision=revision, scores=head)
     # Not dequantize(dtype=<the training's compute dtype>): bf16 would round the quantised values (0.016 on the
     # tiny model's logits, against 3e-7 in fp32).
     return model.dequantize(dtype=torch.float32)
@@ -81,8 +95,49 @@ def as_trained(run: Path, base: str, device: str, merge: bool | None = None):
                        else "adapter merged into the base, fp32")
     dtype = training_dtype(run)
     hw = Hardware(device, dtype, qlora, False, "evaluation")
-    model = load_model(base, hw, device_map="auto", revision=base_revision(run, base))
+    model = load_model(base, hw, device_map="auto", revision=base_revision(run, base), scores=scores(run))
     model = PeftModel.from_pretrained(model, str(run)).eval()
     name = str(dtype).removeprefix("torch.")
     return model, (f"4-bit NF4 base ({name} compute) with the adapter, as trained" if qlora
                    else f"{name} base with the adapter, as trained")
+
+
+def reward_classifier(source: str):
+    """A reward model to score with, and its tokenizer, on the CPU in fp32: a unitune RM run (its adapter and score
+    head merged as ``merged_model`` merges them), else a Hub id or folder of a sequence-classification model. Its pad
+    token is the tokenizer's (the score is read at the last token that is not padding), as TRL sets it."""
+    from transformers import AutoModelForSequenceClassification
+
+    run = Path(source)
+    if (run / "unitune_run.json").is_file():
+        if not scores(run):
+            raise UserError(f"--reward_model {source} is a {read_run(run).get('method')} run, not a reward model; "
+                            "train one with --method rm")
+        model, _ = merged_model(run, resolve_model(recorded_base(run)))
+        tokenizer = load_tokenizer(str(run))
+    else:
+        tokenizer = load_tokenizer(resolve_model(source))
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model(source), num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = str(source).rstrip("/")  # TRL names the reward by it ("rewards/<name>/mean")
+    return model.eval(), tokenizer
+
+
+def teacher_model(source: str, tokenizer):
+    """A distillation's --teacher, fp32 on the CPU: a run folder as it trained (its adapter merged into its base, the
+    dequantised 4-bit one for QLoRA), else a Hub id, folder or .gguf file. Refused in one line, before its weights
+    load, when its tokenizer is not the student's: the two distributions must range over one vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    run = Path(source)
+    is_run = (run / "unitune_run.json").is_file()
+    if is_run:
+        refuse_reward_model(run, "be a teacher")
+    theirs = load_tokenizer(str(run) if is_run else resolve_model(source))
+    if theirs.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"--teacher {source} has another tokenizer than the student's ({len(theirs):,} tokens against "
+                        f"{len(tokenizer):,}, or other ids): distillation compares next-token distributions over one "
+                        "vocabulary; use a teacher of the student's family")
+    if is_run:
+        return merged_model(run, resolve_model(recorded_base(run)))[0]
+    return AutoModelForCausalLM.from_pretrained(resolve_model(source), dtype=torch.float32).eval()

@@ -245,7 +245,7 @@ class Ui:
     def results(self) -> tuple[list[list], list[str], str, list[str]]:
         """The evaluation table (header, rows), the report's charts and its files, from the last evaluation."""
         from ..evaluate.charts import chart_images
-        from ..evaluate.report import TABLE_KEYS, fmt, load_results, ordered
+        from ..evaluate.report import TABLE_KEYS, fmt, load_results, ordered, table_keys
 
         path = self.root / "evaluation_results.json"
         if not path.is_file():
@@ -254,11 +254,12 @@ class Ui:
             entries = ordered(load_results(path))
         except (UserError, OSError, ValueError) as err:
             return [], ["run", *TABLE_KEYS], problem(err), []
-        rows = [[name, *(fmt(result.get(key)) for key in TABLE_KEYS)] for name, result in entries]
+        keys = table_keys(entries)
+        rows = [[name, *(fmt(result.get(key)) for key in keys)] for name, result in entries]
         files = [str(p) for p in (self.root / "report.html", self.root / "report.md", path) if p.is_file()]
         with self._chart_lock:
             charts = "".join(chart_images(entries))
-        return rows, ["run", *TABLE_KEYS], charts, files
+        return rows, ["run", *keys], charts, files
 
     # ------------------------------------------------------------------ chat
     def chat_choices(self) -> list[tuple[str, str]]:

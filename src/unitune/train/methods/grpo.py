@@ -23,6 +23,7 @@ from ...fast.prefill import shared_prefill
 from ...machine import world_size
 from ...models.load import lora_config
 from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
+from ..trained import reward_classifier
 
 COMPLETIONS_FILE = "completions.jsonl"
 
@@ -81,15 +82,19 @@ class _SaveCompletions(TrainerCallback):
                     handle.write(json.dumps(row) + "\n")
 
 
-def sampling_setup(cfg, train_ds, args: dict) -> tuple[list, dict, list]:
-    """What GRPO and RLOO share: (their rewards, the config fields of their sampling, the callbacks that keep a few
-    completions). Says which rewards score the completions."""
+def sampling_setup(cfg, train_ds, args: dict) -> tuple[dict, dict]:
+    """What GRPO and RLOO share: (the config fields of their sampling, their trainer's rewards, reward tokenizers and
+    the callbacks that keep a few completions). Says which rewards score the completions. A reward model is loaded
+    here (train.trained.reward_classifier): a unitune RM run as it trained, with its own tokenizer and template."""
     log = RewardLog()
     answer_format, because = answer_format_of(cfg.answer_format, train_ds)
     funcs, why = ([], "") if cfg.reward_model and not cfg.reward_funcs else build_rewards(
         cfg.reward_funcs, train_ds.column_names, log, answer_format)
+    tokenizers = [None] * len(funcs)
     if cfg.reward_model:
-        funcs.append(cfg.reward_model)  # TRL loads it as a sequence-classification model
+        scorer, scorer_tokenizer = reward_classifier(cfg.reward_model)
+        funcs.append(scorer)
+        tokenizers.append(scorer_tokenizer)
         why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
     if cfg.reward_weights and len(cfg.reward_weights) != len(funcs):
         raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
@@ -101,13 +106,14 @@ def sampling_setup(cfg, train_ds, args: dict) -> tuple[list, dict, list]:
         "include_num_input_tokens_seen": "no", "beta": cfg.beta, "num_generations": num_generations(cfg, world_size()),
         "max_completion_length": cfg.max_completion_length, "temperature": cfg.temperature,
         "reward_weights": cfg.reward_weights}
-    return funcs, sampling, [_SaveCompletions(log)]
+    return sampling, {"reward_funcs": funcs, "reward_processing_classes": tokenizers,
+                      "callbacks": [_SaveCompletions(log)]}
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
-    funcs, sampling, callbacks = sampling_setup(cfg, train_ds, args)
+    sampling, rewards = sampling_setup(cfg, train_ds, args)
     config = GRPOConfig(**sampling, importance_sampling_level=cfg.importance_sampling_level,
                         **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
-    return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, callbacks=callbacks,
+    return GRPOTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=tokenizer, **rewards,
                        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))

@@ -16,7 +16,7 @@ class RLOOTrainer(FastSampling, trl.RLOOTrainer):
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
-    funcs, sampling, callbacks = sampling_setup(cfg, train_ds, args)
-    return RLOOTrainer(model=model, reward_funcs=funcs, args=RLOOConfig(**sampling), train_dataset=train_ds,
-                       eval_dataset=eval_ds, processing_class=tokenizer, callbacks=callbacks,
+    sampling, rewards = sampling_setup(cfg, train_ds, args)
+    return RLOOTrainer(model=model, args=RLOOConfig(**sampling), train_dataset=train_ds, eval_dataset=eval_ds,
+                       processing_class=tokenizer, **rewards,
                        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
