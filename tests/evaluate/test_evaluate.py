@@ -518,7 +518,10 @@ def test_a_qlora_run_is_scored_as_it_was_trained(tiny_args, tiny_model_dir, toke
         own = [model(input_ids=torch.tensor([enc["input_ids"]]),
                      labels=torch.where(torch.tensor([enc["assistant_masks"]]) == 1, torch.tensor([enc["input_ids"]]),
                                         -100)).loss.item() for enc in encode_pairs(tokenizer, items)]
-    assert mean_loss(reply_nll(model, tokenizer, items)) == pytest.approx(own, abs=1e-4)
+    # Batched against one row at a time: in bf16 compute (a CPU with native bf16, or a GPU) the batch shape changes
+    # the kernels' rounding: 5.6e-4 on a loss of 10.77 (5e-5 relative) on a Sapphire Rapids CPU.
+    tolerance = {"rel": 1e-3} if dtype == "bfloat16" else {"abs": 1e-4}
+    assert mean_loss(reply_nll(model, tokenizer, items)) == pytest.approx(own, **tolerance)
 
 
 def test_a_run_that_cannot_be_scored_now_keeps_its_earlier_numbers(tmp_path):
