@@ -7,7 +7,8 @@
 #   bench  bench/run.py --gpu on it: SFT and DPO timed against plain TRL's defaults and TRL + Liger, the peak GPU
 #          memory of all five methods against TRL's defaults, GRPO with TRL's vLLM colocate mode where a vLLM fits
 #          (bench/results_gpu.json); the target: SFT >= 2x TRL's defaults in tokens/s at <= TRL's peak memory;
-#   train  sft dpo orpo kto grpo with QLoRA through `unitune train`, STEPS steps each, the five at once;
+#   train  sft dpo orpo kto grpo rm rloo with QLoRA through `unitune train`, STEPS steps each, all at once; then
+#          grpo rewarded by the rm run and distill from the sft run, at once;
 #   after  eval (every run and the base), merge, export (GGUF f16 and q8_0) and a one-message chat, all at once.
 # Each step runs under `timeout`, inside an overall budget (GPU_CHECK_BUDGET seconds), and prints one line; the
 # transcript goes, with the date and the GPU's name, into bench/RESULTS.md under "GPU check runs" (not for a smoke
@@ -337,11 +338,20 @@ else
   step bench 360 "$PY" bench/run.py --gpu --model "$MODEL" ${TOKENIZER:+--tokenizer "$TOKENIZER"}
 fi
 
-# ---------------------------------------------------------------- train: the five methods at once
-for method in sft dpo orpo kto grpo; do
+# ---------------------------------------------------------------- train: the five methods, rm and rloo at once
+for method in sft dpo orpo kto grpo rm rloo; do
   start "$method" 180 "${UNITUNE[@]}" train --method "$method" --use_qlora "$QLORA" --max_steps "$STEPS" \
     --max_train_samples 64 --output_dir "$RUNS/runs/$method" --save_steps "$STEPS" --model_name "$MODEL"
 done
+finish
+# then the runs that need one of those: GRPO rewarded by the RM run, distillation from the SFT run (QLoRA runs, as
+# they trained: merged into the dequantised 4-bit base)
+start grpo_rm 180 "${UNITUNE[@]}" train --method grpo --use_qlora "$QLORA" --max_steps "$STEPS" \
+  --max_train_samples 64 --output_dir "$RUNS/runs/grpo_rm" --save_steps "$STEPS" --model_name "$MODEL" \
+  --reward_model "$RUNS/runs/rm"
+start distill 180 "${UNITUNE[@]}" train --method distill --use_qlora "$QLORA" --max_steps "$STEPS" \
+  --max_train_samples 64 --output_dir "$RUNS/runs/distill" --save_steps "$STEPS" --model_name "$MODEL" \
+  --teacher "$RUNS/runs/sft" --max_completion_length 32
 finish
 
 # ---------------------------------------------------------------- after: eval, merge, export, chat at once

@@ -1,3 +1,4 @@
-"""unitune: post-train causal LMs (SFT, DPO, ORPO, KTO, GRPO, RLOO with LoRA/QLoRA) and compare the runs."""
+"""unitune: post-train causal LMs (SFT, DPO, ORPO, KTO, GRPO, RLOO, distillation, reward models; LoRA/QLoRA)
+and compare the runs."""
 
 __version__ = "0.1.0"

@@ -106,8 +106,10 @@ def test_grpo_and_rloo_take_an_rm_run_as_their_reward_model(rm_run, tiny_args, t
                                                ds, None, training_args(cfg, choose_hardware("auto"), tmp_path / "b",
                                                                        False))
         assert len(trainer.reward_funcs) == 1
+        # under bf16 autocast when the run computes in bf16 (accelerate wraps the reward model's forward with it)
+        tolerance = {"abs": 2e-2} if trainer.args.bf16 else {"abs": 1e-5}
         assert scores_of(trainer.reward_funcs[0].cpu(), trainer.reward_processing_classes[0], texts) == \
-            pytest.approx(expected, abs=1e-5)
+            pytest.approx(expected, **tolerance)
         assert main(tiny_args(method, *flags)) == 0
         assert f"rewards: reward model {rm_run}" in capsys.readouterr().out
         logs = read_json(tmp_path / f"{method}_run" / "trainer_state.json")["log_history"]

@@ -37,8 +37,8 @@ class EvalConfig:
     columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
     reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "
                                                "package.module:function (default: the GRPO run's own)")
-    reward_model: str | None = opt(None, "a reward model for mean_reward, for every entry: Hub id, folder or a "
-                                         "unitune RM run (with --reward_funcs: added to them)")
+    reward_model: str | None = opt(None, "a reward model for mean_reward, for every entry: Hub id, folder or RM run "
+                                         "(--method rm; with --reward_funcs: added to them)")
     trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
                                          "without it such runs get mean_reward null: a runs folder from someone "
                                          "else must not run their Python")

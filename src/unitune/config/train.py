@@ -94,7 +94,8 @@ class TrainConfig:
                                      methods=SAMPLING)
     reward_weights: list[float] | None = opt(None, "GRPO/RLOO: one weight per reward function, then one for "
                                                    "--reward_model", methods=SAMPLING)
-    reward_model: str | None = opt(None, "GRPO/RLOO: Hub id or folder of a sequence-classification reward model",
+    reward_model: str | None = opt(None, "GRPO/RLOO: a reward model: a run of --method rm, or a Hub id or folder of "
+                                         "a sequence-classification model",
                                      methods=SAMPLING)
     answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
@@ -159,6 +160,13 @@ class TrainConfig:
             _choice(self.loss_type, "--loss_type for grpo", GRPO_LOSSES)
             if self.loss_type == "luspo" and self.importance_sampling_level != "sequence":
                 raise UserError("--loss_type luspo is a sequence-level loss: add --importance_sampling_level sequence")
+        if spec.scores and self.eval_generation:
+            raise UserError(f"--eval_generation generates replies, and --method {self.method} trains a reward model, "
+                            "which writes none; drop --eval_generation (its eval loss is the pairs' ranking loss)")
+        for flag in ("teacher", "reward_model"):  # kept in the record as absolute paths: eval may run elsewhere
+            value = getattr(self, flag)
+            if value and Path(value).exists():
+                setattr(self, flag, str(Path(value).resolve()))
         if spec.teacher and not self.teacher:
             raise UserError(f"--method {self.method} needs --teacher: a Hub id, folder, .gguf file or run folder "
                             "whose tokenizer is the student's (e.g. --teacher runs/sft_demo)")

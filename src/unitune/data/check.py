@@ -169,7 +169,8 @@ def run_check(cfg: CheckConfig, name: str | None = None) -> tuple[dict, bool]:
 def render(report: dict, method: str | None) -> str:
     masks = f"yes, masks from {report['masking_description']}" if report["has_chat_template"] else "NO"
     lines = [f"dataset: {report['dataset']}   tokenizer: {report['model']}   chat template: {masks}"]
-    header = f"{'split':<14}{'rows':>6}  {'format':<20}{'feeds':<24}{'prompt tok min/med/p95/max':<28}" \
+    width = max([24] + [len(",".join(s["feeds"])) + 2 for s in report["splits"]])  # the feeds column
+    header = f"{'split':<14}{'rows':>6}  {'format':<20}{'feeds':<{width}}{'prompt tok min/med/p95/max':<28}" \
              f"{'reply tok min/med/p95/max':<27}{'truncated':>10}"
     lines += [header, "-" * len(header)]
     notes = []
@@ -185,8 +186,9 @@ def render(report: dict, method: str | None) -> str:
             v = s.get(key)
             return "/".join(str(v[k]) for k in ("min", "median", "p95", "max")) if v else "-"
         trunc = s.get("truncated", {})
-        lines.append(f"{s['split']:<14}{s['rows']:>6}  {s['format'] or 'UNKNOWN':<20}{','.join(s['feeds']) or '-':<24}"
-                     f"{fmt_stats('prompt_tokens'):<28}{fmt_stats('reply_tokens'):<27}{trunc.get('rows', 0):>10}")
+        lines.append(f"{s['split']:<14}{s['rows']:>6}  {s['format'] or 'UNKNOWN':<20}"
+                     f"{','.join(s['feeds']) or '-':<{width}}{fmt_stats('prompt_tokens'):<28}"
+                     f"{fmt_stats('reply_tokens'):<27}{trunc.get('rows', 0):>10}")
         if s.get("streamed"):
             notes.append(f"{s['split']}: the first {s['rows']} rows of its stream checked (--streaming)")
         if s.get("sampled"):

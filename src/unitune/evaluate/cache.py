@@ -49,6 +49,7 @@ def base_key(model: str, dataset: str, columns: dict, rewards, cfg: EvalConfig, 
     code = [fingerprint(name.rsplit(":", 1)[0]) for name in (reward or {}).get("names", []) if ".py:" in name]
     payload = {"model": fingerprint(model, "model", revision), "dataset": fingerprint(dataset, "dataset"),
                "columns": columns, "rewards": reward, "reward_code": code,
+               "reward_model": fingerprint((reward or {}).get("model")),  # a folder retrained in place: scored again
                "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device, "versions": library_versions(),
                "scorer": SCORER}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]

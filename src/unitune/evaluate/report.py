@@ -62,7 +62,7 @@ def fmt(value) -> str:
 
 def gone(name: str, result: dict, runs: Path | None) -> bool:
     """Whether an entry's run folder no longer exists (its results are kept: they may be all that is left of it)."""
-    if name == "base" or not result.get("model_path"):
+    if name == "base" or result.get("method") == "teacher" or not result.get("model_path"):  # models, not runs
         return False
     return not Path(result["model_path"]).exists() and not (runs is not None and (runs / name).is_dir())
 

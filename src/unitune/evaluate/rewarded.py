@@ -42,6 +42,8 @@ def reward_setups(entries: list[Entry], cfg: EvalConfig) -> dict[str, RewardSetu
     if cfg.reward_funcs or cfg.reward_model:
         for name in cfg.reward_funcs or []:  # a bad name fails now, not after every entry has generated
             load_reward(name)
+        if cfg.reward_model:  # so does a bad reward model (loaded once: reward_model keeps it)
+            reward_model(cfg.reward_model)
         shared = RewardSetup(list(cfg.reward_funcs or []), model=cfg.reward_model, answer_format=cfg.answer_format,
                              source=" and ".join(f for f, v in (("--reward_funcs", cfg.reward_funcs),
                                                                 ("--reward_model", cfg.reward_model)) if v))
@@ -106,15 +108,20 @@ def reward_model(model_id: str):
 def reward_model_scores(model_id: str, prompts, replies: list, batch_size: int = 16) -> list[float]:
     """A sequence-classification reward model's score for each prompt + reply, as TRL's GRPOTrainer computes it:
     the conversation through the reward tokenizer's chat template, right-padded, the first logit. A reply is a
-    string or its messages; a plain-text prompt is followed by its reply and the EOS, as TRL's reward trainer has it."""
+    string or its messages (system turns folded where the template wants, as training folds them); a plain-text
+    prompt is followed by its reply and the EOS, as TRL's reward trainer has it."""
+    from ..templates import chat_format
+
     tokenizer, model = reward_model(model_id)
-    texts = [p + r + tokenizer.eos_token if isinstance(p, str) else tokenizer.apply_chat_template(
-        list(p) + (list(r) if isinstance(r, list) else [{"role": "assistant", "content": r}]), tokenize=False)
-        for p, r in zip(prompts, replies)]
+    plain = bool(prompts) and isinstance(prompts[0], str)
+    prepare = chat_format(tokenizer).prepare if not plain and tokenizer.chat_template else list
+    texts = [p + r + tokenizer.eos_token if plain else tokenizer.apply_chat_template(
+        prepare(list(p) + (list(r) if isinstance(r, list) else [{"role": "assistant", "content": r}])),
+        tokenize=False) for p, r in zip(prompts, replies)]
     scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
+    for start in range(0, len(texts), batch_size):  # plain text with the special tokens TRL's reward trainer adds
         batch = tokenizer(texts[start: start + batch_size], return_tensors="pt", padding=True, padding_side="right",
-                          add_special_tokens=False).to(model.device)
+                          add_special_tokens=plain).to(model.device)
         scores += model(**batch).logits[:, 0].float().tolist()
     return scores
 

@@ -25,6 +25,7 @@ from ..files import write_json_atomic
 from ..methods import is_reward_model
 from ..models.load import load_tokenizer, resolve_model
 from ..train.lock import now_text
+from ..train.trained import qlora_dtype
 from .cache import base_key
 from .cache import load as load_cached
 from .cache import save as save_cached
@@ -65,7 +66,8 @@ def evaluate_reward_model(entry: Entry, data: EvalData, cfg: EvalConfig, started
     if not (entry.path / "adapter_config.json").exists():
         raise UserError("no adapter_config.json (the run did not finish saving)")
     return {"method": entry.method, **training_metrics(entry.path),
-            "scored_as": "adapter and score head merged into the base, fp32",
+            "scored_as": "adapter and score head merged into the base, fp32" + (
+                " (the dequantised 4-bit base it trained on)" if qlora_dtype(entry.path) is not None else ""),
             **reward_model_metrics(str(entry.path), data.pairs, cfg.batch_size), **where_from(entry, data, started)}
 
 

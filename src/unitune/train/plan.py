@@ -23,19 +23,20 @@ def plural(n: int, word: str) -> str:
 def steps_per_epoch(cfg: TrainConfig, examples: int) -> int:
     """Optimizer steps per epoch over ``examples`` (what the trainer iterates), by the trainers' own formulas.
 
-    Most methods: micro-batches per process, then accumulation, rounded up. GRPO: its batch counts completions,
-    so a step takes batch x accumulation x processes / num_generations prompts, and TRL's sampler drops a last
-    partial group of prompts.
+    Most methods: micro-batches per process, then accumulation, rounded up. The sampling methods take whole
+    generation batches and TRL's sampler drops a last partial one: GRPO and RLOO's batch counts completions, so a
+    step takes batch x accumulation x processes / num_generations prompts; distill samples one per prompt.
     """
     batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world_size()
-    if METHODS[cfg.method].samples_completions:
+    spec = METHODS[cfg.method]
+    if spec.samples:
         from .methods.grpo import num_generations
 
-        prompts = batch // num_generations(cfg, world_size())
+        prompts = batch // num_generations(cfg, world_size()) if spec.samples_completions else batch
         if examples < prompts:
             raise UserError(f"{cfg.method.upper()} takes {prompts} prompts per optimizer step (batch x accumulation x "
-                            f"processes / num_generations) but the data have {examples}; use more rows or a smaller "
-                            "batch")
+                            f"processes{' / num_generations' if spec.samples_completions else ''}) but the data have "
+                            f"{examples}; use more rows or a smaller batch")
         return examples // prompts
     micro = math.ceil(examples / (cfg.per_device_train_batch_size * world_size()))
     return max(math.ceil(micro / cfg.gradient_accumulation_steps), 1)
@@ -143,6 +144,12 @@ def print_plan(cfg: TrainConfig, given: TrainConfig, rows: int, examples: int, s
     else:
         print(f"unitune: plan: {lengths['tokens']} tokens per epoch (prompt + reply, at most --max_length each)")
     cut = lengths["truncated"]
-    if cut["rows"]:
+    if cut["rows"] and METHODS[cfg.method].scores:  # TRL's RewardTrainer drops a pair longer than max_length
+        if cut["rows"] >= rows:
+            raise UserError(f"every pair is longer than --max_length {cfg.max_length}, and the reward trainer drops "
+                            "such pairs; raise --max_length")
+        warn(f"{cut['rows']} pairs exceed --max_length {cfg.max_length} and will be dropped (the reward trainer "
+             "keeps only whole pairs); raise --max_length to keep them")
+    elif cut["rows"]:
         warn(f"{cut['rows']} rows exceed --max_length {cfg.max_length} and will be truncated (by up to "
              f"{cut['max_cut']} tokens); raise --max_length to keep them whole")

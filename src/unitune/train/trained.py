@@ -103,9 +103,10 @@ def as_trained(run: Path, base: str, device: str, merge: bool | None = None):
 
 
 def reward_classifier(source: str):
-    """A reward model to score with, and its tokenizer, on the CPU in fp32: a unitune RM run (its adapter and score
-    head merged as ``merged_model`` merges them), else a Hub id or folder of a sequence-classification model. Its pad
-    token is the tokenizer's (the score is read at the last token that is not padding), as TRL sets it."""
+    """A reward model to score with, and its tokenizer, on the CPU (fp32; bf16 where CUDA will run it): a unitune RM
+    run (its adapter and score head merged as ``merged_model`` merges them), else a Hub id or folder of a
+    sequence-classification model. Its pad token is the tokenizer's (the score is read at the last token that is not
+    padding), as TRL sets it."""
     from transformers import AutoModelForSequenceClassification
 
     run = Path(source)
@@ -120,24 +121,41 @@ def reward_classifier(source: str):
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model(source), num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config._name_or_path = str(source).rstrip("/")  # TRL names the reward by it ("rewards/<name>/mean")
-    return model.eval(), tokenizer
+    return on_gpu_dtype(model.eval()), tokenizer
 
 
 def teacher_model(source: str, tokenizer):
-    """A distillation's --teacher, fp32 on the CPU: a run folder as it trained (its adapter merged into its base, the
-    dequantised 4-bit one for QLoRA), else a Hub id, folder or .gguf file. Refused in one line, before its weights
-    load, when its tokenizer is not the student's: the two distributions must range over one vocabulary."""
+    """A distillation's --teacher, on the CPU (fp32; bf16 where CUDA will run it): a run folder as it trained (its
+    adapter merged into its base, the dequantised 4-bit one for QLoRA), else a Hub id, folder or .gguf file. Refused
+    in one line, before its weights load, when its tokenizer or its vocabulary size is not the student's: the two
+    distributions must range over one vocabulary."""
     from transformers import AutoModelForCausalLM
 
     run = Path(source)
     is_run = (run / "unitune_run.json").is_file()
     if is_run:
         refuse_reward_model(run, "be a teacher")
+    from transformers import AutoConfig
+
     theirs = load_tokenizer(str(run) if is_run else resolve_model(source))
     if theirs.get_vocab() != tokenizer.get_vocab():
         raise UserError(f"--teacher {source} has another tokenizer than the student's ({len(theirs):,} tokens against "
                         f"{len(tokenizer):,}, or other ids): distillation compares next-token distributions over one "
                         "vocabulary; use a teacher of the student's family")
-    if is_run:
-        return merged_model(run, resolve_model(recorded_base(run)))[0]
-    return AutoModelForCausalLM.from_pretrained(resolve_model(source), dtype=torch.float32).eval()
+    weights = resolve_model(recorded_base(run)) if is_run else resolve_model(source)
+    rows, student_rows = (AutoConfig.from_pretrained(path).get_text_config().vocab_size for path in
+                          (weights, tokenizer.name_or_path))
+    if rows != student_rows:  # one tokenizer, embeddings padded differently (Qwen2.5 0.5B against 7B)
+        raise UserError(f"--teacher {source} has {rows:,} vocabulary rows and the student {student_rows:,}: the "
+                        "distributions must have one size; use a teacher with the student's vocab_size")
+    model = merged_model(run, weights)[0] if is_run else \
+        AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32).eval()
+    return on_gpu_dtype(model)
+
+
+def on_gpu_dtype(model):
+    """A frozen helper model (a teacher, a reward model) in bf16 where CUDA runs it, else as loaded (fp32): TRL moves
+    it to the GPU as it is, and fp32 doubles its memory there."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return model.to(torch.bfloat16)
+    return model

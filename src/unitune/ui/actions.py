@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import ChatConfig, EvalConfig, ExportConfig, UiConfig, default_run_dir, from_mapping
 from ..errors import UserError, first_line
+from ..methods import is_reward_model
 from ..train.lock import busy_message, holder
 from ..train.output_dir import run_to_keep
 from ..train.records import FINISHED, record_of, run_status
@@ -263,11 +264,11 @@ class Ui:
 
     # ------------------------------------------------------------------ chat
     def chat_choices(self) -> list[tuple[str, str]]:
-        """The embedded model, each run's base model, and every finished run."""
+        """The embedded model, each run's base model, and every finished run that writes replies (no reward model)."""
         bases = {EMBEDDED: "base: the embedded SmolLM2-135M-Instruct"}
         runs = []
         for folder in self.runs():
-            if status_of(folder) != FINISHED:
+            if status_of(folder) != FINISHED or is_reward_model((record_of(folder) or {}).get("method")):
                 continue
             base = (record_of(folder) or {}).get("model_name")  # None: the embedded model, listed first
             if base and self.gates.readable("model_name", base):
