@@ -231,3 +231,26 @@ def held_out_prompts(rows: int = 6):
 
     prepared = prepare(str(DEMO_DIR), "test_gen", None, DataSettings({}, rows, "max_samples"))
     return [prompt_messages(row, prepared.format) for row in prepared.rows]
+
+
+def built_trainer(argv: list[str], tmp_path: Path, model=None):
+    """The TRL trainer `unitune <argv>` would build (its method's module), on 4 rows of the method's natural split of
+    the bundled data, untrained; ``model``: the one to give it (default: the --model_name causal LM)."""
+    from transformers import AutoModelForCausalLM
+
+    from unitune.cli import parse_config
+    from unitune.config import TrainConfig
+    from unitune.data.load import DEMO_DIR
+    from unitune.data.pipeline import prepare
+    from unitune.methods import METHODS
+    from unitune.models.hardware import choose_hardware
+    from unitune.models.load import load_tokenizer
+    from unitune.train.methods import trainer_module
+    from unitune.train.run import data_settings, training_args
+
+    cfg = parse_config(TrainConfig, argv[1:], "t")
+    spec, tokenizer = METHODS[cfg.method], load_tokenizer(cfg.model_name)
+    rows = prepare(str(DEMO_DIR), spec.split, spec, data_settings(cfg, 4, "max_train_samples"), tokenizer).converted
+    model = model if model is not None else AutoModelForCausalLM.from_pretrained(cfg.model_name)
+    return trainer_module(cfg.method).build(cfg, model, tokenizer, rows, None,
+                                            training_args(cfg, choose_hardware("auto"), tmp_path / "built", False))

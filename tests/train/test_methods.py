@@ -14,7 +14,7 @@ from unitune.models.hardware import choose_hardware
 from unitune.train.methods import trainer_module
 from unitune.train.run import data_settings, training_args
 
-from conftest import SEED_FILES, lora_b_norm, read_json, seed_snippet_generates
+from conftest import SEED_FILES, built_trainer, lora_b_norm, read_json, seed_snippet_generates
 
 USER = {"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}
 GOOD = {"role": "assistant", "content": "2 + 2 = 4.\nAnswer: 4"}
@@ -152,19 +152,11 @@ def test_grpo_default_rewards_logged(tiny_args, tmp_path, capsys):
 def test_grpo_loss_variants_reach_the_trainer_and_the_report(loss, level, tiny_args, tiny_model_dir, tmp_path):
     """--loss_type and --importance_sampling_level (GSPO) are the ones TRL's trainer computes its loss with, and the
     report names them."""
-    from transformers import AutoModelForCausalLM
-
     from unitune.evaluate.report import loss_row
-    from unitune.models.load import load_tokenizer
 
     flags = ["--max_steps", "1", "--max_completion_length", "4", "--num_generations", "2", "--loss_type", loss,
              "--importance_sampling_level", level]
-    cfg = parse_config(TrainConfig, tiny_args("grpo", *flags)[1:], "t")
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    ds = prepare(str(DEMO_DIR), "train_gen", METHODS["grpo"], data_settings(cfg, 4, "max_train_samples"),
-                 tokenizer).converted
-    trainer = trainer_module("grpo").build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ds,
-                                           None, training_args(cfg, choose_hardware("auto"), tmp_path / "b", False))
+    trainer = built_trainer(tiny_args("grpo", *flags), tmp_path)
     assert (trainer.loss_type, trainer.importance_sampling_level) == (loss, level)
     assert main(tiny_args("grpo", *flags)) == 0
     record = read_json(tmp_path / "grpo_run" / "unitune_run.json")
@@ -175,20 +167,12 @@ def test_rloo_trains_on_grpo_rewards(tiny_args, tiny_model_dir, tmp_path, capsys
     """RLOO is TRL's RLOOTrainer with GRPO's rewards, reward weights, sampling flags and completions file; its
     --beta is TRL's KL weight (0.05 by default)."""
     import trl
-    from transformers import AutoModelForCausalLM
-
-    from unitune.models.load import load_tokenizer
 
     reward = tmp_path / "my_rewards.py"
     reward.write_text(REWARD_FILE)
     flags = ["--max_completion_length", "8", "--num_generations", "2", "--reward_funcs", "accuracy",
              f"{reward}:brevity", "--reward_weights", "1", "0.5", "--temperature", "0.7"]
-    cfg = parse_config(TrainConfig, tiny_args("rloo", *flags)[1:], "t")
-    tokenizer = load_tokenizer(str(tiny_model_dir))
-    ds = prepare(str(DEMO_DIR), "train_gen", METHODS["rloo"], data_settings(cfg, 4, "max_train_samples"),
-                 tokenizer).converted
-    trainer = trainer_module("rloo").build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, ds,
-                                           None, training_args(cfg, choose_hardware("auto"), tmp_path / "b", False))
+    trainer = built_trainer(tiny_args("rloo", *flags), tmp_path)
     assert isinstance(trainer, trl.RLOOTrainer)
     assert (trainer.beta, trainer.num_generations, trainer.temperature) == (0.05, 2, 0.7)
     assert trainer.reward_weights.tolist() == [1.0, 0.5]

@@ -102,13 +102,18 @@ def _local_splits(dataset: str, stamp: tuple) -> DatasetDict:
     return load_dataset(dataset, download_mode="force_redownload")
 
 
-def load_split(dataset: str, split: str) -> Dataset:
-    """Load one split of a resolved dataset; unknown splits list the available ones."""
-    path = Path(dataset)
+def require_split(dataset: str, split: str) -> None:
+    """One line when the dataset has no such split, listing the ones it has."""
     available = split_names(dataset)
     if split not in available:
         raise UserError(f"split '{split}' not found in {dataset}; available splits: {', '.join(available)} "
                         "(choose one with --split / --eval_split)")
+
+
+def load_split(dataset: str, split: str) -> Dataset:
+    """Load one split of a resolved dataset; unknown splits list the available ones."""
+    path = Path(dataset)
+    require_split(dataset, split)
     try:
         if path.is_file():
             _check_file(path)
@@ -126,10 +131,7 @@ def stream_split(dataset: str, split: str) -> IterableDataset:
     """One split of a resolved dataset as a stream (--streaming): rows read as they are asked for, never the whole
     split in memory or on disk. Local files stream from the files themselves; Hub datasets from the Hub."""
     path = Path(dataset)
-    available = split_names(dataset)
-    if split not in available:
-        raise UserError(f"split '{split}' not found in {dataset}; available splits: {', '.join(available)} "
-                        "(choose one with --split / --eval_split)")
+    require_split(dataset, split)
     try:
         if path.is_file():
             _check_file(path, every_line=False)  # a stream does not read the whole file first
