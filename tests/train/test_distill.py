@@ -59,6 +59,14 @@ def test_teacher_problems_are_one_line(tiny_args, tiny_model_dir, tokenizer, tmp
     err = capsys.readouterr().err
     assert f"--teacher {stranger} has another tokenizer than the student's ({len(other):,} tokens against " \
            f"{len(tokenizer):,}" in err and "Traceback" not in err
+    wider = tmp_path / "wider"  # the student's tokenizer, 64 more embedding rows (as Qwen2.5's sizes differ)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer) + 64, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=1, num_attention_heads=4)).save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    assert main(tiny_args("distill", "--teacher", str(wider), "--overwrite_output_dir")) == 2
+    assert f"--teacher {wider} has {len(tokenizer) + 64:,} vocabulary rows and the student {len(tokenizer):,}" in \
+        capsys.readouterr().err
     assert main(tiny_args("rm", "--max_steps", "1")) == 0
     assert main(tiny_args("distill", "--teacher", str(tmp_path / "rm_run"), "--overwrite_output_dir")) == 2
     assert "is a reward model (--method rm): it scores replies and writes none, so it cannot be a teacher" in \

@@ -2,6 +2,7 @@
 evaluator, used by GRPO and RLOO as --reward_model, merged into a standalone classifier, refused by chat and
 export."""
 
+import json
 
 import pytest
 import torch
@@ -16,13 +17,11 @@ from unitune.data.pipeline import prepare
 from unitune.data.views import pair_row
 from unitune.evaluate.rewarded import reward_model_scores
 from unitune.methods import METHODS
-from unitune.models.hardware import choose_hardware
 from unitune.models.load import load_tokenizer
-from unitune.train.methods import trainer_module
-from unitune.train.run import data_settings, training_args
+from unitune.train.run import data_settings
 from unitune.train.trained import reward_classifier
 
-from conftest import read_json
+from conftest import built_trainer, read_json
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2? End with a line of the form 'Answer: <value>'."}]
 REPLIES = ["2 + 2 = 4.\nAnswer: 4", "I think it is five."]
@@ -73,13 +72,9 @@ def test_rm_run_loads_with_transformers_and_peft(rm_run, tiny_model_dir):
 def test_rm_trains_on_the_text_its_scorers_read(tiny_args, tiny_model_dir, tmp_path):
     """The reward is read at the last token that is not padding, so the RM must train on the tokens GRPO's reward
     models and the evaluator score: the whole conversation through the chat template."""
-    cfg = parse_config(TrainConfig, tiny_args("rm")[1:], "t")
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    ds = prepare(str(DEMO_DIR), "train_prefs", METHODS["rm"], data_settings(cfg, 4, "max_train_samples"),
-                 tokenizer).converted
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)  # as train_and_save
-    trainer = trainer_module("rm").build(cfg, model, tokenizer, ds, None,
-                                         training_args(cfg, choose_hardware("auto"), tmp_path / "b", False))
+    trainer = built_trainer(tiny_args("rm"), tmp_path, model)
     pairs = bundled_pairs("train_prefs", 4)
     assert len(trainer.train_dataset) == len(pairs) == 4
     for (prompt, chosen, rejected), prepared in zip(pairs, trainer.train_dataset):
@@ -90,8 +85,6 @@ def test_rm_trains_on_the_text_its_scorers_read(tiny_args, tiny_model_dir, tmp_p
 
 def test_grpo_and_rloo_take_an_rm_run_as_their_reward_model(rm_run, tiny_args, tiny_model_dir, tmp_path, capsys):
     """The trainers score completions with the RM as it trained (its adapter and head), through its own tokenizer."""
-    from transformers import AutoModelForCausalLM
-
     tokenizer = load_tokenizer(str(tiny_model_dir))
     texts = [tokenizer.apply_chat_template(PROMPT + [{"role": "assistant", "content": r}], tokenize=False)
              for r in REPLIES]
@@ -99,12 +92,7 @@ def test_grpo_and_rloo_take_an_rm_run_as_their_reward_model(rm_run, tiny_args, t
     for method in ("grpo", "rloo"):
         flags = ["--reward_model", str(rm_run), "--max_steps", "1", "--num_generations", "2",
                  "--max_completion_length", "4"]
-        cfg = parse_config(TrainConfig, tiny_args(method, *flags)[1:], "t")
-        ds = prepare(str(DEMO_DIR), "train_gen", METHODS[method], data_settings(cfg, 4, "max_train_samples"),
-                     tokenizer).converted
-        trainer = trainer_module(method).build(cfg, AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer,
-                                               ds, None, training_args(cfg, choose_hardware("auto"), tmp_path / "b",
-                                                                       False))
+        trainer = built_trainer(tiny_args(method, *flags), tmp_path)
         assert len(trainer.reward_funcs) == 1
         # under bf16 autocast when the run computes in bf16 (accelerate wraps the reward model's forward with it)
         tolerance = {"abs": 2e-2} if trainer.args.bf16 else {"abs": 1e-5}
@@ -159,3 +147,35 @@ def test_merge_writes_a_standalone_classifier_and_chat_and_export_refuse(rm_run,
     assert main(["export", "--run", str(rm_run), "--output", str(tmp_path / "gguf")]) == 2
     assert "so it cannot be exported to GGUF" in capsys.readouterr().err
     assert not (tmp_path / "gguf").exists()
+
+
+def test_reward_model_bad_input_is_one_line(rm_run, tiny_args, tmp_path, capsys):
+    assert main(tiny_args("rm", "--eval_split", "test_prefs", "--eval_generation", "2")) == 2
+    assert "--method rm trains a reward model, which writes none; drop --eval_generation" in capsys.readouterr().err
+    long = tmp_path / "long.jsonl"  # short prompts, replies of 200 words
+    long.write_text("".join(json.dumps({"prompt": f"Say {i}.", "chosen": "yes " * 200, "rejected": "no " * 200}) + "\n"
+                            for i in range(4)))
+    assert main(tiny_args("rm", "--dataset", str(long), "--max_length", "64", "--output_dir", str(tmp_path / "x"))) == 2
+    assert "every pair is longer than --max_length 64, and the reward trainer drops such pairs; raise --max_length" \
+        in capsys.readouterr().err
+    missing = tmp_path / "no_such_model"
+    assert main(["eval", "--runs_dir", str(tmp_path), "--reward_model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err and "generating" not in err  # before any entry generates
+
+
+@pytest.mark.parametrize("template", [None, "llama3.jinja"])
+def test_show_tokens_marks_the_whole_scored_conversation(template, tokenizer, capsys):
+    """`check --method rm --show_tokens`: the RM trains on all of prompt + chosen, so all of it is marked trained."""
+    from pathlib import Path
+
+    import trl
+
+    flags = ["--chat_template", str(Path(trl.__file__).parent / "chat_templates" / template)] if template else []
+    assert main(["check", "--method", "rm", "--split", "train_prefs", "--show_tokens", "1", "--json", *flags]) == 0
+    view = json.loads(capsys.readouterr().out)["splits"][0]["token_view"][0]
+    assert len(view) == 1 and view[0]["trained"]
+    prompt, chosen, _ = bundled_pairs("train_prefs", 1)[0]
+    if template is None:
+        assert view[0]["text"] == tokenizer.apply_chat_template(prompt + chosen, tokenize=False)
+    assert view[0]["text"].rstrip().endswith("Answer: 105" + ("<|eot_id|>" if template else "<|im_end|>"))

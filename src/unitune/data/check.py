@@ -9,7 +9,7 @@ import hashlib
 import json
 
 from ..config import CheckConfig
-from ..methods import GENERATING, METHODS
+from ..methods import GENERATING, METHODS, is_reward_model
 from ..models.load import generation_config, load_tokenizer, resolve_model
 from ..templates import chat_format, eos_ids, use_template_file
 from .formats import FORMATS, as_text, conversational, detect_format
@@ -117,10 +117,15 @@ def token_segments(text: str, mask: list[int], starts: list[int]) -> list[dict]:
 def row_tokens(row: dict, fmt: str, tokenizer, method: str | None = None) -> list[dict]:
     """One row as the trainer sees it: conversations with every reply trained (SFT), pairs as prompt + chosen with
     the scored reply trained, prompts alone untrained (and every row for GRPO, RLOO and distill, which sample the
-    replies); plain strings as prompt + reply, the reply trained."""
+    replies); plain strings as prompt + reply, the reply trained. A reward model (rm) trains on the whole of
+    prompt + chosen (its score, read at the last token, sees every token), so all of it is marked."""
     prompt, replies = row_views(row, fmt)
     if method in GENERATING:
         prompt, replies = prompt_messages(row, fmt), []
+    if is_reward_model(method) and replies:
+        whole = chat_format(tokenizer).render(prompt + replies[0]) if conversational(row, fmt) else \
+            as_text(prompt) + as_text(replies[0])
+        return [{"text": whole, "trained": True}]
     if conversational(row, fmt):
         chat = chat_format(tokenizer)
         if not replies:
