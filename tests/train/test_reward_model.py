@@ -179,3 +179,15 @@ def test_show_tokens_marks_the_whole_scored_conversation(template, tokenizer, ca
     if template is None:
         assert view[0]["text"] == tokenizer.apply_chat_template(prompt + chosen, tokenize=False)
     assert view[0]["text"].rstrip().endswith("Answer: 105" + ("<|eot_id|>" if template else "<|im_end|>"))
+
+
+def test_an_rm_trained_again_in_place_is_scored_as_it_is_now(rm_run, tiny_args):
+    """The evaluator keeps a loaded reward model while its files stay the same; a run trained again in the same
+    folder (as the web UI may, in one process) is loaded again."""
+    before = reward_model_scores(str(rm_run), [PROMPT], [REPLIES[0]])
+    assert main(tiny_args("rm", "--max_steps", "3", "--seed", "7", "--overwrite_output_dir")) == 0
+    after = reward_model_scores(str(rm_run), [PROMPT], [REPLIES[0]])
+    model, tokenizer = reward_classifier(str(rm_run))
+    text = tokenizer.apply_chat_template(PROMPT + [{"role": "assistant", "content": REPLIES[0]}], tokenize=False)
+    assert after == pytest.approx(scores_of(model, tokenizer, [text]), abs=1e-5)
+    assert after != pytest.approx(before, abs=1e-4)

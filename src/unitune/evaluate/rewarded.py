@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 
 import torch
@@ -94,10 +95,17 @@ def mean_reward(funcs, setup: RewardSetup, prompts, replies: list[str], rows: li
     return weighted_mean(scores, setup.weights)
 
 
-@functools.lru_cache(maxsize=2)
 def reward_model(model_id: str):
     """A reward model and its tokenizer (train.trained.reward_classifier: a unitune RM run, a Hub id or a folder),
-    loaded once per evaluation (every GRPO run may name the same one)."""
+    loaded once while its files stay the same (every GRPO run may name the same one; an RM run trained again in
+    place, as the web UI may, is loaded again)."""
+    from .cache import fingerprint
+
+    return _loaded_reward_model(model_id, json.dumps(fingerprint(model_id), default=str))
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_reward_model(model_id: str, files: str):
     from ..train.trained import reward_classifier
 
     model, tokenizer = reward_classifier(model_id)
