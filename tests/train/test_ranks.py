@@ -200,3 +200,29 @@ def test_resume_auto_trains_where_a_killed_run_left_no_checkpoint(tiny_args, tmp
     state = read_json(out / "trainer_state.json")
     assert state["global_step"] == 2 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
     assert read_json(out / RUN_FILE) == record and (out / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_a_rank_after_rank_0_takes_the_folder_as_rank_0_left_it(launch, tmp_path):
+    """Rank 0 prepared the folder and holds it; it is writing its record (the temp file before the rename) when rank 1
+    comes to prepare. Rank 1 goes on in it, clearing only its own failure of an earlier attempt: judged afresh, the temp
+    file read as "not a run folder", rank 1 refused, and on two nodes rank 0 waited for it for 30 minutes (seen once in
+    CI). A lock of another launch still refuses."""
+    out = tmp_path / "run"
+    launch(RANK=0, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1", MASTER_PORT=29500)
+    lock = RunLock()
+    prepare_output_dir(str(out), overwrite=False, resume=False, lock=lock)
+    (out / ".unitune_run.json.x1y2").write_text("{")  # write_json_atomic's temp file, mid-write
+    launch(RANK=1)
+    assert prepare_output_dir(str(out), overwrite=False, resume=False, lock=RunLock()) == out
+    (out / "failed-rank-1.json").write_text(json.dumps({"rank": 1, "error": "ValueError: old"}))
+    prepare_output_dir(str(out), overwrite=False, resume=True, lock=RunLock())
+    assert not (out / "failed-rank-1.json").exists()
+    (out / ".unitune_run.json.x1y2").rename(out / RUN_FILE)
+    launch(MASTER_PORT=29501)  # rank 1 of another launch
+    with pytest.raises(UserError, match="unitune pid .* has been training in it"):
+        prepare_output_dir(str(out), overwrite=False, resume=False, lock=RunLock())
+    lock.release()
+    (out / RUN_FILE).rename(out / ".unitune_run.json.x1y2")
+    launch(MASTER_PORT=29500)  # rank 0 gone (it refused, or died): rank 1 judges the folder itself
+    with pytest.raises(UserError, match="is not a run folder"):
+        prepare_output_dir(str(out), overwrite=False, resume=False, lock=RunLock())

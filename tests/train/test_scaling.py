@@ -2,12 +2,16 @@
 accelerate configs. Each run must leave a complete run folder whose adapter loads, and train exactly as one
 2-process DDP launcher does (same seed, same global batch of 4 rows, same data order)."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from peft import PeftModel
@@ -51,8 +55,44 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+# A launch here takes 10-60 s; a hang is cut at HANG_S. PYTHONFAULTHANDLER: the SIGABRT that ends a hung launch makes
+# every process of it (launcher and ranks) print where each of its threads stood into its log.
+HANG_S = 300
+
+
 def env(**extra):
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **extra}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **extra}
+
+
+def launch(cmd, log: Path) -> subprocess.Popen:
+    """Start one launcher, its output (its ranks' included) into ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[subprocess.Popen], logs: list[Path], timeout: float = HANG_S) -> list[int]:
+    """The launchers' exit codes. Past ``timeout`` the test fails with every log's tail, each process's stacks
+    included (SIGABRT + faulthandler), so a hang says where it hung instead of only that it did."""
+    deadline = time.monotonic() + timeout
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        # the ranks first (torchrun starts each in a session of its own), then the launchers
+        hung = [child for proc in procs if proc.poll() is None
+                for child in psutil.Process(proc.pid).children(recursive=True)] + procs
+        for each in hung:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+                each.send_signal(signal.SIGABRT)
+        time.sleep(5)
+        for each in hung:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+                each.kill()
+        for proc in procs:
+            proc.wait()
+        tails = "\n".join(f"--- {log.name}:\n{log.read_text()[-6000:]}" for log in logs)
+        pytest.fail(f"hung past {timeout} s; stacks and logs:\n{tails}")
+    return [proc.returncode for proc in procs]
 
 
 def train_args(model_dir, out, dtype: str | None = "float32"):
@@ -65,10 +105,9 @@ def train_args(model_dir, out, dtype: str | None = "float32"):
             *(["--dtype", dtype] if dtype else [])]
 
 
-def run(cmd, log: Path, timeout=600):
-    with open(log, "w") as out:
-        done = subprocess.run(cmd, env=env(), stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
-    assert done.returncode == 0, log.read_text()[-3000:]
+def run(cmd, log: Path):
+    code, = wait_all([launch(cmd, log)], [log])
+    assert code == 0, log.read_text()[-3000:]
 
 
 def losses(out: Path) -> list[float]:
@@ -113,21 +152,10 @@ def test_two_nodes_train_one_run(tiny_model_dir, reference, tmp_path):
     """Two torchrun launchers (--nnodes 2, one process each) on 127.0.0.1 train one run into a shared folder."""
     out = tmp_path / "nodes"
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
-    procs = []
-    for rank, log in enumerate(logs):
-        with open(log, "w") as handle:
-            procs.append(subprocess.Popen(
-                [str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
-                 "--master_addr", "127.0.0.1", "--master_port", str(PORTS["nodes"]),
-                 "-m", "unitune", *train_args(tiny_model_dir, out)],
-                env=env(), stdout=handle, stderr=subprocess.STDOUT))
-    try:
-        codes = [proc.wait(timeout=900) for proc in procs]  # generous: a loaded 2-core machine
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    for code, log in zip(codes, logs):
+    procs = [launch([str(BIN / "torchrun"), "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                     "--master_addr", "127.0.0.1", "--master_port", str(PORTS["nodes"]),
+                     "-m", "unitune", *train_args(tiny_model_dir, out)], log) for rank, log in enumerate(logs)]
+    for code, log in zip(wait_all(procs, logs), logs):
         assert code == 0, f"{log.name}:\n{log.read_text()[-3000:]}"
     check_run(out, tiny_model_dir, reference)
     # One writer: the run line comes from global rank 0 (node 0) only.
@@ -255,11 +283,9 @@ def test_a_failure_on_rank_1_lands_in_the_run_record(tiny_model_dir, tmp_path):
     rewards = tmp_path / "rewards.py"
     rewards.write_text(REWARDS)
     out, log = tmp_path / "run", tmp_path / "run.log"
-    with open(log, "w") as handle:
-        done = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["failure"]),
-                               "-m", "unitune", *grpo_args(tiny_model_dir, out, f"{rewards}:flaky")],
-                              env=env(), stdout=handle, stderr=subprocess.STDOUT, timeout=600)
-    assert done.returncode != 0, log.read_text()[-3000:]
+    code, = wait_all([launch([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(PORTS["failure"]),
+                              "-m", "unitune", *grpo_args(tiny_model_dir, out, f"{rewards}:flaky")], log)], [log])
+    assert code != 0, log.read_text()[-3000:]
     assert run_status(out) == "failed", log.read_text()[-3000:]
     assert "rank 1: UserError: reward function" in status_line(out) and "ValueError: broke on rank 1" in \
         status_line(out), status_line(out)

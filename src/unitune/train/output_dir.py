@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import protected_folders
 from ..machine import is_main_process
-from .lock import LOCK_FILE, RunLock, check_free, launch_id
+from .lock import LOCK_FILE, RunLock, check_free, holder, launch_id
 from .records import ASIDE, FINISHED, clear_stale_failures, is_earlier_run, run_status, status_line
 
 MODEL_CARD = "README.md"  # what TRL (every checkpoint) and PEFT (every save) write into the run folder
@@ -69,6 +69,9 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, lock: Run
         raise UserError(f"--output_dir {out} is a file; pass a folder path")
     if overwrite and resume:
         raise UserError("--overwrite_output_dir and --resume contradict each other; pass one of them")
+    if not is_main_process() and held_by_this_launch(out):  # rank 0 checked the folder and goes on in it
+        clear_stale_failures(out)
+        return out
     check_run_folder(out)
     doing = "resume the run in" if resume else "train into"
     mkdir(out)
@@ -93,6 +96,14 @@ def prepare_output_dir(output_dir: str, overwrite: bool, resume: bool, lock: Run
             mkdir(out)
             lock.take(out, doing)  # then the old run's lock goes
     return out
+
+
+def held_by_this_launch(out: Path) -> bool:
+    """Whether this launch's rank 0 holds ``out``'s lock. The ranks prepare in turn (run.ranks_in_turn); a rank that
+    comes after rank 0 finds the folder as rank 0 left it, writing into it (a record's temp file before its rename
+    read as "not a run folder": rank 1 refused, and on two nodes rank 0 waited for it for the group's timeout)."""
+    found = holder(out) if launch_id() else None
+    return found is not None and found.get("launch") == launch_id()
 
 
 def mkdir(out: Path) -> None:
