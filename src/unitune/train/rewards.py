@@ -8,23 +8,39 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib
-import importlib.util
+import json
 import re
-from pathlib import Path
 from typing import Callable
 
 from ..answers import check_answer, format_score
-from ..errors import UserError, first_line
+from ..errors import UserError
+from ..plugins import load_named, split_spec
 
 LENGTH_TARGET_WORDS = 40  # replies longer than this lose reward softly (the demo's answers are ~10 words)
 
 
 def completion_text(completion) -> str:
-    """A completion as text, whether TRL passes a string or a list of assistant messages."""
+    """What the model wrote, as text, whether TRL passes a string or a list of messages: the assistant messages'
+    text; a tool's results (GRPO with --tools) are not the model's answer."""
     if isinstance(completion, str):
         return completion
-    return "".join(str(m.get("content", "")) for m in completion)
+    return "".join(str(m.get("content") or "") for m in completion if m.get("role") != "tool")
+
+
+def episode_text(completion) -> str:
+    """A completion with its tool calls and their results shown inline, for completions.jsonl and the report."""
+    if isinstance(completion, str):
+        return completion
+    parts = []
+    for message in completion:
+        if message.get("role") == "tool":
+            parts.append(f"[{message.get('name', 'tool')} returned {message.get('content')}]")
+            continue
+        parts.append(str(message.get("content") or ""))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function", call)
+            parts.append(f"[calls {function.get('name')}({json.dumps(function.get('arguments'))})]")
+    return "".join(parts)
 
 
 def accuracy(prompts, completions, answer, answer_format: str = "auto", **_) -> list[float]:
@@ -88,30 +104,8 @@ def load_reward(spec: str) -> Callable:
     if ":" not in spec:
         raise UserError(f"unknown reward '{spec}'; use a built-in ({', '.join(BUILTINS)}), "
                         "path/to/file.py:function or package.module:function")
-    where, name = spec.rsplit(":", 1)
-    if where.endswith(".py"):
-        path = Path(where).expanduser()
-        if not path.is_file():
-            raise UserError(f"reward file not found: {where}; check the path in --reward_funcs")
-        module_spec = importlib.util.spec_from_file_location(f"unitune_reward_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            raise UserError(f"reward file {where} failed to import ({first_line(err)}); fix it") from None
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as err:
-            raise UserError(f"cannot import reward module '{where}' ({first_line(err, typed=False)}); check "
-                            "--reward_funcs") from None
-        except Exception as err:
-            raise UserError(f"reward module '{where}' failed to import ({first_line(err)}); fix it") from None
-    func = getattr(module, name, None)
-    if not callable(func):
-        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise UserError(f"no function '{name}' in {where}; functions there: {', '.join(found) or 'none'}")
-    return func
+    where, name = split_spec(spec)
+    return load_named(where, name, "reward", "--reward_funcs")
 
 
 class RewardLog:
@@ -126,7 +120,7 @@ class RewardLog:
     def record(self, name: str, prompts, completions, rewards) -> None:
         if name == self._lead:  # the first function opens a new batch of rows
             self.calls += 1
-            rows = [{"call": self.calls, "prompt": completion_text(p), "completion": completion_text(c),
+            rows = [{"call": self.calls, "prompt": completion_text(p), "completion": episode_text(c),
                      "rewards": {}} for p, c in zip(prompts, completions)]
             room = self.keep_first - len(self.first)
             self.first.extend(rows[:max(room, 0)])
