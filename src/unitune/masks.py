@@ -13,6 +13,8 @@ from .errors import UserError
 FIX = "pass a template with {% generation %} markers around assistant replies via --chat_template FILE"
 TOKEN_FIX = ("use the chat template written for this model's tokenizer, or a tokenizer that has the token (a template "
              "from another model family needs that family's special tokens)")
+TOOLS_FIX = ("pass --chat_template with a template that renders tool calls (TRL ships several in trl/chat_templates, "
+             "e.g. qwen2_5.jinja)")
 
 
 def reply_text(content: str) -> str:  # what of a reply a template must show: it may drop reasoning, and trim
@@ -69,17 +71,20 @@ def _check_tail(chat, tail: str, text: str) -> None:
              text)
 
 
-def check_spans(chat, messages: list[dict], text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The spans of ``messages`` (as ``chat`` prepares them) rendered as ``text``, checked: one per assistant reply,
-    holding that reply's text and ending on an end-of-turn token; no other message's text inside any span. Returns
-    the spans with trailing whitespace dropped, each starting no earlier than the end of its generation prompt."""
+def check_spans(chat, messages: list[dict], text: str, spans: list[tuple[int, int]],
+                tools: list[dict] | None = None) -> list[tuple[int, int]]:
+    """The spans of ``messages`` (as ``chat`` prepares them, rendered with ``tools``) rendered as ``text``, checked:
+    one per assistant reply, holding that reply's text and ending on an end-of-turn token; no other message's text
+    (a tool's result included) inside any span. A reply that calls tools holds each call's name, in order, after its
+    text. Returns the spans with trailing whitespace dropped, each starting no earlier than the end of its generation
+    prompt."""
     spans = [(s, e) for s, e in spans if e > s]
     replies = [m for m in messages if m["role"] == "assistant"]
     tidy, cursor, turns = [], 0, iter(spans)
     if len(spans) != len(replies):
         fail(chat.tokenizer, f"found {len(spans)} trained spans for {len(replies)} assistant replies", text)
     for index, message in enumerate(messages):
-        content = str(message["content"])
+        content = str(message.get("content") or "")
         needle = reply_text(content) if message["role"] == "assistant" else content.strip()
         if message["role"] != "assistant":
             at = text.find(needle, cursor) if needle else -1
@@ -88,17 +93,30 @@ def check_spans(chat, messages: list[dict], text: str, spans: list[tuple[int, in
             cursor = at + len(needle) if at >= 0 else cursor
             continue
         start, end = next(turns)
-        if not needle:
+        calls = [(call.get("function") or call).get("name", "") for call in message.get("tool_calls") or []]
+        if not needle and not calls:
             raise UserError(f"a row has an empty assistant reply (row starts {text[:60]!r}); fill it in or "
                             "remove the row")
-        at = text.rfind(needle, start, end)  # the reply closes its span (reasoning may come before it)
+        at = text.rfind(needle, start, end) if needle else start  # the reply closes its span (reasoning may precede)
         if at < 0:
             fail(chat.tokenizer, "an assistant reply does not lie inside its trained span", text)
+        after = at + len(needle)
+        for name in calls:
+            found = text.find(name, after, end)
+            if found < 0:
+                fail(chat.tokenizer, f"the call of tool {name!r} does not lie inside its reply's trained span (the "
+                     "template drops tool calls)", text, TOOLS_FIX)
+            after = found + len(name)
         # Role headers are not trained: a span starts no earlier than the end of the generation prompt.
-        start = max(start, min(common_prefix(chat.render(messages[:index], generation_prompt=True), text), at))
-        tail = text[at + len(needle): end]
-        _check_tail(chat, tail, text)
-        end = at + len(needle) + len(tail.rstrip())
+        start = max(start, min(common_prefix(chat.render(messages[:index], generation_prompt=True, tools=tools),
+                                             text), at))
+        tail = text[after:end]
+        if calls:  # the calls' arguments and closing tags are template text; the span ends on a control token
+            if not any(tail.rstrip().endswith(token) for token in chat.added_tokens):
+                fail(chat.tokenizer, "no end-of-turn token is trained after the tool call", text)
+        else:
+            _check_tail(chat, tail, text)
+        end = after + len(tail.rstrip())
         tidy.append((start, end))
         cursor = end
     return tidy

@@ -48,6 +48,29 @@ def fold_system(messages: list[dict]) -> list[dict]:
     return [{"role": "user", "content": system}, *rest]
 
 
+def clean_message(message: dict) -> dict:
+    """A message with every key a template may read (tool calls, a tool's name) but the None values Arrow gives the
+    keys other rows' messages have; a tool call's JSON-string arguments parsed, as templates expect a mapping."""
+    cleaned = {k: v for k, v in message.items() if v is not None}
+    cleaned["content"] = message.get("content") or ""
+    if cleaned.get("tool_calls"):
+        cleaned["tool_calls"] = [_parsed_call(call) for call in cleaned["tool_calls"]]
+    return cleaned
+
+
+def _parsed_call(call: dict) -> dict:
+    call = {k: v for k, v in call.items() if v is not None}
+    function = dict(call.get("function") or {})
+    if isinstance(function.get("arguments"), str):
+        try:
+            function["arguments"] = json.loads(function["arguments"])
+        except ValueError:
+            pass  # the template shows it as it is
+    elif isinstance(function.get("arguments"), dict):  # Arrow's struct: other calls' argument names, as None
+        function["arguments"] = {k: v for k, v in function["arguments"].items() if v is not None}
+    return {**call, "function": function} if function else call
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """How one tokenizer's chat template is rendered for training, scoring and generation."""
@@ -64,42 +87,46 @@ class ChatFormat:
                 "turns": "rendered turn by turn, checked per row"}[self.how]
 
     def prepare(self, messages: list[dict]) -> list[dict]:
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        messages = [clean_message(m) for m in messages]
         return fold_system(messages) if self.folds_system else messages
 
-    def render(self, messages: list[dict], generation_prompt: bool = False, template: str | None = None) -> str:
-        """The messages rendered. The last RENDERS_KEPT renders are kept: a row's spans, checks and lengths render the
-        same prefixes (a pair's prompt twice), and Jinja is the data path's largest cost. The key is the whole of each
-        message (tool calls, names and any other key a template reads), never only its role and content."""
+    def render(self, messages: list[dict], generation_prompt: bool = False, template: str | None = None,
+               tools: list[dict] | None = None) -> str:
+        """The messages rendered, with the row's ``tools`` (JSON schemas) where it has them. The last RENDERS_KEPT
+        renders are kept: a row's spans, checks and lengths render the same prefixes (a pair's prompt twice), and
+        Jinja is the data path's largest cost. The key is the whole of each message (tool calls, names and any other
+        key a template reads) and the tools, never only the roles and contents."""
         prepared = self.prepare(messages)
         try:
-            key = json.dumps(prepared, sort_keys=True, ensure_ascii=False)
+            key = json.dumps([prepared, tools], sort_keys=True, ensure_ascii=False)
         except (TypeError, ValueError):  # content that is not JSON (an image in a multimodal message): not kept
-            return self._apply(prepared, generation_prompt, template or self.template)
+            return self._apply(prepared, generation_prompt, template or self.template, tools)
         return self._render(key, generation_prompt, template or self.template)
 
     @functools.lru_cache(maxsize=RENDERS_KEPT)
     def _render(self, key: str, generation_prompt: bool, template: str) -> str:
-        return self._apply(json.loads(key), generation_prompt, template)
+        messages, tools = json.loads(key)
+        return self._apply(messages, generation_prompt, template, tools)
 
-    def _apply(self, messages: list[dict], generation_prompt: bool, template: str) -> str:
+    def _apply(self, messages: list[dict], generation_prompt: bool, template: str, tools: list[dict] | None = None) \
+            -> str:
         try:
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt,
-                                                      chat_template=template)
+            return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                      add_generation_prompt=generation_prompt, chat_template=template)
         except TemplateError as err:
             raise UserError(f"the chat template rejected a row ({err}); fix the row's roles "
                             "(user and assistant turns alternating) or " + FIX) from None
 
-    def generation_prompt(self, messages: list[dict]) -> str:
+    def generation_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         """The prompt as the model sees it at inference: the tokenizer's own template, generation prompt added."""
-        return self.render(messages, generation_prompt=True, template=self.tokenizer.chat_template)
+        return self.render(messages, generation_prompt=True, template=self.tokenizer.chat_template, tools=tools)
 
-    def _marked_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    def _marked_spans(self, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[tuple[int, int]]]:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
-            rendered, spans = render_jinja_template(conversations=[self.prepare(messages)], chat_template=self.template,
-                                                    return_assistant_tokens_mask=True,
+            rendered, spans = render_jinja_template(conversations=[self.prepare(messages)], tools=tools,
+                                                    chat_template=self.template, return_assistant_tokens_mask=True,
                                                     **self.tokenizer.special_tokens_map)
         except TemplateError as err:
             raise UserError(f"the chat template rejected a row ({err}); fix the row's roles or " + FIX) from None
@@ -110,30 +137,34 @@ class ChatFormat:
             merged.append((start, end))
         return rendered[0], merged
 
-    def _turn_spans(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    def _turn_spans(self, messages: list[dict], tools: list[dict] | None) -> tuple[str, list[tuple[int, int]]]:
         messages = self.prepare(messages)
-        full = self.render(messages)
+        full = self.render(messages, tools=tools)
         spans = []
         for i in (i for i, m in enumerate(messages) if m["role"] == "assistant"):
-            prompt = self.render(messages[:i], generation_prompt=True)
+            prompt = self.render(messages[:i], generation_prompt=True, tools=tools)
             if not full.startswith(prompt):
                 spans.append((0, 0))  # the check below reports it
                 continue
-            upto = self.render(messages[: i + 1])
+            upto = self.render(messages[: i + 1], tools=tools)
             # Where this turn's render and the full one part: the next turn starts, or a final-turn-only token.
             end = common_prefix(upto, full)
             spans.append((len(prompt), len(full[:end].rstrip())))
         return full, spans
 
-    def spans(self, messages: list[dict], last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
-        """(rendered text, character span of each assistant reply), checked; the last reply only with last_only."""
-        text, spans = self._turn_spans(messages) if self.how == "turns" else self._marked_spans(messages)
-        spans = self.check(messages, text, spans)
+    def spans(self, messages: list[dict], last_only: bool = False, tools: list[dict] | None = None) \
+            -> tuple[str, list[tuple[int, int]]]:
+        """(rendered text, character span of each assistant reply), checked; the last reply only with last_only.
+        An assistant turn that calls tools is one reply: its calls are trained, the tools' results are not."""
+        found = self._turn_spans if self.how == "turns" else self._marked_spans
+        text, spans = found(messages, tools)
+        spans = self.check(messages, text, spans, tools)
         return text, spans[-1:] if last_only else spans
 
-    def check(self, messages: list[dict], text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def check(self, messages: list[dict], text: str, spans: list[tuple[int, int]],
+              tools: list[dict] | None = None) -> list[tuple[int, int]]:
         """The spans checked against the messages (masks.check_spans), trailing whitespace dropped."""
-        return check_spans(self, self.prepare(messages), text, spans)
+        return check_spans(self, self.prepare(messages), text, spans, tools)
 
     @functools.cached_property
     def added_tokens(self) -> list[str]:
@@ -160,25 +191,29 @@ class ChatFormat:
             ids.add(self.tokenizer.convert_tokens_to_ids(self.end_of_turn))
         return sorted(ids)
 
-    def encode(self, messages: list[dict], last_only: bool = False) -> dict:
+    def encode(self, messages: list[dict], last_only: bool = False, tools: list[dict] | None = None) -> dict:
         """Token ids and an assistant mask (1 = carries loss): each reply and its end-of-turn token."""
-        _, ids, mask, _ = self.tokens(messages, last_only)
+        _, ids, mask, _ = self.tokens(messages, last_only, tools)
         return {"input_ids": ids, "assistant_masks": mask}
 
-    def tokens(self, messages: list[dict], last_only: bool = False) -> tuple[str, list[int], list[int], list[int]]:
+    def tokens(self, messages: list[dict], last_only: bool = False, tools: list[dict] | None = None) \
+            -> tuple[str, list[int], list[int], list[int]]:
         """(rendered text, token ids, assistant mask, each token's start offset in the text).
 
         Character spans map to tokens through the fast tokenizer's offsets: a token is trained when it starts
         inside a span, so a token merged across the boundary goes with the side it starts on."""
-        text, spans = self.spans(messages, last_only)
+        text, spans = self.spans(messages, last_only, tools)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         starts = [a for a, _ in enc["offset_mapping"]]
         return text, enc["input_ids"], span_mask(starts, spans), starts
 
-    def encode_batch(self, conversations: list[list[dict]]) -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
-        """``encode`` for many conversations, their spans found and checked row by row and their texts tokenised in
-        one batch call: (token ids, the token index range of each reply's span)."""
-        found = [self.spans(messages) for messages in conversations]
+    def encode_batch(self, conversations: list[list[dict]], tools: list[list[dict] | None] | None = None) \
+            -> tuple[list[list[int]], list[list[tuple[int, int]]]]:
+        """``encode`` for many conversations (each with its row's tools, if any), their spans found and checked row
+        by row and their texts tokenised in one batch call: (token ids, the token index range of each reply's
+        span)."""
+        found = [self.spans(messages, tools=row_tools) for messages, row_tools in
+                 zip(conversations, tools or [None] * len(conversations))]
         enc = self.tokenizer([text for text, _ in found], add_special_tokens=False, return_offsets_mapping=True)
         return enc["input_ids"], [token_spans([a for a, _ in offsets], spans)
                                   for (_, spans), offsets in zip(found, enc["offset_mapping"])]

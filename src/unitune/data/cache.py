@@ -21,7 +21,7 @@ from datasets import Dataset, load_from_disk
 
 from ..errors import warn
 
-FORMAT = 1  # bump when what an entry holds, or how the pipeline prepares rows, changes
+FORMAT = 2  # bump when what an entry holds, or how the pipeline prepares rows, changes
 CHUNK = 1 << 20
 
 

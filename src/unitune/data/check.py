@@ -12,7 +12,7 @@ from ..config import CheckConfig
 from ..methods import GENERATING, METHODS, is_reward_model
 from ..models.load import generation_config, load_tokenizer, resolve_model
 from ..templates import chat_format, eos_ids, use_template_file
-from .formats import FORMATS, as_text, conversational, detect_format
+from .formats import FORMATS, as_text, conversational, detect_format, row_tools
 from .lengths import Lengths, measure
 from .load import resolve_dataset, split_names
 from .pipeline import DataSettings, prepare, prepare_rows
@@ -129,10 +129,10 @@ def row_tokens(row: dict, fmt: str, tokenizer, method: str | None = None) -> lis
     if conversational(row, fmt):
         chat = chat_format(tokenizer)
         if not replies:
-            text = chat.generation_prompt(prompt)
+            text = chat.generation_prompt(prompt, tools=row_tools(row))
             return [{"text": text, "trained": False}]
         conversation = row["messages"] if fmt == "conversational" else prompt + replies[0]
-        text, _, mask, starts = chat.tokens(conversation, last_only=fmt != "conversational")
+        text, _, mask, starts = chat.tokens(conversation, last_only=fmt != "conversational", tools=row_tools(row))
         return token_segments(text, mask, starts)
     head = as_text(prompt) if fmt != "text" else ""
     text = head + (as_text(replies[0]) if replies else "")

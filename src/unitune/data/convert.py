@@ -8,7 +8,7 @@ from datasets import Dataset
 
 from ..errors import UserError, warn
 from ..templates import FIX, chat_format, reply_end, require_chat_template
-from .formats import as_messages
+from .formats import as_messages, row_tools
 from .lengths import BATCH_ROWS, PROMPT_TOKENS
 from .views import pair_row, prompt_messages
 
@@ -55,7 +55,7 @@ def to_conversations(ds: Dataset, fmt: str) -> Dataset:
             return {"messages": as_messages(pair["prompt"], "user") + as_messages(pair["chosen"], "assistant")}
         return ds.map(join, remove_columns=ds.column_names, desc="Preparing conversations")
     keep = {"conversational": ["messages"], "prompt_completion": ["prompt", "completion"], "text": ["text"]}[fmt]
-    return ds.select_columns(keep)
+    return ds.select_columns(keep + (["tools"] if fmt == "conversational" and "tools" in ds.column_names else []))
 
 
 def to_prompts(ds: Dataset, fmt: str) -> Dataset:
@@ -106,10 +106,12 @@ def conversation_rows(ds, fmt: str, settings, tokenizer):
     chat = chat_format(tokenizer)
 
     def encode(batch):
+        tools = [row_tools({"tools": t}) for t in batch["tools"]] if "tools" in batch else None
         if settings.train_on_prompt:  # every token trained: no reply spans to find
-            ids = tokenizer([chat.render(m) for m in batch["messages"]], add_special_tokens=False)["input_ids"]
+            ids = tokenizer([chat.render(m, tools=t) for m, t in zip(batch["messages"], tools or [None] * len(
+                batch["messages"]))], add_special_tokens=False)["input_ids"]
             return {"input_ids": ids, "labels": ids}
-        ids, spans = chat.encode_batch(batch["messages"])
+        ids, spans = chat.encode_batch(batch["messages"], tools)
         labels = []
         for row, ranges in zip(ids, spans):
             trained = [-100] * len(row)

@@ -6,9 +6,12 @@ converted into the canonical format they stand for (``canonical.py``), so only c
 
 from __future__ import annotations
 
+import json
+
 from datasets import Dataset
 
 from ..errors import UserError
+from ..templates import clean_message
 
 # format name -> (columns it needs, what it is). Order matters: the first match wins in `detect_format`.
 FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -68,9 +71,19 @@ def as_text(value) -> str:
 
 
 def as_messages(value, role: str) -> list[dict]:
-    """Text as one message of ``role``; messages as plain {role, content} dicts."""
-    return [{"role": role, "content": value}] if isinstance(value, str) else [
-        {"role": m["role"], "content": m["content"]} for m in value]
+    """Text as one message of ``role``; messages as clean_message leaves them."""
+    return [{"role": role, "content": value}] if isinstance(value, str) else [clean_message(m) for m in value]
+
+
+def row_tools(row: dict) -> list[dict] | None:
+    """A row's ``tools`` column (JSON schemas, as a list or a JSON string), for the chat template; None without."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError:
+            raise UserError(f"a row's 'tools' is not JSON ({tools[:60]!r}); give a list of tool schemas") from None
+    return list(tools) if tools else None
 
 
 def conversational(row: dict, fmt: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 from ..templates import chat_format
-from .formats import as_text
+from .formats import as_text, row_tools
 from .views import row_views
 
 
@@ -40,11 +40,11 @@ class Lengths:
             return []
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
-    def prompt_text(self, messages: list[dict]) -> str:
-        return self.chat.render(messages, generation_prompt=True) if self.chat else as_text(messages)
+    def prompt_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return self.chat.render(messages, generation_prompt=True, tools=tools) if self.chat else as_text(messages)
 
-    def full_text(self, prompt: list[dict], reply: list[dict]) -> str:
-        return self.chat.render(prompt + reply) if self.chat else as_text(prompt) + as_text(reply)
+    def full_text(self, prompt: list[dict], reply: list[dict], tools: list[dict] | None = None) -> str:
+        return self.chat.render(prompt + reply, tools=tools) if self.chat else as_text(prompt) + as_text(reply)
 
     def prompt(self, messages: list[dict]) -> int:
         return self.count(self.prompt_text(messages))
@@ -56,8 +56,9 @@ class Lengths:
 def _texts(row: dict, fmt: str, lengths: Lengths) -> tuple[str | None, list[str], bool]:
     """(the prompt's text, or None without one; each reply's text with its prompt; whether the row has a prompt)."""
     prompt, replies = row_views(row, fmt)
-    head = lengths.prompt_text(prompt) if prompt else None
-    fulls = [lengths.full_text(prompt, reply) if prompt else as_text(reply) for reply in replies]
+    tools = row_tools(row)
+    head = lengths.prompt_text(prompt, tools) if prompt else None
+    fulls = [lengths.full_text(prompt, reply, tools) if prompt else as_text(reply) for reply in replies]
     return head, fulls, bool(prompt)
 
 

@@ -14,6 +14,7 @@ from ..hub import hub_reachable
 
 DEMO_DIR = Path(__file__).parent.parent / "assets" / "demo"
 DEMO_ALIAS = "demo"
+BUNDLED = {DEMO_ALIAS: DEMO_DIR, "calculator": DEMO_DIR.parent / "calculator"}  # --dataset NAME: bundled data
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -23,8 +24,10 @@ def _is_local(name: str) -> bool:
 
 def resolve_dataset(name: str | None) -> str:
     """The dataset as a path or Hub id; the bundled demo data when omitted."""
-    if name in (None, "", DEMO_ALIAS):
+    if name in (None, ""):
         return str(DEMO_DIR)
+    if name in BUNDLED and not Path(name).exists():
+        return str(BUNDLED[name])
     if _is_local(name):
         path = Path(name).expanduser()
         if not path.exists():

@@ -36,13 +36,19 @@ def _value_problem(value, reply: bool) -> str | None:
         return NON_STRING
     for message in value:
         content = message.get("content")
-        if content is None or message.get("role") is None:
+        if message.get("role") is None or (content is None and not message.get("tool_calls")):
             return NO_CONTENT
-        if not isinstance(content, str):
+        if content is not None and not isinstance(content, str):
             return NON_STRING
-    if reply and any(not m["content"].strip() for m in value if m["role"] == "assistant"):
+    if reply and any(_empty_reply(m) for m in value):
         return EMPTY_REPLY
     return None
+
+
+def _empty_reply(message: dict) -> bool:
+    """An assistant turn with neither text nor a tool call."""
+    return message["role"] == "assistant" and not (message.get("content") or "").strip() and \
+        not message.get("tool_calls")
 
 
 def row_problem(row: dict, fmt: str) -> str | None:
@@ -53,8 +59,7 @@ def row_problem(row: dict, fmt: str) -> str | None:
         problem = _value_problem(row["messages"], reply=False)
         if problem:
             return problem
-        replies = [m for m in row["messages"] if m["role"] == "assistant"]
-        return EMPTY_REPLY if any(not m["content"].strip() for m in replies) else None
+        return EMPTY_REPLY if any(_empty_reply(m) for m in row["messages"]) else None
     if fmt in ("preference", "preference_implicit"):
         if any(row[side] in (None, "", []) for side in ("chosen", "rejected")):
             return MISSING_SIDE
