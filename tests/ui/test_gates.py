@@ -25,6 +25,14 @@ def test_built_in_rewards_pass_and_code_needs_allow_code(root):
         Gates(root, allow_code=True).mapping({"method": "grpo", "reward_funcs": ["accuracy", spec]})
 
 
+def test_the_calculator_passes_and_tool_or_environment_code_needs_allow_code(root):
+    Gates(root).mapping({"method": "grpo", "tools": ["calculator"]})
+    for key, spec in (("tools", ["calculator", "my_tools.py:add"]), ("environment", "envs.py:Game")):
+        with pytest.raises(UserError, match=f"{key} '.*' would run code from a file or module.*--allow_code"):
+            Gates(root).mapping({"method": "grpo", key: spec})
+        Gates(root, allow_code=True).mapping({"method": "grpo", key: spec})
+
+
 def test_hub_ids_pass_and_local_paths_outside_are_refused(root, tmp_path):
     gates = Gates(root)
     gates.mapping({"model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "dataset": "trl-lib/Capybara",

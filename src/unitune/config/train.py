@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, closest
+from ..plugins import absolute_spec
 from ..methods import GENERATING, METHODS, SAMPLING
 from .fields import (ANSWER_FORMAT_HELP, COLUMNS_HELP, _answer_format, _choice, _positive, _template_file, as_bool,
                      opt, parse_columns)
@@ -97,6 +98,15 @@ class TrainConfig:
     reward_model: str | None = opt(None, "GRPO/RLOO: a reward model: a run of --method rm, or a Hub id or folder of "
                                          "a sequence-classification model",
                                      methods=SAMPLING)
+    tools: list[str] | None = opt(None, "GRPO: Python functions the model may call mid-reply, their results fed "
+                                        "back: calculator (built in), path/file.py:fn[,fn...] or package.module:fn, "
+                                        "each with type hints and a Google-style docstring; needs a chat template "
+                                        "that renders tools", methods=("grpo",))
+    environment: str | None = opt(None, "GRPO: an environment class, path/file.py:Class or package.module:Class, with "
+                                        "reset(**row), tool methods and optionally get_reward(); one per rollout",
+                                  methods=("grpo",))
+    max_tool_calling_iterations: int = opt(3, "GRPO with --tools/--environment: rounds of tool calls per completion "
+                                              "(also in eval, which calls the run's tools)", methods=("grpo",))
     answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
     overwrite_output_dir: bool = opt(False, "start again in an output_dir that holds a run: the old run is moved "
                                             "aside to <output_dir>.old-<timestamp>, never deleted",
@@ -131,7 +141,8 @@ class TrainConfig:
             self.beta = spec.beta
         _positive(self, "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "num_train_epochs", "lora_r", "lora_alpha", "max_length", "max_steps", "logging_steps",
-                  "save_steps", "eval_steps", "max_eval_samples", "num_generations", "max_completion_length")
+                  "save_steps", "eval_steps", "max_eval_samples", "num_generations", "max_completion_length",
+                  "max_tool_calling_iterations")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 0:
             raise UserError(f"--max_batch_tokens must be 0 (off) or more, got {self.max_batch_tokens}; "
                             "try 2048, or omit it for the default")
@@ -167,6 +178,14 @@ class TrainConfig:
             value = getattr(self, flag)
             if value and Path(value).exists():
                 setattr(self, flag, str(Path(value).resolve()))
+        if (self.tools or self.environment) and self.method != "grpo":
+            raise UserError(f"--tools and --environment are GRPO's (TRL's {self.method} trainer calls no tools); use "
+                            "--method grpo, or for SFT give the tool calls in the data (docs/methods.md)")
+        self.tools = [absolute_spec(spec) for spec in self.tools] if self.tools else None
+        if (self.tools or self.environment) and self.eval_generation:
+            raise UserError("--eval_generation replies without the tools, so its task accuracy would not count tool "
+                            "use; drop it and score the run with `unitune eval`, which calls the run's tools")
+        self.environment = absolute_spec(self.environment) if self.environment else None
         if spec.teacher and not self.teacher:
             raise UserError(f"--method {self.method} needs --teacher: a Hub id, folder, .gguf file or run folder "
                             "whose tokenizer is the student's (e.g. --teacher runs/sft_demo)")

@@ -34,6 +34,7 @@ from .generation_eval import generation_eval
 from .lifecycle import GracefulStop, end_process_group
 from .live_log import LiveLog
 from .lock import RunLock, held_while_training
+from ..tools import run_tools
 from .methods import trainer_module
 from .output_dir import prepare_output_dir
 from .plan import fit_memory, length_plan, plural, print_mix, print_plan
@@ -189,6 +190,7 @@ def train_locked(cfg: TrainConfig, lock: RunLock) -> Path:
         revision = training_revision(source, out, resuming)
         tokenizer = load_tokenizer(source, revision)
         use_template_file(tokenizer, cfg.chat_template)
+        run_tools(cfg, tokenizer, cfg.model_name or "the embedded model")  # a bad tool or template: before the data
         if cfg.streaming:
             train_ds, rows, lengths, cached, mixed, streamed = streamed_rows(cfg, spec, dataset, split, tokenizer)
         else:

@@ -45,13 +45,16 @@ class Gates:
         self.readable_dirs = [self.root, *map(Path, allow_dirs or [])]
 
     def code(self, specs: list[str] | str | None, what: str = "reward_funcs") -> None:
-        """Refuse a reward (or tool) spec that loads a file or a module, unless the UI was started with --allow_code."""
+        """Refuse a reward, tool or environment spec that loads a file or a module, unless the UI was started with
+        --allow_code."""
+        from ..tools import BUILTIN_TOOLS
         from ..train.rewards import BUILTINS
 
+        builtins = BUILTIN_TOOLS if what in ("tools", "environment") else BUILTINS
         for spec in [specs] if isinstance(specs, str) else specs or []:
-            if spec and spec not in BUILTINS and not self.allow_code:
+            if spec and spec not in builtins and not self.allow_code:
                 raise UserError(f"{what} '{spec}' would run code from a file or module; the UI runs only the built-in "
-                                f"rewards ({', '.join(BUILTINS)}) unless started with --allow_code")
+                                f"ones ({', '.join(builtins) or 'none'}) unless started with --allow_code")
 
     def read(self, key: str, value: str | list | None) -> None:
         if isinstance(value, list):  # several --dataset sources: each one passes
@@ -89,7 +92,8 @@ class Gates:
 
     def mapping(self, mapping: dict) -> None:
         """Every gate over a train (or check) form's settings, or a run record's settings on Resume."""
-        self.code(mapping.get("reward_funcs"))
+        for key in ("reward_funcs", "tools", "environment"):
+            self.code(mapping.get(key), key)
         for key in READ_KEYS:
             self.read(key, mapping.get(key))
         for key in WRITE_KEYS:

@@ -23,6 +23,7 @@ from ...fast.prefill import shared_prefill
 from ...machine import world_size
 from ...models.load import lora_config
 from ..rewards import ANSWER_FORMATTED, RewardLog, answer_format_of, build_rewards
+from ...tools import run_tools
 from ..trained import reward_classifier
 
 COMPLETIONS_FILE = "completions.jsonl"
@@ -82,13 +83,15 @@ class _SaveCompletions(TrainerCallback):
                     handle.write(json.dumps(row) + "\n")
 
 
-def sampling_setup(cfg, train_ds, args: dict) -> tuple[dict, dict]:
+def sampling_setup(cfg, train_ds, args: dict, environment: type | None = None) -> tuple[dict, dict]:
     """What GRPO and RLOO share: (the config fields of their sampling, their trainer's rewards, reward tokenizers and
     the callbacks that keep a few completions). Says which rewards score the completions. A reward model is loaded
-    here (train.trained.reward_classifier): a unitune RM run as it trained, with its own tokenizer and template."""
+    here (train.trained.reward_classifier): a unitune RM run as it trained, with its own tokenizer and template. An
+    --environment's get_reward() is one more reward, which TRL adds itself."""
     log = RewardLog()
     answer_format, because = answer_format_of(cfg.answer_format, train_ds)
-    funcs, why = ([], "") if cfg.reward_model and not cfg.reward_funcs else build_rewards(
+    scored = hasattr(environment, "get_reward")
+    funcs, why = ([], "") if (cfg.reward_model or scored) and not cfg.reward_funcs else build_rewards(
         cfg.reward_funcs, train_ds.column_names, log, answer_format)
     tokenizers = [None] * len(funcs)
     if cfg.reward_model:
@@ -96,9 +99,11 @@ def sampling_setup(cfg, train_ds, args: dict) -> tuple[dict, dict]:
         funcs.append(scorer)
         tokenizers.append(scorer_tokenizer)
         why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
-    if cfg.reward_weights and len(cfg.reward_weights) != len(funcs):
+    if scored:
+        why = ", ".join(filter(None, [why, f"{environment.__name__}.get_reward"]))
+    if cfg.reward_weights and len(cfg.reward_weights) != len(funcs) + scored:
         raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
-                        f"{len(funcs)} weights, one per reward")
+                        f"{len(funcs) + scored} weights, one per reward")
     print(f"unitune: {cfg.method.upper()} rewards: {why}", flush=True)
     if any(getattr(f, "__name__", "") in ANSWER_FORMATTED for f in funcs):
         print(f"unitune: answers checked as {answer_format} ({because})", flush=True)
@@ -111,9 +116,11 @@ def sampling_setup(cfg, train_ds, args: dict) -> tuple[dict, dict]:
 
 
 def build(cfg, model, tokenizer, train_ds, eval_ds, args):
-    sampling, rewards = sampling_setup(cfg, train_ds, args)
+    tools = run_tools(cfg, tokenizer, cfg.model_name or "the embedded model")
+    sampling, rewards = sampling_setup(cfg, train_ds, args, tools.get("environment_factory"))
     config = GRPOConfig(**sampling, importance_sampling_level=cfg.importance_sampling_level,
-                        **({"loss_type": cfg.loss_type} if cfg.loss_type else {}))
+                        **({"loss_type": cfg.loss_type} if cfg.loss_type else {}),
+                        **({"max_tool_calling_iterations": cfg.max_tool_calling_iterations} if tools else {}))
     return GRPOTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-                       processing_class=tokenizer, **rewards,
+                       processing_class=tokenizer, **rewards, **tools,
                        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
