@@ -20,11 +20,10 @@ from ..errors import UserError
 from ..files import protected_folders, publish_tree, replace_dir, temp_dir_beside, write_json_atomic
 from ..models.load import load_tokenizer, resolve_model
 from ..train.lock import check_free
-from ..train.records import is_run_folder, recorded_base
+from ..train.records import MERGE_FILE, is_run_folder, recorded_base
 from ..train.trained import merged_model, qlora_dtype, scores
 
 DTYPES = {name: getattr(torch, name) for name in MERGE_DTYPES}
-MERGE_FILE = "unitune_merge.json"
 
 
 def run_base(run: Path) -> str:

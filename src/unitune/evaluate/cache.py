@@ -44,11 +44,13 @@ def fingerprint(source: str | None, kind: str = "model", revision: str | None = 
 
 
 def base_key(model: str, dataset: str, columns: dict, rewards, cfg: EvalConfig, device: str,
-             revision: str | None = None) -> str:
+             revision: str | None = None, tools=None) -> str:
     reward = asdict(rewards) if rewards is not None else None
-    code = [fingerprint(name.rsplit(":", 1)[0]) for name in (reward or {}).get("names", []) if ".py:" in name]
+    calls = asdict(tools) if tools is not None else None
+    names = [*(reward or {}).get("names", []), *(calls or {}).get("tools", []), (calls or {}).get("environment") or ""]
+    code = [fingerprint(name.rsplit(":", 1)[0]) for name in names if ".py:" in name]
     payload = {"model": fingerprint(model, "model", revision), "dataset": fingerprint(dataset, "dataset"),
-               "columns": columns, "rewards": reward, "reward_code": code,
+               "columns": columns, "rewards": reward, "tools": calls, "reward_code": code,
                "reward_model": fingerprint((reward or {}).get("model")),  # a folder retrained in place: scored again
                "settings": {k: getattr(cfg, k) for k in SETTINGS}, "device": device, "versions": library_versions(),
                "scorer": SCORER}

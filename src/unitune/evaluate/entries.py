@@ -16,7 +16,8 @@ from ..methods import METHODS
 from ..models.load import resolve_model
 from ..models.revision import pinned
 from ..train.lock import holder
-from ..train.records import ASIDE, FINISHED, RUN_FILE, read_run, recorded_base, run_status, status_line
+from ..train.records import (ASIDE, FINISHED, MERGE_FILE, RUN_FILE, read_run, recorded_base, run_status,
+                             status_line)
 from ..train.trained import as_trained
 
 TRAINING_KEYS = ("initial_train_loss", "final_train_loss", "best_eval_loss", "final_eval_loss", "total_steps",
@@ -117,15 +118,28 @@ def load_entry_model(entry: Entry, device: str) -> tuple[object, str]:
     return model.eval(), f"base model, {str(dtype).removeprefix('torch.')}"
 
 
+def root_base(model: str) -> str:
+    """The model a run's base came from: a folder `unitune merge` wrote (a run trained on after another, e.g. GRPO
+    after SFT) stands for the base of the run merged into it."""
+    for _ in range(8):  # a chain of merges, not a cycle
+        try:
+            model = json.loads((Path(model) / MERGE_FILE).read_text())["base_model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            break
+    return model
+
+
 def base_entry(entries: list[Entry], fallback: str | None) -> Entry:
-    """The "base" entry: the base model most runs share (local folders that exist first), at the Hub revision most
-    of those runs trained on."""
-    counts = Counter(e.base_model for e in entries if e.base_model)
+    """The "base" entry: the base model most runs share (local folders that exist first; a merged run stands for its
+    own base), at the Hub revision most of those runs trained on."""
+    counts = Counter(root_base(e.base_model) for e in entries if e.base_model)
     ranked = sorted(counts, key=lambda b: (not Path(b).exists(), -counts[b]))
     base = ranked[0] if ranked else fallback
-    revisions = Counter(e.record.get("base_revision") for e in entries if e.base_model == base)
+    revisions = Counter(e.record.get("base_revision") for e in entries if e.base_model == base)  # merged: none
     revision = max(revisions, key=revisions.get) if revisions else None
-    return Entry("base", None, base, revision=revision)
+    datasets = Counter(e.record.get("dataset") for e in entries if e.record.get("dataset"))
+    record = {"dataset": max(datasets, key=datasets.get)} if datasets else {}  # scored on the data the runs share
+    return Entry("base", None, base, record=record, revision=revision)
 
 
 

@@ -21,8 +21,11 @@ class EvalData:
                        if split in available}
         settings = DataSettings(columns or {}, cfg.max_samples)
         # each split as the method it measures trains on it: test loss on SFT's rows, preference accuracy on DPO's
-        found = {kind: prepare(dataset, split, {"sft": METHODS["sft"], "prefs": METHODS["dpo"]}.get(kind), settings,
-                               required=False) for kind, split in self.splits.items()}
+        # and generation on GRPO's (its prompts, not a whole conversation whose replies, tool results included, would
+        # be in the prompt)
+        found = {kind: prepare(dataset, split, {"sft": METHODS["sft"], "prefs": METHODS["dpo"],
+                                                "gen": METHODS["grpo"]}[kind], settings, required=False)
+                 for kind, split in self.splits.items()}
         self.sft = self._sft_items(*self._usable(found.get("sft")))
         self.pairs = self._pairs(*self._usable(found.get("prefs")))
         gen, self.gen_format = self._usable(found.get("gen"))

@@ -14,6 +14,7 @@ TABLE_KEYS = ("method", "test_loss", "perplexity", "preference_accuracy", "loss_
               "mean_reward", "initial_train_loss", "final_train_loss", "final_eval_loss", "total_steps",
               "training_time_seconds", "evaluated_at")
 REWARD_MODEL_KEYS = ("reward_accuracy", "reward_margin")  # RM runs' columns, after mean_reward where a run has them
+TOOL_KEYS = ("tool_calls", "tool_failures")  # an evaluation with tools: calls made and failed over its replies
 GONE = "run folder gone"  # an entry kept from an earlier evaluation whose run was deleted or moved since
 
 
@@ -68,11 +69,11 @@ def gone(name: str, result: dict, runs: Path | None) -> bool:
 
 
 def table_keys(entries: list[tuple[str, dict]]) -> tuple[str, ...]:
-    """The table's columns: TABLE_KEYS, with the reward model columns where an entry has them."""
-    if not any(result.get(key) is not None for _, result in entries for key in REWARD_MODEL_KEYS):
-        return TABLE_KEYS
+    """The table's columns: TABLE_KEYS, with the reward model's and the tools' columns where an entry has them."""
+    extra = tuple(key for group in (REWARD_MODEL_KEYS, TOOL_KEYS)
+                  if any(result.get(k) is not None for _, result in entries for k in group) for key in group)
     at = TABLE_KEYS.index("mean_reward") + 1
-    return TABLE_KEYS[:at] + REWARD_MODEL_KEYS + TABLE_KEYS[at:]
+    return TABLE_KEYS[:at] + extra + TABLE_KEYS[at:]
 
 
 def markdown_table(entries: list[tuple[str, dict]], runs: Path | None = None) -> str:

@@ -25,6 +25,7 @@ from ..files import write_json_atomic
 from ..methods import is_reward_model
 from ..models.load import load_tokenizer, resolve_model
 from ..train.lock import now_text
+from ..train.rewards import completion_text, episode_text
 from ..train.trained import qlora_dtype
 from .cache import base_key
 from .cache import load as load_cached
@@ -33,16 +34,19 @@ from .entries import Entry, base_entry, discover, load_entry_model, teacher_entr
 from .heldout import EvalData
 from .rewarded import RewardSetup, reward_model_metrics, reward_setups, rewarded_metrics
 from .scoring import mean_loss, preference_metrics, reply_nll, score_replies, token_weighted
+from .tool_replies import ToolSetup, replies_with_tools, tool_setup
 
 
 def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: RewardSetup | None,
-                   device: str) -> dict:
+                   device: str, tools: ToolSetup | None = None) -> dict:
     started = time.time()
     if entry.path is not None and is_reward_model(entry.method):
         return evaluate_reward_model(entry, data, cfg, started)
     model, scored_as = load_entry_model(entry, device)
     tokenizer = load_tokenizer(str(entry.path)) if entry.path else \
         load_tokenizer(resolve_model(entry.base_model), entry.revision)
+    if tools is not None and tools.template and entry.path is None:
+        tokenizer.chat_template = tools.template  # the base is asked as the tool runs were, tools listed
     result: dict = {"method": entry.method or ("base" if entry.path is None else None),
                     **training_metrics(entry.path), "scored_as": scored_as}
     if not cfg.skip_perplexity and data.sft:
@@ -57,7 +61,7 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
         result.update(preference_metrics(chosen, rejected))
     else:
         result.update(preference_metrics([], []))
-    result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards))
+    result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards, tools))
     return result | where_from(entry, data, started)
 
 
@@ -80,8 +84,9 @@ def where_from(entry: Entry, data: EvalData, started: float) -> dict:
 
 
 def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry: Entry,
-                       rewards: RewardSetup | None) -> dict:
-    """task_accuracy (rows with an answer), mean_reward (see reward_setups) and generation samples."""
+                       rewards: RewardSetup | None, tools: ToolSetup | None = None) -> dict:
+    """task_accuracy (rows with an answer), mean_reward (see reward_setups) and generation samples; with ``tools``
+    the replies call them (tool_replies), and the answer is what the model wrote after the tools' results."""
     rows = data.gen_rows
     if rows:
         prompts = [prompt_messages(row, data.gen_format) for row in rows]
@@ -90,9 +95,16 @@ def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry:
     scored = rows and "answer" in rows[0]
     rewarded = rewards is not None and bool(rows)
     wanted = prompts if scored or (rewarded and not rewards.withheld) else prompts[: cfg.max_generation_samples]
-    replies = generate_replies(model, tokenizer, wanted, cfg.max_new_tokens, cfg.batch_size,
-                               desc=f"{entry.name}: generating")
     out: dict = {"task_accuracy": None}
+    if tools is None:
+        replies = shown = generate_replies(model, tokenizer, wanted, cfg.max_new_tokens, cfg.batch_size,
+                                           desc=f"{entry.name}: generating")
+    else:
+        episodes, counts = replies_with_tools(model, tokenizer, wanted, (rows or [{}] * len(wanted))[:len(wanted)],
+                                              *tools.loaded(), tools.rounds, cfg.max_new_tokens, cfg.batch_size,
+                                              desc=f"{entry.name}: generating with tools")
+        replies, shown = [completion_text(e) for e in episodes], [episode_text(e) for e in episodes]
+        out.update(counts, tools=tools.label)
     if scored:
         answer_format = data.answer_format(cfg.answer_format, prompts)
         out["task_accuracy"] = sum(check_answer(reply, str(row["answer"]), answer_format)
@@ -101,7 +113,7 @@ def generation_metrics(model, tokenizer, data: EvalData, cfg: EvalConfig, entry:
     if rewarded:
         out.update(rewarded_metrics(rewards, data, wanted, replies, rows))
     out["generation_samples"] = [{"prompt": p[-1]["content"] if p else "", "response": r}
-                                 for p, r in zip(wanted, replies)][: cfg.max_generation_samples]
+                                 for p, r in zip(wanted, shown)][: cfg.max_generation_samples]
     return out
 
 
@@ -112,6 +124,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         entries.insert(0, base_entry(entries, cfg.base_model))
     entries += teacher_entries(entries)
     rewards = reward_setups(entries, cfg)
+    tools = tool_setup(entries, cfg)
     benchmarks = None
     if cfg.lm_eval_tasks:  # an unknown task or a missing lm-eval fails now, before any model loads
         from .harness import check_tasks, task_manager
@@ -131,7 +144,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             reused, saved_as = None, None
             if entry.path is None and cfg.reuse_base:
                 saved_as = base_key(resolve_model(entry.base_model), dataset, columns, rewards.get(entry.name), cfg,
-                                    device, entry.revision)
+                                    device, entry.revision, tools)
                 reused = load_cached(saved_as)
             if reused is not None:
                 print("unitune eval: base: its results from an earlier evaluation with the same model, data, settings "
@@ -142,7 +155,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
-            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device)
+            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device, tools)
             if saved_as is not None:
                 save_cached(saved_as, results[entry.name])
         except Exception as err:  # a broken run must not stop the others

@@ -96,15 +96,25 @@ def greedy(model, ids: torch.Tensor, mask: torch.Tensor, cache, max_new_tokens: 
 @torch.inference_mode()
 def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 64,
                      batch_size: int = 16, desc: str | None = "Generating") -> list[str]:
-    """Greedy replies to chat prompts, in input order. Prompts are length-sorted into left-padded batches; the head
-    a batch's prompts share is computed once and finished rows leave the batch (not for models with layers other than
-    attention, a forward that takes no ``cache``, or rotary embeddings whose frequencies depend on the longest
-    position; no shared head where a sliding window is shorter than the rows).
-    ``desc`` None: no progress bar (another rank shows it)."""
+    """Greedy replies to chat prompts, in input order (see generate_ids). ``desc`` None: no progress bar (another rank
+    shows it)."""
     chat = chat_format(tokenizer)
     encoded = [tokenizer(chat.generation_prompt(p), add_special_tokens=False)["input_ids"] for p in prompts]
+    return [tokenizer.decode(seq, skip_special_tokens=True).strip()
+            for seq in generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size, desc)]
+
+
+@torch.inference_mode()
+def generate_ids(model, tokenizer, encoded: list[list[int]], max_new_tokens: int = 64, batch_size: int = 16,
+                 desc: str | None = "Generating") -> list[list[int]]:
+    """The greedy token ids after each of the ``encoded`` prompts, in input order, up to and with the stop token.
+    Prompts are length-sorted into left-padded batches; the head a batch's prompts share is computed once and
+    finished rows leave the batch (not for models with layers other than attention, a forward that takes no
+    ``cache``, or rotary embeddings whose frequencies depend on the longest position; no shared head where a sliding
+    window is shorter than the rows)."""
+    chat = chat_format(tokenizer)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    replies: list[str] = [""] * len(encoded)
+    replies: list[list[int]] = [[] for _ in encoded]
     device = next(model.parameters()).device
     share = attention_only(model) and takes_cache(model) and not rope_varies(model)
     own_loop = share and plain_greedy(model.generation_config)
@@ -125,7 +135,8 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                 out = model.generate(input_ids=ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,
                                      do_sample=False, use_cache=True, eos_token_id=stop,
                                      pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None,
-                                     top_k=None)[:, ids.shape[1]:]
+                                     top_k=None)[:, ids.shape[1]:].tolist()
             for i, seq in zip(idx, out):
-                replies[i] = tokenizer.decode(seq, skip_special_tokens=True).strip()
+                ends = [k for k, token in enumerate(seq) if token in stop]
+                replies[i] = seq[:ends[0] + 1] if ends else seq  # generate pads a row that stopped early
     return replies

@@ -23,6 +23,7 @@ from ..models.load import generation_config
 from ..templates import chat_format
 
 RUN_FILE = "unitune_run.json"
+MERGE_FILE = "unitune_merge.json"  # in a folder `unitune merge` wrote: the run and base it came from
 
 
 def is_run_folder(folder: Path) -> bool:

@@ -1,0 +1,93 @@
+"""`unitune eval` of runs trained with tools: the replies call them (evaluate.tool_replies), every entry of an
+evaluation answers with the same tools, and tool code from a run record runs only with --trust_reward_code. The
+model's choices are scripted here (generate_ids stands in for it); test_real_model.py runs the embedded model."""
+
+import json
+import re
+
+import pytest
+
+from unitune.config import EvalConfig
+from unitune.errors import UserError
+from unitune.evaluate import tool_replies
+from unitune.evaluate.entries import Entry
+from unitune.evaluate.tool_replies import replies_with_tools, run_call, tool_setup
+from unitune.models.load import load_tokenizer
+from unitune.tools import calculator
+
+from conftest import with_template
+
+
+def scripted(answer_after_tool=True):
+    """Stands in for the model: call the calculator on the question's arithmetic; once a result is back, answer."""
+    def generate_ids(model, tokenizer, encoded, max_new_tokens, batch_size, desc=None):
+        out = []
+        for ids in encoded:
+            text = tokenizer.decode(ids)
+            results = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", text, re.S)
+            if results and answer_after_tool:
+                reply = f"So it is {results[-1]}.\nAnswer: {results[-1]}<|im_end|>"
+            else:
+                expression = re.findall(r"What is (\d+ [-+*] \d+)\?", text)[-1]
+                reply = "<tool_call>\n" + json.dumps({"name": "calculator", "arguments": {"expression": expression}}) \
+                    + "\n</tool_call><|im_end|>"
+            out.append(tokenizer(reply, add_special_tokens=False)["input_ids"])
+        return out
+    return generate_ids
+
+
+PROMPTS = [[{"role": "user", "content": "What is 12 * 34?"}], [{"role": "user", "content": "What is 5 + 6?"}]]
+
+
+def test_replies_call_the_tool_and_answer_with_its_result(tokenizer, monkeypatch):
+    monkeypatch.setattr(tool_replies, "generate_ids", scripted())
+    episodes, counts = replies_with_tools(None, with_template(tokenizer, "qwen2_5"), PROMPTS, [{}, {}], [calculator],
+                                          None, rounds=3, max_new_tokens=32, batch_size=2, desc=None)
+    assert counts == {"tool_calls": 2, "tool_failures": 0}
+    first = episodes[0]
+    assert first[0]["tool_calls"][0]["function"] == {"name": "calculator", "arguments": {"expression": "12 * 34"}}
+    assert first[1] == {"role": "tool", "name": "calculator", "content": "408"}
+    assert first[2]["content"].endswith("Answer: 408") and episodes[1][2]["content"].endswith("Answer: 11")
+
+
+def test_a_model_that_keeps_calling_stops_after_the_rounds(tokenizer, monkeypatch):
+    monkeypatch.setattr(tool_replies, "generate_ids", scripted(answer_after_tool=False))
+    episodes, counts = replies_with_tools(None, with_template(tokenizer, "qwen2_5"), PROMPTS[:1], [{}], [calculator],
+                                          None, rounds=2, max_new_tokens=32, batch_size=2, desc=None)
+    assert counts["tool_calls"] == 2 and [m["role"] for m in episodes[0]] == ["assistant", "tool"] * 2 + ["assistant"]
+
+
+def test_a_failing_or_unknown_tool_is_answered_with_its_error():
+    def broken(expression: str) -> str:
+        raise RuntimeError("the tool broke")
+    assert run_call({"broken": broken}, {"function": {"name": "broken", "arguments": {"expression": "1"}}}) == \
+        "{'error': 'the tool broke'}"
+    assert run_call({}, {"function": {"name": "abacus", "arguments": {}}}) == "{'error': 'Tool abacus not found.'}"
+    assert run_call({"calculator": calculator}, {"function": {"name": "calculator", "arguments": {"x": 1}}}) \
+        .startswith("{'error': ")
+
+
+def entry(name, path, **settings):
+    return Entry(name, "grpo", "base", path, {"settings": settings})
+
+
+def test_every_entry_gets_the_tools_a_run_trained_with(tiny_model_dir):
+    entries = [Entry("base", None, "base"), entry("sft", tiny_model_dir), entry("grpo", tiny_model_dir,
+                                                                                tools=["calculator"])]
+    setup = tool_setup(entries, EvalConfig())
+    assert setup.tools == ("calculator",) and setup.source == "run grpo" and setup.rounds == 3
+    assert setup.template == load_tokenizer(str(tiny_model_dir)).chat_template  # the base answers in the run's
+    assert tool_setup(entries[:2], EvalConfig()) is None
+    assert tool_setup(entries[:2], EvalConfig(tools=["calculator"])).source == "--tools"
+
+
+def test_runs_with_other_tools_or_tool_code_are_refused_in_one_line(tiny_model_dir, tmp_path):
+    code = tmp_path / "mine.py"
+    code.write_text('def add(a: int, b: int) -> int:\n    """\n    Adds.\n\n    Args:\n        a: One.\n'
+                    '        b: Two.\n    """\n    return a + b\n')
+    runs = [entry("a", tiny_model_dir, tools=["calculator"]), entry("b", tiny_model_dir, tools=[f"{code}:add"])]
+    with pytest.raises(UserError, match="the runs trained with different tools .* evaluate them apart"):
+        tool_setup(runs, EvalConfig())
+    with pytest.raises(UserError, match=r"run b calls tool code .* only with --trust_reward_code"):
+        tool_setup(runs[1:], EvalConfig())
+    assert tool_setup(runs[1:], EvalConfig(trust_reward_code=True)).tools == (f"{code}:add",)
