@@ -30,18 +30,21 @@ class EvalConfig:
     batch_size: int = opt(32, "batch size for scoring and generation")
     max_new_tokens: int = opt(48, "longest greedy generation, in tokens")
     skip_base: bool = opt(False, "do not evaluate the base model")
-    reuse_base: bool = opt(True, "reuse the base model's results from an earlier evaluation with the same model files, "
-                                 "data, settings, device and library versions (kept in $UNITUNE_HOME/eval-cache); "
-                                 "false scores it again")
+    reuse_base: bool = opt(True, "reuse the base's results of an earlier evaluation with the same model files, data, "
+                                 "settings, device and versions (in $UNITUNE_HOME/eval-cache); false scores it again")
     report: bool = opt(True, "write report.html and report.md after evaluating")
     columns: str | None = opt(None, COLUMNS_HELP + " (default: each run's own mapping)")
     reward_funcs: list[str] | None = opt(None, "rewards for mean_reward: built-in names, path/file.py:function or "
                                                "package.module:function (default: the GRPO run's own)")
     reward_model: str | None = opt(None, "a reward model for mean_reward, for every entry: Hub id, folder or RM run "
                                          "(--method rm; with --reward_funcs: added to them)")
-    trust_reward_code: bool = opt(False, "run reward code named in run records (file.py:function, module:function); "
-                                         "without it such runs get mean_reward null: a runs folder from someone "
-                                         "else must not run their Python")
+    trust_reward_code: bool = opt(False, "run reward and tool code named in run records (file.py:function, "
+                                         "module:function); without it, null mean_reward and refused tools: a runs "
+                                         "folder from someone else must not run their Python")
+    tools: list[str] | None = opt(None, "generate with these tools for every entry, as train --tools (default: the "
+                                        "tools a run of this evaluation trained with)")
+    environment: str | None = opt(None, "generate with this environment's tools for every entry (train --environment)")
+    max_tool_calling_iterations: int = opt(3, "rounds of tool calls per reply, with tools")
     answer_format: str = opt("auto", ANSWER_FORMAT_HELP)
     lm_eval_tasks: list[str] | None = opt(None, "lm-evaluation-harness tasks to run on the base model and every run "
                                                 "(needs the lm-eval extra), e.g. gsm8k or a task under "
@@ -54,7 +57,7 @@ class EvalConfig:
         return parse_columns(self.columns)
 
     def __post_init__(self) -> None:
-        _positive(self, "max_samples", "batch_size", "max_new_tokens", "lm_eval_limit")
+        _positive(self, "max_samples", "batch_size", "max_new_tokens", "lm_eval_limit", "max_tool_calling_iterations")
         _answer_format(self)
         if self.lm_eval_include_path and not Path(self.lm_eval_include_path).is_dir():
             raise UserError(f"--lm_eval_include_path {self.lm_eval_include_path} is not a folder; point it at a "
@@ -255,9 +258,8 @@ class UiConfig:
                                  f"{UI_AUTH_ENV}=USER:PASS); never the password itself, which ps would show")
     no_token: bool = opt(False, "serve without the token, on a loopback --host only: then every local user, and any "
                                 "local process, can drive the UI")
-    allow_code: bool = opt(False, "let the page name reward functions in files or modules (path/file.py:fn, "
-                                  "module:fn), which the trainer imports and runs as you; built-in rewards need no "
-                                  "flag")
+    allow_code: bool = opt(False, "let the page name reward functions or tools in files or modules (file.py:fn, "
+                                  "module:fn), which the trainer runs as you; built-in ones need no flag")
     allow_dir: list[str] | None = opt(None, "folders besides the runs folder the page may read data, models and chat "
                                             "templates from")
 
@@ -292,14 +294,14 @@ class DemoConfig:
     runs_dir: str = opt("runs/demo", "where the demo runs, results and report go (its own folder, so runs of yours "
                                      "are not re-evaluated)")
     methods: list[str] | None = opt(None, "only these methods, or all (default: the seed's five: sft dpo orpo kto "
-                                          "grpo; all adds rloo, rm then GRPO rewarded by it, distill from sft)")
+                                          "grpo; all adds rloo, rm then GRPO rewarded by it, distill from sft, tools)")
     max_samples: int = opt(100, "score each run and the base on the first N rows of each test split (fewer: a "
                                 "quicker, noisier table)")
 
     def __post_init__(self) -> None:
         _positive(self, "max_samples")
         for method in self.methods or []:
-            _choice(method, "--methods", (*METHODS, "all"))
+            _choice(method, "--methods", (*METHODS, "tools", "all"))
 
 
 @dataclass
