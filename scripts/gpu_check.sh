@@ -8,7 +8,7 @@
 #          memory of all five methods against TRL's defaults, GRPO with TRL's vLLM colocate mode where a vLLM fits
 #          (bench/results_gpu.json); the target: SFT >= 2x TRL's defaults in tokens/s at <= TRL's peak memory;
 #   train  sft dpo orpo kto grpo rm rloo with QLoRA through `unitune train`, STEPS steps each, all at once; then
-#          grpo rewarded by the rm run and distill from the sft run, at once;
+#          grpo rewarded by the rm run, distill from the sft run and grpo calling the calculator, at once;
 #   after  eval (every run and the base), merge, export (GGUF f16 and q8_0) and a one-message chat, all at once.
 # Each step runs under `timeout`, inside an overall budget (GPU_CHECK_BUDGET seconds), and prints one line; the
 # transcript goes, with the date and the GPU's name, into bench/RESULTS.md under "GPU check runs" (not for a smoke
@@ -352,6 +352,12 @@ start grpo_rm 180 "${UNITUNE[@]}" train --method grpo --use_qlora "$QLORA" --max
 start distill 180 "${UNITUNE[@]}" train --method distill --use_qlora "$QLORA" --max_steps "$STEPS" \
   --max_train_samples 64 --output_dir "$RUNS/runs/distill" --save_steps "$STEPS" --model_name "$MODEL" \
   --teacher "$RUNS/runs/sft" --max_completion_length 32
+# GRPO whose rollouts call the calculator (TRL's tool loop on the GPU), outside runs/: its eval would give every
+# entry the calculator
+start grpo_tools 180 "${UNITUNE[@]}" train --method grpo --use_qlora "$QLORA" --max_steps "$STEPS" \
+  --max_train_samples 64 --output_dir "$RUNS/tools/grpo_tools" --save_steps "$STEPS" --model_name "$MODEL" \
+  --dataset calculator --tools calculator --max_completion_length 96 \
+  --chat_template "$("$PY" -c 'from unitune.tools import TOOL_TEMPLATE; print(TOOL_TEMPLATE)')"
 finish
 
 # ---------------------------------------------------------------- after: eval, merge, export, chat at once

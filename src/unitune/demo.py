@@ -56,7 +56,7 @@ TOOL_DEMO: dict[str, dict] = {
                    "max_steps": 10, "per_device_train_batch_size": 8, "learning_rate": 3e-4, "num_generations": 4,
                    "max_completion_length": 96},
 }
-TOOL_EVAL = {"batch_size": 25, "max_new_tokens": 64}
+TOOL_EVAL = {"batch_size": 25, "max_new_tokens": 64, "reward_funcs": ["accuracy", "format"]}  # GRPO's, for every entry
 
 
 def demo_plan(methods: list[str] | None) -> dict[str, dict]:

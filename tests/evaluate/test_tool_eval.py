@@ -91,3 +91,31 @@ def test_runs_with_other_tools_or_tool_code_are_refused_in_one_line(tiny_model_d
     with pytest.raises(UserError, match=r"run b calls tool code .* only with --trust_reward_code"):
         tool_setup(runs[1:], EvalConfig())
     assert tool_setup(runs[1:], EvalConfig(trust_reward_code=True)).tools == (f"{code}:add",)
+
+
+def test_the_base_is_scored_on_the_runs_data_and_a_merged_run_stands_for_its_base(tmp_path):
+    """Runs trained on the calculator data, one of them on a merged SFT run: the base entry is the model the first
+    run started from, scored on the calculator data (not the demo data, the default when no --dataset is given)."""
+    from unitune.evaluate.entries import base_entry
+
+    merged = tmp_path / "sft_merged"
+    merged.mkdir()
+    (merged / "unitune_merge.json").write_text(json.dumps({"run": "runs/sft", "base_model": "org/base"}))
+    runs = [Entry("sft", "sft", "org/base", tmp_path, {"dataset": "/data/calculator"}),
+            Entry("grpo", "grpo", str(merged), tmp_path, {"dataset": "/data/calculator"})]
+    base = base_entry(runs, None)
+    assert base.base_model == "org/base" and base.record == {"dataset": "/data/calculator"}
+    assert base_entry([], "fallback").record == {}
+
+
+def test_generation_prompts_are_the_prompt_column_not_the_whole_episode():
+    """The calculator's test rows hold a prompt and the whole episode (messages): the model is asked the prompt; the
+    episode's call and result would hand it the answer."""
+    from unitune.data.load import resolve_dataset
+    from unitune.data.views import prompt_messages
+    from unitune.evaluate.heldout import EvalData
+
+    data = EvalData(resolve_dataset("calculator"), EvalConfig(max_samples=5), {})
+    prompts = [prompt_messages(row, data.gen_format) for row in data.gen_rows]
+    assert data.gen_format == "prompt_only" and len(prompts) == 5
+    assert all([m["role"] for m in p] == ["system", "user"] for p in prompts)

@@ -167,7 +167,8 @@ def scripted_turn(self, prompt_ids, images, multimodal_fields, num_generations, 
         else:
             tool = re.search(r'"name": "(\w+)"', text).group(1)
             expression = re.findall(r"What is (\d+ [-+*] \d+)\?", text)[-1]
-            call = json.dumps({"name": tool, "arguments": {"expression": expression}})
+            arguments = {"step": 3} if tool == "increment" else {"expression": expression}
+            call = json.dumps({"name": tool, "arguments": arguments})
             reply = f"<tool_call>\n{call}\n</tool_call><|im_end|>"
         out.extend([tokenizer(reply, add_special_tokens=False)["input_ids"]] * (len(ids) and 1))
     return out, None
@@ -207,3 +208,18 @@ def test_a_bad_tool_or_template_stops_the_run_before_the_data_loads(tiny_args, t
     assert main(tiny_args("grpo", "--tools", "calculator")) == 2  # the embedded template renders no tools
     err = capsys.readouterr().err
     assert "renders no tool calls" in err and "plan:" not in err
+
+
+def test_an_environment_gives_its_methods_as_tools_and_its_reward(tiny_args, tools_file, tmp_path, monkeypatch):
+    """--environment: one Counter per rollout, reset with the row; its increment() is the tool the rollouts call, and
+    its get_reward() (the count) is the only reward when no --reward_funcs is given."""
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "What is 1 + 2?"}]}) + "\n"
+                            for _ in range(8)))
+    monkeypatch.setattr(trl.GRPOTrainer, "_generate_single_turn", scripted_turn)
+    argv = tiny_args("grpo", "--dataset", str(data), "--environment", f"{tools_file}:Counter", "--chat_template",
+                     str(TOOL_TEMPLATE), "--num_generations", "2", "--max_completion_length", "96")
+    assert main(argv) == 0
+    logs = read_json(tmp_path / "grpo_run" / "trainer_state.json")["log_history"]
+    rewarded = [e for e in logs if "rewards/Counter/mean" in e]
+    assert rewarded and all(e["rewards/Counter/mean"] == 3.0 and e["tools/failure_frequency"] == 0 for e in rewarded)
