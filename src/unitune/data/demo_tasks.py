@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from typing import Callable
 
 # Worded so the base model sometimes complies when sampling (measured: ~19% of samples have an answer
 # line against ~8% for "End with a line of the form 'Answer: <value>'."), which gives GRPO a signal,
@@ -120,15 +121,21 @@ def make_row(r: random.Random) -> dict:
 
 def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
     """Deterministic splits; a prompt appears in at most one split so test rows are held out."""
+    return held_out_splits(make_row, SPLIT_SIZES, lambda row: row["prompt"], seed)
+
+
+def held_out_splits(make: Callable[[random.Random], dict], sizes: dict[str, int], key: Callable[[dict], str],
+                    seed: int) -> dict[str, list[dict]]:
+    """Splits of ``make``'s rows, drawn from one seeded stream, each ``key`` in at most one split."""
     r = random.Random(seed)
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
-    for name, size in SPLIT_SIZES.items():
+    for name, size in sizes.items():
         rows: list[dict] = []
         while len(rows) < size:
-            row = make_row(r)
-            if row["prompt"] not in seen:
-                seen.add(row["prompt"])
+            row = make(r)
+            if key(row) not in seen:
+                seen.add(key(row))
                 rows.append(row)
         splits[name] = rows
     return splits

@@ -14,7 +14,7 @@ import json
 import random
 
 from ..tools import calculator, describe
-from .demo_tasks import FORMAT_HINT
+from .demo_tasks import FORMAT_HINT, held_out_splits
 
 SYSTEM = "You are a helpful assistant. For arithmetic, call the calculator tool."
 SPLIT_SIZES = {"train_sft": 600, "test_sft": 100, "train_gen": 600, "test_gen": 200}
@@ -46,15 +46,4 @@ def make_row(r: random.Random) -> dict:
 
 def generate_splits(seed: int = 0) -> dict[str, list[dict]]:
     """Deterministic splits; a question appears in at most one split so test rows are held out."""
-    r = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for name, size in SPLIT_SIZES.items():
-        rows: list[dict] = []
-        while len(rows) < size:
-            row = make_row(r)
-            if row["prompt"][-1]["content"] not in seen:
-                seen.add(row["prompt"][-1]["content"])
-                rows.append(row)
-        splits[name] = rows
-    return splits
+    return held_out_splits(make_row, SPLIT_SIZES, lambda row: row["prompt"][-1]["content"], seed)
