@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 from .errors import UserError, first_line
@@ -30,11 +31,14 @@ def load_module(where: str, what: str, flag: str):
         path = Path(where).expanduser()
         if not path.is_file():
             raise UserError(f"{what} file not found: {where}; check the path in {flag}")
-        module_spec = importlib.util.spec_from_file_location(f"unitune_{what}_{path.stem}", path)
+        name = f"unitune_{what}_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # as an import does: dataclasses and pickling look their module up there
         try:
             module_spec.loader.exec_module(module)
         except Exception as err:
+            del sys.modules[name]
             raise UserError(f"{what} file {where} failed to import ({first_line(err)}); fix it") from None
         return module
     try:
@@ -52,5 +56,6 @@ def load_named(where: str, name: str, what: str, flag: str, kind: str = "functio
     found = getattr(module, name, None)
     if not callable(found):
         there = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise UserError(f"no {kind} '{name}' in {where}; {kind}s there: {', '.join(there) or 'none'}")
+        plural = "classes" if kind == "class" else f"{kind}s"
+        raise UserError(f"no {kind} '{name}' in {where}; {plural} there: {', '.join(there) or 'none'}")
     return found

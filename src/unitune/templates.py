@@ -19,6 +19,7 @@ training with one line; a guessed mask is never used.
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from dataclasses import dataclass
@@ -53,8 +54,14 @@ def clean_message(message: dict) -> dict:
     keys other rows' messages have; a tool call's JSON-string arguments parsed, as templates expect a mapping."""
     cleaned = {k: v for k, v in message.items() if v is not None}
     cleaned["content"] = message.get("content") or ""
-    if cleaned.get("tool_calls"):
-        cleaned["tool_calls"] = [_parsed_call(call) for call in cleaned["tool_calls"]]
+    calls = cleaned.pop("tool_calls", None)
+    if isinstance(calls, str):  # kept as a JSON string (as Arrow keeps differing shapes)
+        try:
+            calls = json.loads(calls)
+        except ValueError:
+            raise UserError(f"a message's tool_calls is not JSON ({calls[:60]!r}); give a list of calls") from None
+    if calls:  # an empty list is no call (some templates branch on the key alone)
+        cleaned["tool_calls"] = [_parsed_call(call) for call in calls]
     return cleaned
 
 
@@ -96,17 +103,20 @@ class ChatFormat:
         renders are kept: a row's spans, checks and lengths render the same prefixes (a pair's prompt twice), and
         Jinja is the data path's largest cost. The key is the whole of each message (tool calls, names and any other
         key a template reads) and the tools, never only the roles and contents."""
-        prepared = self.prepare(messages)
-        try:
-            key = json.dumps([prepared, tools], sort_keys=True, ensure_ascii=False)
+        prepared, template = self.prepare(messages), template or self.template
+        try:  # the key only: the template renders the objects as given (a tool list's keys in their own order)
+            key = (json.dumps([prepared, tools], sort_keys=True, ensure_ascii=False), generation_prompt, template)
         except (TypeError, ValueError):  # content that is not JSON (an image in a multimodal message): not kept
-            return self._apply(prepared, generation_prompt, template or self.template, tools)
-        return self._render(key, generation_prompt, template or self.template)
+            return self._apply(prepared, generation_prompt, template, tools)
+        if key not in self._renders:
+            self._renders[key] = self._apply(prepared, generation_prompt, template, tools)
+            if len(self._renders) > RENDERS_KEPT:
+                self._renders.popitem(last=False)
+        return self._renders[key]
 
-    @functools.lru_cache(maxsize=RENDERS_KEPT)
-    def _render(self, key: str, generation_prompt: bool, template: str) -> str:
-        messages, tools = json.loads(key)
-        return self._apply(messages, generation_prompt, template, tools)
+    @functools.cached_property
+    def _renders(self) -> collections.OrderedDict:
+        return collections.OrderedDict()
 
     def _apply(self, messages: list[dict], generation_prompt: bool, template: str, tools: list[dict] | None = None) \
             -> str:

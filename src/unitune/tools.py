@@ -140,3 +140,11 @@ def run_tools(cfg, tokenizer, model: str) -> dict:
     tools, environment = load_tools(cfg.tools), load_environment(cfg.environment)
     check_template(tokenizer, model)
     return {"tools": tools or None, "environment_factory": environment}
+
+
+def carries_tools(tokenizer) -> bool:
+    """Whether check_template passes (then the tokenizer has its response parser)."""
+    try:
+        return check_template(tokenizer, "") is None
+    except UserError:
+        return False

@@ -87,3 +87,43 @@ def test_check_show_tokens_shows_the_call_trained_and_the_result_not(capsys, tin
     trained = "".join(seg["text"] for seg in view if seg["trained"])
     untrained = "".join(seg["text"] for seg in view if not seg["trained"])
     assert "<tool_call>" in trained and "<tool_response>" in untrained and "</tool_response>" not in trained
+
+
+def test_the_tools_render_as_given_and_the_render_cache_keys_on_them(tokenizer):
+    """The cache key is sorted JSON; the text is rendered from the objects as given, as TRL and the model see them."""
+    tok = with_template(tokenizer, "qwen2_5")
+    chat, tools = chat_format(tok), row_tools(ROW)
+    prompt = ROW["prompt"]
+    expected = tok.apply_chat_template(prompt, tools=tools, tokenize=False, add_generation_prompt=True)
+    assert chat.generation_prompt(prompt, tools=tools) == expected
+    assert chat.generation_prompt(prompt, tools=tools) == expected  # from the cache
+    assert chat.generation_prompt(prompt) != expected  # other tools (none): another key
+
+
+def test_tool_calls_as_json_text_and_empty_call_lists_and_arrow_filled_tools():
+    from unitune.templates import clean_message
+
+    call = {"type": "function", "function": {"name": "calculator", "arguments": "{\"expression\": \"1 + 1\"}"}}
+    assert clean_message({"role": "assistant", "content": None, "tool_calls": json.dumps([call])})["tool_calls"] == [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "1 + 1"}}}]
+    assert clean_message({"role": "assistant", "content": "hi", "tool_calls": []}) == {"role": "assistant",
+                                                                                      "content": "hi"}
+    with pytest.raises(UserError, match="a message's tool_calls is not JSON"):
+        clean_message({"role": "assistant", "content": "", "tool_calls": "[{"})
+    filled = [{"type": "function", "function": {"name": "f", "parameters": {"x": {"type": "string"}, "y": None}}}]
+    assert row_tools({"tools": filled}) == [{"type": "function", "function": {"name": "f", "parameters": {
+        "x": {"type": "string"}}}}]
+
+
+def test_the_prompt_of_an_episode_ends_at_the_reply_to_the_last_user_turn():
+    from unitune.data.views import pair_row, prompt_messages
+
+    assert [m["role"] for m in prompt_messages({"messages": ROW["messages"]}, "conversational")] == ["system", "user"]
+    chat = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"}]
+    assert prompt_messages({"messages": chat}, "conversational") == chat[:3]
+    # a repeated prompt turn is found whatever other keys the replies' messages carry
+    chosen = [{"role": "user", "content": "q", "name": "me"}, {"role": "assistant", "content": "yes"}]
+    rejected = [{"role": "user", "content": "q", "name": "me"}, {"role": "assistant", "content": "no"}]
+    pair = pair_row({"prompt": "q", "chosen": chosen, "rejected": rejected}, "preference")
+    assert [m["content"] for m in pair["chosen"]] == ["yes"] and [m["content"] for m in pair["rejected"]] == ["no"]

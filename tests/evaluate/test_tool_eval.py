@@ -119,3 +119,35 @@ def test_generation_prompts_are_the_prompt_column_not_the_whole_episode():
     prompts = [prompt_messages(row, data.gen_format) for row in data.gen_rows]
     assert data.gen_format == "prompt_only" and len(prompts) == 5
     assert all([m["role"] for m in p] == ["system", "user"] for p in prompts)
+
+
+def test_an_environment_observation_joins_the_prompt_and_tools_apply_to_their_data(tmp_path):
+    from unitune.evaluate.tool_replies import ToolSetup, bound_tools, observed
+    from unitune.tools import load_environment
+
+    env = tmp_path / "game.py"
+    env.write_text('from __future__ import annotations\nfrom dataclasses import dataclass\n\n\n@dataclass\nclass Game:\n'
+                   '    score: int = 0\n\n    def reset(self, **row) -> str:\n        return " Start at " + row["start"]\n\n'
+                   '    def move(self, step: int) -> int:\n        """\n        Moves.\n\n        Args:\n'
+                   '            step: How far.\n        """\n        return step\n')
+    game = load_environment(f"{env}:Game")  # a dataclass, annotations postponed: the module is registered
+    tools, observation = bound_tools([calculator], game, {"start": "5."})
+    assert [t.__name__ for t in tools] == ["calculator", "move"] and tools[1](3) == 3
+    assert observed(PROMPTS[0], observation)[-1]["content"] == "What is 12 * 34? Start at 5."
+    setup = ToolSetup(("calculator",), None, 3, "run x", None, "calculator")
+    from unitune.data.load import resolve_dataset
+    assert setup.applies(resolve_dataset("calculator")) and not setup.applies(resolve_dataset(None))
+    assert ToolSetup(("calculator",), None, 3, "--tools").applies(resolve_dataset(None))
+
+
+def test_a_generation_split_of_implicit_pairs_still_gives_prompts(tmp_path):
+    """GRPO's formats come first (a prompt column); implicit pairs, which GRPO takes none of, still give prompts."""
+    from unitune.evaluate.heldout import EvalData
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"chosen": [{"role": "user", "content": f"q{i}"},
+                                                   {"role": "assistant", "content": "yes"}],
+                                        "rejected": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": "no"}]}) + "\n" for i in range(3)))
+    found = EvalData(str(data), EvalConfig(gen_split="train", sft_split="none", prefs_split="none"), {})
+    assert found.gen_format == "preference_implicit" and len(found.gen_rows) == 3

@@ -83,7 +83,14 @@ def row_tools(row: dict) -> list[dict] | None:
             tools = json.loads(tools) if tools.strip() else None
         except ValueError:
             raise UserError(f"a row's 'tools' is not JSON ({tools[:60]!r}); give a list of tool schemas") from None
-    return list(tools) if tools else None
+    return [_without_nones(tool) for tool in tools] if tools else None
+
+
+def _without_nones(value):
+    """A JSON value without the None entries Arrow adds to structs (other rows' keys)."""
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    return [_without_nones(v) for v in value] if isinstance(value, list) else value
 
 
 def conversational(row: dict, fmt: str) -> bool:

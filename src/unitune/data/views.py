@@ -32,21 +32,28 @@ def pair_row(row: dict, fmt: str) -> dict:
     prompt = as_messages(row["prompt"], "user")
     shared = _split_shared(chosen, rejected)
     # UltraFeedback repeats the prompt turn at the start of chosen/rejected: drop it there.
-    if chosen[: len(prompt)] == prompt and rejected[: len(prompt)] == prompt:
+    if _turns(chosen[: len(prompt)]) == _turns(prompt) == _turns(rejected[: len(prompt)]):
         shared = len(prompt)
-    elif shared and chosen[:shared][-len(prompt):] == prompt:  # after a system turn (or earlier turns): keep them
+    elif shared and _turns(chosen[:shared][-len(prompt):]) == _turns(prompt):  # after a system turn: keep them
         prompt = chosen[:shared]
-    elif shared and chosen[:shared] != prompt:
+    elif shared and _turns(chosen[:shared]) != _turns(prompt):
         shared = 0
     return {"prompt": prompt, "chosen": chosen[shared:], "rejected": rejected[shared:]}
 
 
+def _turns(messages: list[dict]) -> list[tuple]:
+    """Messages as (role, content): what makes two turns the same, whatever other keys they carry."""
+    return [(m["role"], m["content"]) for m in messages]
+
+
 def prompt_messages(row: dict, fmt: str) -> list[dict]:
-    """The prompt of any row as messages: the conversation up to its last assistant turn."""
+    """The prompt of any row as messages: a conversation up to the reply to its last user turn (a tool-use episode's
+    calls and results are the reply, not the prompt)."""
     if fmt == "conversational":
         messages = as_messages(row["messages"], "user")
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-        return messages[:last]
+        asked = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+        reply = next((i for i, m in enumerate(messages) if i > asked and m["role"] == "assistant"), len(messages))
+        return messages[:reply]
     if fmt == "preference_implicit":
         return pair_row(row, fmt)["prompt"]
     return as_messages(row["prompt"], "user")

@@ -26,6 +26,8 @@ class EvalData:
         found = {kind: prepare(dataset, split, {"sft": METHODS["sft"], "prefs": METHODS["dpo"],
                                                 "gen": METHODS["grpo"]}[kind], settings, required=False)
                  for kind, split in self.splits.items()}
+        if "gen" in self.splits and getattr(found["gen"], "format", None) is None:  # implicit pairs: any prompt
+            found["gen"] = prepare(dataset, self.splits["gen"], None, settings, required=False)
         self.sft = self._sft_items(*self._usable(found.get("sft")))
         self.pairs = self._pairs(*self._usable(found.get("prefs")))
         gen, self.gen_format = self._usable(found.get("gen"))

@@ -24,6 +24,7 @@ from ..fast.generation import generate_replies
 from ..files import write_json_atomic
 from ..methods import is_reward_model
 from ..models.load import load_tokenizer, resolve_model
+from ..tools import carries_tools
 from ..train.lock import now_text
 from ..train.rewards import completion_text, episode_text
 from ..train.trained import qlora_dtype
@@ -47,6 +48,11 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
         load_tokenizer(resolve_model(entry.base_model), entry.revision)
     if tools is not None and tools.template and entry.path is None:
         tokenizer.chat_template = tools.template  # the base is asked as the tool runs were, tools listed
+    if tools is not None and not carries_tools(tokenizer):  # a run whose template cannot: its replies as they are
+        tools, untooled = None, f"replies without the tools ({tools.label}): its chat template renders no tool calls"
+        warn(f"{entry.name}: {untooled}")
+    else:
+        untooled = None
     result: dict = {"method": entry.method or ("base" if entry.path is None else None),
                     **training_metrics(entry.path), "scored_as": scored_as}
     if not cfg.skip_perplexity and data.sft:
@@ -62,6 +68,8 @@ def evaluate_entry(entry: Entry, data: EvalData, cfg: EvalConfig, rewards: Rewar
     else:
         result.update(preference_metrics([], []))
     result.update(generation_metrics(model, tokenizer, data, cfg, entry, rewards, tools))
+    if untooled:
+        result["tools_note"] = untooled
     return result | where_from(entry, data, started)
 
 
@@ -142,9 +150,10 @@ def run_eval(cfg: EvalConfig) -> dict:
             columns = cfg.column_map or recorded[number - 1] or (next(filter(None, recorded), {})
                                                                   if entry.path is None else {})
             reused, saved_as = None, None
+            asked = tools if tools is not None and tools.applies(dataset) else None  # the tool runs' questions
             if entry.path is None and cfg.reuse_base:
                 saved_as = base_key(resolve_model(entry.base_model), dataset, columns, rewards.get(entry.name), cfg,
-                                    device, entry.revision, tools)
+                                    device, entry.revision, asked)
                 reused = load_cached(saved_as)
             if reused is not None:
                 print("unitune eval: base: its results from an earlier evaluation with the same model, data, settings "
@@ -155,7 +164,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             if key not in data_cache:
                 data_cache[key] = EvalData(dataset, cfg, columns)
             torch.manual_seed(0)
-            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device, tools)
+            results[entry.name] = evaluate_entry(entry, data_cache[key], cfg, rewards.get(entry.name), device, asked)
             if saved_as is not None:
                 save_cached(saved_as, results[entry.name])
         except Exception as err:  # a broken run must not stop the others

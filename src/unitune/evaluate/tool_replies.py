@@ -6,13 +6,16 @@ that raises is answered with its error, as TRL does. Each round re-renders the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from ..fast.generation import generate_ids
 from ..models.load import load_tokenizer
 from ..templates import chat_format
+from ..data.load import resolve_dataset
 from ..errors import UserError
-from ..tools import BUILTIN_TOOLS, check_template, describe, environment_tools, load_environment, load_tools
+from ..tools import (BUILTIN_TOOLS, check_template, describe, environment_tools, load_environment,
+                     load_tools)
 
 
 def run_call(tools: dict[str, Callable], call: dict) -> str:
@@ -27,13 +30,21 @@ def run_call(tools: dict[str, Callable], call: dict) -> str:
         return str({"error": str(err)})
 
 
-def bound_tools(functions: list[Callable], environment: type | None, row: dict) -> list[Callable]:
-    """The tools of one prompt: the functions, and a fresh environment's methods, reset with the row (as TRL does)."""
+def bound_tools(functions: list[Callable], environment: type | None, row: dict) -> tuple[list[Callable], str | None]:
+    """The tools of one prompt: the functions, and a fresh environment's methods, reset with the row; and what
+    ``reset`` returned, which TRL adds to the prompt's last message."""
     if environment is None:
-        return list(functions)
+        return list(functions), None
     instance = environment()
-    instance.reset(**row)
-    return list(functions) + [getattr(instance, fn.__name__) for fn in environment_tools(environment)]
+    observation = instance.reset(**row)
+    return list(functions) + [getattr(instance, fn.__name__) for fn in environment_tools(environment)], observation
+
+
+def observed(prompt: list[dict], observation: str | None) -> list[dict]:
+    """The prompt with an environment's ``reset`` observation appended to its last message, as TRL's GRPO does."""
+    if not observation:
+        return prompt
+    return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
 
 
 def replies_with_tools(model, tokenizer, prompts: list[list[dict]], rows: list[dict], functions: list[Callable],
@@ -45,7 +56,9 @@ def replies_with_tools(model, tokenizer, prompts: list[list[dict]], rows: list[d
 
     check_template(tokenizer, tokenizer.name_or_path or "the model")
     chat = chat_format(tokenizer)
-    tools = [bound_tools(functions, environment, row) for row in rows]
+    bound = [bound_tools(functions, environment, row) for row in rows]
+    tools = [own for own, _ in bound]
+    prompts = [observed(prompt, observation) for prompt, (_, observation) in zip(prompts, bound)]
     schemas = [[describe(tool, "the run's tools") for tool in own] for own in tools]
     episodes: list[list[dict]] = [[] for _ in prompts]
     calls = failed = 0
@@ -85,6 +98,10 @@ class ToolSetup:
     rounds: int
     source: str
     template: str | None = None  # the chat template of the run the tools came from: the base answers in it too
+    dataset: str | None = None  # the data of the run the tools came from: the entries asked those questions get them
+
+    def applies(self, dataset: str) -> bool:
+        return self.dataset is None or resolve_dataset(self.dataset) == dataset
 
     @property
     def label(self) -> str:
@@ -95,10 +112,11 @@ class ToolSetup:
 
 
 def tool_setup(entries, cfg) -> ToolSetup | None:
-    """--tools/--environment of the eval, else the tools of the runs that trained with them, for every entry: the
-    base and an SFT run are asked the same questions with the same calculator as the GRPO run they are compared
-    with, the base in that run's chat template (else the first run's). Runs with different tools are evaluated apart
-    (or with --tools). Code named in a run record (not a built-in) runs only with --trust_reward_code."""
+    """--tools/--environment of the eval, else the tools of the runs that trained with them, for every entry asked
+    their questions (on their data): the base and an SFT run answer with the same calculator as the GRPO run they are
+    compared with, the base in that run's chat template (else the first run's). Runs with different tools are
+    evaluated apart (or with --tools). Code named in a run record (not a built-in) runs only with
+    --trust_reward_code."""
     runs = [entry for entry in entries if entry.path is not None]
     if cfg.tools or cfg.environment:
         setup = ToolSetup(tuple(cfg.tools or ()), cfg.environment, cfg.max_tool_calling_iterations, "--tools",
@@ -118,11 +136,13 @@ def tool_setup(entries, cfg) -> ToolSetup | None:
                 + "); evaluate them apart with --runs, or give every entry the same with --tools")
         (tools, environment, rounds), names = next(iter(found.items()))
         run = next(entry for entry in runs if entry.name == names[0])
-        setup = ToolSetup(tools, environment, rounds, f"run {names[0]}", load_tokenizer(str(run.path)).chat_template)
+        setup = ToolSetup(tools, environment, rounds, f"run {names[0]}", load_tokenizer(str(run.path)).chat_template,
+                          run.record.get("dataset"))
         code = [spec for spec in (*tools, environment) if spec and spec not in BUILTIN_TOOLS]
         if code and not cfg.trust_reward_code:
             raise UserError(f"run {names[0]} calls tool code ({', '.join(code)}), which runs only with "
                             "--trust_reward_code; or pass --tools to generate with other tools")
     setup.loaded()  # a bad tool fails now, before any model loads
-    print(f"unitune eval: every entry generates with tools: {setup.label}, from {setup.source}", flush=True)
+    asked = f"every entry on {Path(setup.dataset).name}" if setup.dataset else "every entry"
+    print(f"unitune eval: {asked} generates with tools: {setup.label}, from {setup.source}", flush=True)
     return setup

@@ -101,9 +101,9 @@ def sampling_setup(cfg, train_ds, args: dict, environment: type | None = None) -
         why = ", ".join(filter(None, [why, f"reward model {cfg.reward_model}"]))
     if scored:
         why = ", ".join(filter(None, [why, f"{environment.__name__}.get_reward"]))
-    if cfg.reward_weights and len(cfg.reward_weights) != len(funcs) + scored:
+    if cfg.reward_weights and len(cfg.reward_weights) != len(funcs):
         raise UserError(f"--reward_weights has {len(cfg.reward_weights)} values but the rewards are {why}; give "
-                        f"{len(funcs) + scored} weights, one per reward")
+                        f"{len(funcs)} weights, one per reward" + (" (the environment's weighs 1)" if scored else ""))
     print(f"unitune: {cfg.method.upper()} rewards: {why}", flush=True)
     if any(getattr(f, "__name__", "") in ANSWER_FORMATTED for f in funcs):
         print(f"unitune: answers checked as {answer_format} ({because})", flush=True)
