@@ -158,9 +158,11 @@ def test_ui_in_a_browser(tmp_path, tiny_model_dir):
         page.type("train-per_device_train_batch_size", "2")
         page.type("train-gradient_accumulation_steps", "1")
         page.type("train-max_train_samples", "8")
-        command = wait_until(lambda: "--max_steps 2" in page.text("train-command") and page.text("train-command"),
-                             30, "the command line to follow the form")
-        assert "--max_train_samples 8" in command and str(tiny_model_dir) in command
+        # each field updates the command on its own event: wait for the last one typed
+        command = wait_until(lambda: all(f in page.text("train-command") for f in ("--max_steps 2",
+                                                                                   "--max_train_samples 8"))
+                             and page.text("train-command"), 30, "the command line to follow the form")
+        assert str(tiny_model_dir) in command
         assert not page.all("#train-num_generations")  # GRPO's fields are hidden for SFT, shown for GRPO
         page.choose("train-method", "grpo")
         fold = wait_until(lambda: [f for f in page.all("[id^=train-section-]") if "method-specific" in f.text], 10,
