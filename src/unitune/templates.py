@@ -66,16 +66,21 @@ def clean_message(message: dict) -> dict:
 
 
 def _parsed_call(call: dict) -> dict:
-    call = {k: v for k, v in call.items() if v is not None}
+    call = without_nones(call)  # Arrow's struct: other calls' argument names, as None
     function = dict(call.get("function") or {})
     if isinstance(function.get("arguments"), str):
         try:
             function["arguments"] = json.loads(function["arguments"])
         except ValueError:
             pass  # the template shows it as it is
-    elif isinstance(function.get("arguments"), dict):  # Arrow's struct: other calls' argument names, as None
-        function["arguments"] = {k: v for k, v in function["arguments"].items() if v is not None}
     return {**call, "function": function} if function else call
+
+
+def without_nones(value):
+    """A JSON value without the None entries Arrow adds to structs (other rows' keys)."""
+    if isinstance(value, dict):
+        return {k: without_nones(v) for k, v in value.items() if v is not None}
+    return [without_nones(v) for v in value] if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 from datasets import Dataset
 
 from ..errors import UserError
-from ..templates import clean_message
+from ..templates import clean_message, without_nones
 
 # format name -> (columns it needs, what it is). Order matters: the first match wins in `detect_format`.
 FORMATS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -83,14 +83,7 @@ def row_tools(row: dict) -> list[dict] | None:
             tools = json.loads(tools) if tools.strip() else None
         except ValueError:
             raise UserError(f"a row's 'tools' is not JSON ({tools[:60]!r}); give a list of tool schemas") from None
-    return [_without_nones(tool) for tool in tools] if tools else None
-
-
-def _without_nones(value):
-    """A JSON value without the None entries Arrow adds to structs (other rows' keys)."""
-    if isinstance(value, dict):
-        return {k: _without_nones(v) for k, v in value.items() if v is not None}
-    return [_without_nones(v) for v in value] if isinstance(value, list) else value
+    return [without_nones(tool) for tool in tools] if tools else None
 
 
 def conversational(row: dict, fmt: str) -> bool:
