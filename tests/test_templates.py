@@ -331,3 +331,28 @@ def test_preference_trainers_see_the_end_of_turn_as_eos(tokenizer):
     trainer_tok = trainer_tokenizer(tok)
     assert pairs[0]["chosen"] == "Hello<end_of_turn>" and pairs[0]["prompt"].endswith("<start_of_turn>model\n")
     assert pairs[0]["chosen"].endswith(trainer_tok.eos_token) and tok.eos_token == "<|im_end|>"
+
+
+@pytest.mark.parametrize("name", TEXT_TEMPLATES)
+def test_render_is_apply_chat_template(tokenizer, name):
+    """ChatFormat renders through transformers' Jinja renderer directly (skipping apply_chat_template's copies of the
+    messages ChatFormat.prepare made plain): the text is apply_chat_template's, with and without the generation
+    prompt, tools, a tool-use episode and a system turn."""
+    from jinja2 import TemplateError
+
+    from tests.data.test_tool_data import ROW, arrow_filled
+    from unitune.data.formats import row_tools
+
+    tok = with_template(tokenizer, name)
+    chat = chat_format(tok)
+    for messages, tools in ((ROWS["system"], None), (ROWS["plain"], row_tools(ROW)),
+                            (arrow_filled(ROW["messages"]), row_tools(ROW))):
+        for generation_prompt in (False, True):
+            try:
+                theirs = tok.apply_chat_template(chat.prepare(messages), tools=tools, tokenize=False,
+                                                 add_generation_prompt=generation_prompt, chat_template=chat.template)
+            except TemplateError:
+                with pytest.raises(UserError):
+                    chat.render(messages, generation_prompt, tools=tools)
+                continue
+            assert chat.render(messages, generation_prompt, tools=tools) == theirs

@@ -28,6 +28,7 @@ from jinja2 import TemplateError
 
 from .errors import UserError, warn
 from .masks import FIX, check_spans, common_prefix, span_mask, token_spans
+from .tokens import token_ids
 
 RENDERS_KEPT = 64  # a row's renders (prefixes of a few turns, both sides of a pair), not a split's
 
@@ -125,9 +126,13 @@ class ChatFormat:
 
     def _apply(self, messages: list[dict], generation_prompt: bool, template: str, tools: list[dict] | None = None) \
             -> str:
-        try:
-            return self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
-                                                      add_generation_prompt=generation_prompt, chat_template=template)
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        try:  # what apply_chat_template(tokenize=False) renders, less its copying of messages prepare() made plain
+            rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=template,
+                                                add_generation_prompt=generation_prompt,
+                                                **self.tokenizer.special_tokens_map)
+            return rendered[0]
         except TemplateError as err:
             raise UserError(f"the chat template rejected a row ({err}); fix the row's roles "
                             "(user and assistant turns alternating) or " + FIX) from None
@@ -229,9 +234,8 @@ class ChatFormat:
         span)."""
         found = [self.spans(messages, tools=row_tools) for messages, row_tools in
                  zip(conversations, tools or [None] * len(conversations))]
-        enc = self.tokenizer([text for text, _ in found], add_special_tokens=False, return_offsets_mapping=True)
-        return enc["input_ids"], [token_spans([a for a, _ in offsets], spans)
-                                  for (_, spans), offsets in zip(found, enc["offset_mapping"])]
+        ids, offsets = token_ids(self.tokenizer, [text for text, _ in found], add_special_tokens=False, offsets=True)
+        return ids, [token_spans([a for a, _ in starts], spans) for (_, spans), starts in zip(found, offsets)]
 
     def split_reply(self, prompt: list[dict], reply: list[dict]) -> tuple[str, str]:
         """(prompt text, reply text) of one reply as SFT trains it: for trainers that take plain strings. A BOS token

@@ -73,3 +73,12 @@ def test_no_data_cache(prepared, tmp_path):
     prepared(data)
     (_, _, _, entry), fresh = prepared(data, no_data_cache=True)
     assert fresh and entry is None
+
+
+def test_num_proc_reads_the_same_entry(prepared, tmp_path):
+    """--num_proc changes how the rows are prepared, not what they are: the run with 2 processes loads the entry the
+    run with one made."""
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    (_, _, _, entry), _ = prepared(data, num_proc=1)
+    (_, _, _, again), fresh = prepared(data, num_proc=2)
+    assert not fresh and again == entry

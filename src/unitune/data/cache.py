@@ -23,6 +23,7 @@ from ..errors import warn
 
 FORMAT = 2  # bump when what an entry holds, or how the pipeline prepares rows, changes
 CHUNK = 1 << 20
+NOT_KEYED = ("num_proc",)  # data settings that change how rows are prepared, not what they become
 
 
 @dataclass
@@ -77,14 +78,15 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def code_identity() -> str:
-    """The code that prepares rows: a hash of unitune's data, template and mask sources, and the versions of the
-    libraries that convert them (TRL's training templates, datasets, transformers), so that a change to any of them
-    prepares again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
+    """The code that prepares rows: a hash of unitune's data, template, mask and tokenising sources, and the versions
+    of the libraries that convert them (TRL's training templates, datasets, transformers), so that a change to any of
+    them prepares again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
     from importlib.metadata import version
 
     here = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted([*(here / "data").glob("*.py"), here / "templates.py", here / "masks.py"]):
+    for path in sorted([*(here / "data").glob("*.py"), here / "templates.py", here / "masks.py",
+                        here / "tokens.py"]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for package in ("datasets", "transformers", "trl", "tokenizers"):
         digest.update(f"{package}={version(package)}".encode())
@@ -99,7 +101,8 @@ def key(sources: list[tuple[str, str]], method, settings, tokenizer, max_length:
     if None in data:
         return None
     parts = {"format": FORMAT, "code": code_identity(), "data": data, "splits": [split for _, split in sources],
-             "rows": method.rows, "method": method.name, "settings": asdict(settings),
+             "rows": method.rows, "method": method.name,
+             "settings": {k: v for k, v in asdict(settings).items() if k not in NOT_KEYED},
              "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length, "mix": mix}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

@@ -8,12 +8,15 @@ from datasets import Dataset
 
 from ..errors import UserError, warn
 from ..templates import FIX, chat_format, reply_end, require_chat_template
+from ..tokens import token_ids
 from .formats import as_messages, row_tools
 from .lengths import BATCH_ROWS, PROMPT_TOKENS
 from .views import pair_row, prompt_messages
+from .workers import mapped
 
 
-SAME = "__unitune_same"  # to_pairs' flag of a pair whose chosen equals rejected, read from Arrow, then dropped
+SAME = "__unitune_same"  # the flag of a pair whose chosen equals rejected, read from Arrow, then dropped
+PARTED = "__unitune_parted"  # the flag of a pair whose tokenised prompt is not a prefix of prompt + reply
 
 
 def to_pairs(ds: Dataset, fmt: str) -> Dataset:
@@ -23,14 +26,22 @@ def to_pairs(ds: Dataset, fmt: str) -> Dataset:
         found = pair_row(row, fmt)
         return found | {SAME: found["chosen"] == found["rejected"]}
 
-    pairs = ds.map(pair, remove_columns=ds.column_names, desc="Preparing pairs")
-    same = [i for i, flag in enumerate(pairs.with_format("arrow")[SAME].to_pylist()) if flag]
+    return without_same(ds.map(pair, remove_columns=ds.column_names, desc="Preparing pairs"))
+
+
+def flagged(ds: Dataset, column: str) -> list[int]:
+    """The rows whose flag ``column`` is set (read from Arrow, not turned into Python rows)."""
+    return [i for i, flag in enumerate(ds.with_format("arrow")[column].to_pylist()) if flag]
+
+
+def without_same(pairs: Dataset) -> Dataset:
+    """The pairs flagged SAME dropped, with one warning (an error when that is every pair), and the flag column."""
+    same = flagged(pairs, SAME)
     pairs = pairs.remove_columns(SAME)
     if same:
         if len(same) == len(pairs):
             raise UserError("every pair has chosen equal to rejected, nothing to learn from; check the data")
-        warn(f"dropping {len(same)} pair(s) whose chosen reply equals the rejected one "
-                      f"(first: row {same[0]})")
+        warn(f"dropping {len(same)} pair(s) whose chosen reply equals the rejected one (first: row {same[0]})")
         drop = set(same)
         pairs = pairs.select([i for i in range(len(pairs)) if i not in drop])
     return pairs
@@ -63,22 +74,23 @@ def to_prompts(ds: Dataset, fmt: str) -> Dataset:
     return ds.map(lambda row: {"prompt": prompt_messages(row, fmt)}, desc="Preparing prompts")
 
 
+def render_pair(chat, row: dict) -> dict:
+    """One pair whose replies are messages, as the strings SFT would train: the prompt text up to the reply, and each
+    reply's trained span (its end-of-turn token included)."""
+    prompt, chosen = chat.split_reply(row["prompt"], row["chosen"])
+    other, rejected = chat.split_reply(row["prompt"], row["rejected"])
+    if other != prompt:
+        raise UserError("the chat template renders a pair's prompt differently before its chosen and its rejected "
+                        f"reply ({prompt[-40:]!r} vs {other[-40:]!r}); " + FIX)
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
 def render_pairs(ds, tokenizer):
-    """DPO/ORPO rows whose replies are messages, as the strings SFT would train: the prompt text up to the reply,
-    and each reply's trained span (its end-of-turn token included). Plain-text pairs are left as they are."""
+    """DPO/ORPO rows whose replies are messages, rendered (render_pair). Plain-text pairs are left as they are."""
     if not isinstance(ds[0]["chosen"], list):
         return ds
     chat = chat_format(tokenizer)
-
-    def render(row):
-        prompt, chosen = chat.split_reply(row["prompt"], row["chosen"])
-        other, rejected = chat.split_reply(row["prompt"], row["rejected"])
-        if other != prompt:
-            raise UserError("the chat template renders a pair's prompt differently before its chosen and its rejected "
-                            f"reply ({prompt[-40:]!r} vs {other[-40:]!r}); " + FIX)
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-    return ds.map(render, desc="Rendering pairs with the chat template")
+    return ds.map(lambda row: render_pair(chat, row), desc="Rendering pairs with the chat template")
 
 
 def render_unpaired(ds, tokenizer):
@@ -121,42 +133,31 @@ def conversation_rows(ds, fmt: str, settings, tokenizer):
         prompts = [ranges[-1][0] if ranges else len(row) for row, ranges in zip(ids, spans)]
         return {"input_ids": ids, "labels": labels, PROMPT_TOKENS: prompts}
 
-    return ds.map(encode, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
+    return mapped(ds, encode, settings.num_proc, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
                   desc="Tokenizing (assistant-only loss)")
 
 
-def tokenize_pairs(ds, tokenizer):
-    """DPO's rows as DPOTrainer's own preparation tokenises them, a batch at a time (one call of the fast tokenizer
-    per column, its threads sharing the work), so that it is done once: the length plan reads these ids, and the
-    trainer takes them as they are (train.methods.dpo). As TRL does: the reply end appended to a reply without it;
-    the prompt, prompt + chosen and prompt + rejected tokenised; the prompt cut where the three part."""
+def pair_tokens(tokenizer, pairs: list[dict], end: str | None) -> dict:
+    """String pairs tokenised as DPOTrainer's own preparation tokenises them, a batch at a time (one call of the fast
+    tokenizer per column), so that it is done once: the length plan reads these ids, and the trainer takes them as
+    they are (train.methods.dpo). As TRL does: the reply end appended to a reply without it; the prompt, prompt +
+    chosen and prompt + rejected tokenised; the prompt cut where the three part (flagged PARTED)."""
     from trl.data_utils import common_prefix_length
 
-    end = reply_end(tokenizer)
-    parted = 0
+    def ended(reply: str) -> str:
+        return reply if not end or reply.endswith(end) else reply + end
 
-    def tokenize(batch):
-        nonlocal parted
-        ends = [(c if not end or c.endswith(end) else c + end, r if not end or r.endswith(end) else r + end)
-                for c, r in zip(batch["chosen"], batch["rejected"])]
-        prompts = tokenizer(batch["prompt"])["input_ids"]
-        chosen = tokenizer([p + c for p, (c, _) in zip(batch["prompt"], ends)])["input_ids"]
-        rejected = tokenizer([p + r for p, (_, r) in zip(batch["prompt"], ends)])["input_ids"]
-        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": []}
-        for p, c, r in zip(prompts, chosen, rejected):
-            n = min(common_prefix_length(p, c), common_prefix_length(p, r))
-            parted += n < len(p)
-            out["prompt_ids"].append(p[:n])
-            out["chosen_ids"].append(c[n:])
-            out["rejected_ids"].append(r[n:])
-        return out
-
-    ds = ds.map(tokenize, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
-                desc="Tokenizing pairs")
-    if parted:
-        warn(f"in {parted} pair(s) the tokenised prompt is not a prefix of the tokenised prompt + reply (tokens merge "
-             "across the boundary); their replies start where the two part, as TRL does")
-    return ds
+    prompts = token_ids(tokenizer, [p["prompt"] for p in pairs])
+    chosen = token_ids(tokenizer, [p["prompt"] + ended(p["chosen"]) for p in pairs])
+    rejected = token_ids(tokenizer, [p["prompt"] + ended(p["rejected"]) for p in pairs])
+    out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], PARTED: []}
+    for p, c, r in zip(prompts, chosen, rejected):
+        n = min(common_prefix_length(p, c), common_prefix_length(p, r))
+        out[PARTED].append(n < len(p))
+        out["prompt_ids"].append(p[:n])
+        out["chosen_ids"].append(c[n:])
+        out["rejected_ids"].append(r[n:])
+    return out
 
 
 def pair_rows(ds, fmt: str, settings, tokenizer):
@@ -164,9 +165,30 @@ def pair_rows(ds, fmt: str, settings, tokenizer):
     return render_pairs(to_pairs(ds, fmt), tokenizer)
 
 
+DROPPED = {"prompt": "", "chosen": "", "rejected": ""}  # what pair_ids renders of a pair it drops
+
+
 def pair_ids(ds, fmt: str, settings, tokenizer):
-    """DPO: pairs rendered as pair_rows renders them, tokenised as DPOTrainer would (tokenize_pairs)."""
-    return tokenize_pairs(pair_rows(ds, fmt, settings, tokenizer), tokenizer)
+    """DPO: pairs made (as to_pairs makes them), rendered (render_pair) and tokenised (pair_tokens) in one batched
+    pass, run in several processes where that pays (data.workers): what pair_rows makes, tokenised as DPOTrainer
+    would tokenise it."""
+    end = reply_end(tokenizer)
+    chat = chat_format(tokenizer) if tokenizer.chat_template else None
+
+    def prepare(batch):
+        pairs = [pair_row(dict(zip(batch, values)), fmt) for values in zip(*batch.values())]
+        same = [pair["chosen"] == pair["rejected"] for pair in pairs]
+        rendered = [DROPPED if dropped else render_pair(chat or chat_format(tokenizer), pair)
+                    if isinstance(pair["chosen"], list) else pair for pair, dropped in zip(pairs, same)]
+        return pair_tokens(tokenizer, rendered, end) | {SAME: same}
+
+    ds = mapped(ds, prepare, settings.num_proc, batched=True, batch_size=BATCH_ROWS, remove_columns=ds.column_names,
+                desc="Preparing and tokenizing pairs")
+    parted = flagged(ds, PARTED)
+    if parted:
+        warn(f"in {len(parted)} pair(s) the tokenised prompt is not a prefix of the tokenised prompt + reply (tokens "
+             "merge across the boundary); their replies start where the two part, as TRL does")
+    return without_same(ds.remove_columns(PARTED))
 
 
 def scored_pairs(ds, fmt: str, settings, tokenizer):

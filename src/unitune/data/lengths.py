@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 from ..templates import chat_format
+from ..tokens import token_ids
 from .formats import as_text, row_tools
 from .views import row_views
 
@@ -38,7 +39,7 @@ class Lengths:
         """Token counts of many texts: one batch call of the fast tokenizer."""
         if not texts:
             return []
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in token_ids(self.tokenizer, texts, add_special_tokens=False)]
 
     def prompt_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
         return self.chat.render(messages, generation_prompt=True, tools=tools) if self.chat else as_text(messages)

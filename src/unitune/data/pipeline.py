@@ -10,7 +10,7 @@ eval-time generation all call ``prepare``, so a split's format is found one way,
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from datasets import Dataset
 
@@ -23,6 +23,7 @@ from .convert import CONVERSIONS
 from .formats import FORMATS, check_labels, detect_format, needs_chat_template, require_format
 from .load import load_split
 from .rows import bad_rows, drop_bad_rows
+from .workers import processes, speedup
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class DataSettings:
     limit_flag: str | None = None  # the flag that set ``limit``, named in a warning when the split has fewer rows
     max_bad_rows: float | None = 1.0  # the share of unusable rows that stops; None: drop them silently (check counts)
     train_on_prompt: bool = False  # SFT: loss on the prompt tokens too
+    num_proc: int | None = None  # processes the conversion runs in (data.workers; None: one per core for large data)
 
 
 @dataclass
@@ -113,6 +115,7 @@ def convert(prepared: Prepared, method, settings: DataSettings, tokenizer) -> Da
     conversion = CONVERSIONS[method.rows]
     seconds = estimate(conversion, rows, fmt, settings, tokenizer) if len(rows) >= LONG_DATA_ROWS else None
     if seconds is not None:
+        seconds /= speedup(processes(settings.num_proc, len(rows)))
         print(f"unitune: data: preparing {len(rows):,} {NOUNS[method.rows]}: about {duration(seconds)} on this "
               "machine", flush=True)
     with dataset_bars(len(rows)):
@@ -129,6 +132,7 @@ def estimate(conversion, rows: Dataset, fmt: str, settings: DataSettings, tokeni
     """Seconds the conversion of ``rows`` should take on this machine: a sample converted and timed, scaled to the
     rows (warnings silenced: the sample's rows are converted again). None when the sample alone is refused (its
     rows may all be ones the whole data has few of): the conversion of all rows decides."""
+    settings = replace(settings, num_proc=1)  # the sample in this process; convert scales it to the workers
     with silenced():
         try:
             conversion(rows.select(range(8)), fmt, settings, tokenizer)  # the template's probes, once

@@ -71,7 +71,8 @@ def first_rows(dataset: str, split: str, settings: DataSettings, rows: int) -> D
 def stream(dataset: str, split: str, method, settings: DataSettings, tokenizer, seed: int) -> Streamed:
     """The split streamed and converted for ``method``'s trainer, chunk by chunk; its first chunk prepared now (a
     format the method cannot take, or a template that cannot mask it, stops here, before the model loads)."""
-    each = replace(settings, limit=None, max_bad_rows=None)  # unusable rows: skipped and counted
+    # unusable rows: skipped and counted; a chunk is prepared in this process (no workers forked mid-training)
+    each = replace(settings, limit=None, max_bad_rows=None, num_proc=1)
     counts = {"read": 0, "unusable": 0, "examples": 0}
 
     def prepared(quiet: bool) -> Iterator[Prepared]:

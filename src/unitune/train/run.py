@@ -44,7 +44,7 @@ from .resume import check_resume_matches, finished_already, resume_target
 
 def data_settings(cfg: TrainConfig, limit: int | None, limit_flag: str) -> DataSettings:
     """What of the train config changes the rows of one split (the train or the eval split)."""
-    return DataSettings(cfg.column_map, limit, limit_flag, cfg.max_bad_rows, cfg.train_on_prompt)
+    return DataSettings(cfg.column_map, limit, limit_flag, cfg.max_bad_rows, cfg.train_on_prompt, cfg.num_proc)
 
 
 def training_args(cfg: TrainConfig, hw: Hardware, out: Path, has_eval: bool) -> dict:

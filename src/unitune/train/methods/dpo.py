@@ -12,7 +12,7 @@ from . import trainer_tokenizer
 
 class PretokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer taking the rows the data pipeline already tokenised as its own preparation would
-    (data.convert.tokenize_pairs, whose test compares the two): of that preparation only the last step runs here,
+    (data.convert.pair_tokens, whose test compares the two): of that preparation only the last step runs here,
     dropping rows whose prompt alone fills max_length. Rows without ``prompt_ids`` go through TRL's own."""
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
