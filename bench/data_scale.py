@@ -12,7 +12,10 @@ turn). As in bench/run.py, each contender runs in its own process (`--child`), o
 
 Times (seconds, one run each: take them on a quiet machine):
 - ``first_step_s``: from the contender's start (its libraries imported) to the end of its first optimizer step;
-- ``prep_s``: the same up to the trainer's first step, less the model's loading: the data work;
+- ``prep_s``: the same up to the trainer's first step, less the model's loading (``first_step_vs_trl``);
+- ``data_s``: the data work alone (``data_prep_vs_trl``, ``data_prep_cached_share``): unitune's ``training_rows``
+  (load, convert, length plan, cache); TRL's ``load_dataset`` and its trainer's ``_prepare_dataset``. What ``prep_s``
+  adds to it (building the trainer, wrapping the model in PEFT) is the same work for both;
 - ``data_prep_peak_rss_mb``: unitune's peak RSS before its first step, less that of a process that imported the
   same libraries and loaded the model (``baseline_rss_mb``);
 - unitune's second run reads the same file again (its prepared-data cache, when it has one, is warm).
@@ -112,16 +115,7 @@ def first_step_callback(marks: dict):
 
 def timed_model_loads(marks: dict, module, name: str) -> None:
     """Wrap ``module.name`` (a model loader) to add its time to ``marks['model_s']``."""
-    inner = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return inner(*args, **kwargs)
-        finally:
-            marks["model_s"] = marks.get("model_s", 0.0) + time.perf_counter() - start
-
-    setattr(module, name, wrapper)
+    timed_calls(marks, "model_s", module, name)
 
 
 def settings(extra: list[str]) -> dict:
@@ -136,13 +130,33 @@ def settings(extra: list[str]) -> dict:
     return found
 
 
+def timed_calls(marks: dict, key: str, owner, name: str) -> None:
+    """Wrap ``owner.name`` to add its time to ``marks[key]``."""
+    inner = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            marks[key] = marks.get(key, 0.0) + time.perf_counter() - start
+
+    setattr(owner, name, wrapper)
+
+
 def unitune_child(method: str, path: str, out: str, extra: list[str]) -> dict:
-    """`unitune train --max_steps 1` on the file, stopped after the first step (the command's own code path)."""
+    """`unitune train --max_steps 1` on the file, stopped after the first step (the command's own code path). Its data
+    work: ``training_rows`` (load, convert, length plan, cache), and its trainers' cut to max_length."""
     from unitune.config import TrainConfig
     from unitune.train import run as train_run
 
     marks: dict = {}
     timed_model_loads(marks, train_run, "load_model")
+    timed_calls(marks, "data_s", train_run, "training_rows")
+    from unitune.train.methods import dpo, sft  # what their trainers still do to the rows: cut them to max_length
+
+    timed_calls(marks, "data_s", dpo.PretokenizedDPOTrainer, "_prepare_dataset")
+    timed_calls(marks, "data_s", sft, "truncated")
     original = train_run.build_trainer
 
     def build(*args, **kwargs):
@@ -159,7 +173,8 @@ def unitune_child(method: str, path: str, out: str, extra: list[str]) -> dict:
 
 
 def trl_child(method: str, path: str, out: str) -> dict:
-    """Plain TRL: the file through datasets.load_dataset, TRL's trainer with its CPU-friendly settings."""
+    """Plain TRL: the file through datasets.load_dataset, TRL's trainer with its CPU-friendly settings. Its data work:
+    the load and the trainer's ``_prepare_dataset`` (rendering, tokenising, truncating: all it does to rows)."""
     import torch
     import trl
     from datasets import load_dataset
@@ -170,10 +185,13 @@ def trl_child(method: str, path: str, out: str) -> dict:
 
     marks: dict = {}
     source = resolve_model(None)
+    start = time.perf_counter()
     ds = load_dataset("json", data_files=path, split="train")
     if method == "dpo":
         ds = ds.remove_columns("prompt")  # implicit-prompt conversations: TRL extracts the shared user turn
+    marks["data_s"] = time.perf_counter() - start
     config, trainer_class = (trl.DPOConfig, trl.DPOTrainer) if method == "dpo" else (trl.SFTConfig, trl.SFTTrainer)
+    timed_calls(marks, "data_s", trainer_class, "_prepare_dataset")
     args = config(output_dir=out, max_steps=1, per_device_train_batch_size=1, gradient_accumulation_steps=1,
                   save_strategy="no", report_to="none", max_length=MAX_LENGTH, use_cpu=not torch.cuda.is_available(),
                   bf16=False, gradient_checkpointing=False, logging_steps=1)
@@ -215,6 +233,7 @@ def run_child(args) -> dict:
                      else trl_child(args.method, args.path, out))
             result = {"first_step_s": marks["step_end"] - STARTED,
                       "prep_s": marks["step_begin"] - STARTED - marks.get("model_s", 0.0),
+                      "data_s": marks["data_s"],
                       "model_s": marks.get("model_s", 0.0), "step_s": marks["step_end"] - marks["step_begin"],
                       "rss_before_step_mb": marks["rss_before_step_mb"]}
     return result | {"peak_rss_mb": peak_rss_mb()}
@@ -291,16 +310,22 @@ def main() -> None:
         scaled = measure(args.scale_rows, args.methods, folder, env) if args.scale_rows else None
     summary = {"cpu": cpu_name(), "rows": args.rows, "baseline_rss_mb": base_rss, "runs": runs, "scaled_runs": scaled}
     for method, run in runs.items():
-        summary[f"{method}_data_prep_vs_trl"] = run["trl"]["prep_s"] / run["unitune"]["prep_s"]
-        summary[f"{method}_data_prep_cached_share"] = run["unitune_second"]["prep_s"] / run["unitune"]["prep_s"]
+        summary[f"{method}_data_prep_vs_trl"] = run["trl"]["data_s"] / run["unitune"]["data_s"]
+        summary[f"{method}_first_step_vs_trl"] = run["trl"]["prep_s"] / run["unitune"]["prep_s"]
+        summary[f"{method}_data_prep_cached_share"] = run["unitune_second"]["data_s"] / run["unitune"]["data_s"]
         summary[f"{method}_check_rows_per_s"] = run["check"]["check_rows_per_s"]
         summary[f"{method}_data_prep_peak_rss_mb"] = run["unitune"]["rss_before_step_mb"] - base_rss
         if scaled:
-            summary[f"{method}_data_prep_scaling"] = (scaled[method]["unitune"]["prep_s"] /
-                                                      (args.scale_rows / args.rows * run["unitune"]["prep_s"]))
+            big = scaled[method]
+            summary[f"{method}_data_prep_scaling"] = (big["unitune"]["data_s"] /
+                                                      (args.scale_rows / args.rows * run["unitune"]["data_s"]))
+            summary[f"{method}_data_prep_vs_trl_scaled"] = big["trl"]["data_s"] / big["unitune"]["data_s"]
+            summary[f"{method}_data_prep_cached_share_scaled"] = (big["unitune_second"]["data_s"] /
+                                                                  big["unitune"]["data_s"])
     lead = runs.get("dpo") or next(iter(runs.values()))  # the issue's keys: DPO's (the pairs) when it ran
     name = "dpo" if "dpo" in runs else next(iter(runs))
     summary.update(data_prep_vs_trl=summary[f"{name}_data_prep_vs_trl"],
+                   first_step_vs_trl=summary[f"{name}_first_step_vs_trl"],
                    data_prep_cached_share=summary[f"{name}_data_prep_cached_share"],
                    check_rows_per_s=lead["check"]["check_rows_per_s"],
                    data_prep_peak_rss_mb=summary[f"{name}_data_prep_peak_rss_mb"],

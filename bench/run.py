@@ -39,6 +39,11 @@ LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}
 # GRPO: 2 prompts x 4 completions of up to 32 tokens per optimizer step, at temperature 1, accuracy + format rewards
 GRPO_COMPLETIONS, GRPO_GENERATIONS, GRPO_TOKENS = 8, 4, 32
 MODEL = os.environ.get("UNITUNE_BENCH_MODEL")  # None: the embedded model; GPU mode sets a built folder
+# Long rows (issue 28, section 4): SFT on data_scale's Tulu-shaped conversations (2-8 turns, ~50-1,500 tokens), where
+# padding a batch to its longest row wastes most of it: 1 + LONG_TIMED steps of BATCH rows each (no accumulation),
+# a max length no row reaches (nothing is cut for any contender), the same rows for every contender.
+LONG_TIMED, LONG_MAX_LENGTH = 3, 2048
+LONG_ROWS = (WARMUP + LONG_TIMED) * BATCH
 
 
 def peak_rss_mb() -> float:
@@ -92,6 +97,8 @@ def steps_for(name: str) -> tuple[int, int, int, str]:
 
     if torch.cuda.is_available():
         return WARMUP, TIMED, ACCUM, ""
+    if name.startswith("long_"):
+        return WARMUP, LONG_TIMED, 1, "long rows: no accumulation"
     if name.endswith("_trl_default") and not native_bf16():
         return 0, 1, 1, "bf16 is emulated on this CPU"
     if name.startswith("dpo_"):
@@ -107,7 +114,9 @@ def summarize(timer, trainer, name: str) -> dict:
     rates = [n / t for n, t in zip(tokens, times)]
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-    return {"tokens_per_s": statistics.median(rates), "s_per_step": statistics.median(times),
+    # long rows: a step's rate depends on which rows it drew, so the timed steps' tokens over their time
+    rate = sum(tokens) / sum(times) if name.startswith("long_") else statistics.median(rates)
+    return {"tokens_per_s": rate, "s_per_step": statistics.median(times),
             "dtype": os.environ.get("UNITUNE_BENCH_DTYPE", "trl"),
             "tokens_per_step": statistics.median(tokens), "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": gpu,
             "losses": losses}
@@ -116,8 +125,16 @@ def summarize(timer, trainer, name: str) -> dict:
 # ---------------------------------------------------------------- contenders (each in a child process)
 
 
-def unitune_trainer(method: str, out: str, extra: dict | None = None):
-    """unitune's own pipeline: its config defaults, data preparation, batch plan and trainer build."""
+def long_rows_file(folder: str) -> Path:
+    """The long-row contenders' conversations (data_scale.py's generator, seeded), as a JSON-lines file."""
+    import data_scale
+
+    return data_scale.generate("conversations", LONG_ROWS, Path(folder) / "long-rows.jsonl", seed=28)
+
+
+def unitune_trainer(method: str, out: str, extra: dict | None = None, data: Path | None = None):
+    """unitune's own pipeline: its config defaults, data preparation, batch plan and trainer build; on the bundled
+    demo data, or on the rows of ``data`` (the long-row contenders: a batch of BATCH rows, no accumulation)."""
     from unitune.config import TrainConfig
     from unitune.data.pipeline import prepare
     from unitune.methods import METHODS
@@ -128,13 +145,15 @@ def unitune_trainer(method: str, out: str, extra: dict | None = None):
 
     settings = {"per_device_train_batch_size": BATCH, "gradient_accumulation_steps": ACCUM,
                 "max_train_samples": ROWS, **(extra or {})}
-    warmup, timed, _, _ = steps_for(f"{method}_unitune")
+    if data is not None:
+        settings |= {"gradient_accumulation_steps": 1, "max_train_samples": LONG_ROWS, "max_length": LONG_MAX_LENGTH}
+    warmup, timed, _, _ = steps_for(f"{'long_' if data else ''}{method}_unitune")
     cfg = TrainConfig(method=method, output_dir=out, max_steps=warmup + timed, save_steps=10**6, model_name=MODEL,
                       **settings)
     spec, hw = METHODS[method], choose_hardware("auto")
     source = resolve_model(MODEL)
     tokenizer = load_tokenizer(source)
-    prepared = prepare(str(ROOT / "src/unitune/assets/demo"), spec.split, spec,
+    prepared = prepare(str(data or ROOT / "src/unitune/assets/demo"), "train" if data else spec.split, spec,
                        data_settings(cfg, cfg.max_train_samples, "max_train_samples"), tokenizer)
     raw, fmt = prepared.rows, prepared.format
     cfg, hw = fit_memory(cfg, hw, length_plan(raw, fmt, tokenizer, cfg.max_length), source)
@@ -162,6 +181,33 @@ def trl_model(source: str):
                                bnb_4bit_compute_dtype=torch.bfloat16)
     return AutoModelForCausalLM.from_pretrained(source, quantization_config=quant, dtype=torch.bfloat16,
                                                 device_map={"": 0})
+
+
+def trl_long_trainer(out: str, bf16: bool, padding_free: bool = False):
+    """Plain TRL SFT on the long rows, tuned for CPU (no checkpointing), fp32 or with bf16 autocast, padded to the
+    batch's longest row or ``padding_free`` (the SDPA mask keeps the rows apart: transformers reads them from the
+    position ids). The rows as conversations: the loss on every token (SmolLM2's template has no generation markers
+    for TRL's assistant_only_loss), the same tokens as unitune's rows."""
+    import torch
+    import trl
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+
+    from unitune.methods import METHODS
+    from unitune.models.load import resolve_model
+
+    source = resolve_model(MODEL)
+    rows = load_dataset("json", data_files=str(long_rows_file(out)), split="train")
+    args = trl.SFTConfig(output_dir=out, max_steps=WARMUP + LONG_TIMED, per_device_train_batch_size=BATCH,
+                         gradient_accumulation_steps=1, learning_rate=METHODS["sft"].learning_rate, logging_steps=1,
+                         save_strategy="no", report_to="none", max_length=None if padding_free else LONG_MAX_LENGTH,
+                         use_cpu=not torch.cuda.is_available(), seed=42, bf16=bf16, gradient_checkpointing=False,
+                         padding_free=padding_free,  # then every token is real: all are counted (pad id: a real one)
+                         include_num_input_tokens_seen="all" if padding_free else "non_padding")
+    return trl.SFTTrainer(model=trl_model(source), args=args, train_dataset=rows,
+                          processing_class=AutoTokenizer.from_pretrained(source),
+                          peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
 
 
 def trl_trainer(method: str, out: str, tuned: bool, bf16: bool = False, liger: bool = False):
@@ -244,6 +290,12 @@ def run_child(name: str) -> dict:
             "orpo_trl_default": lambda: trl_trainer("orpo", out, tuned=False),
             "kto_unitune": lambda: unitune_trainer("kto", out),
             "kto_trl_default": lambda: trl_trainer("kto", out, tuned=False),
+            "long_sft_unitune": lambda: unitune_trainer("sft", out, data=long_rows_file(out)),
+            "long_sft_unitune_padded": lambda: unitune_trainer("sft", out, {"padding_free": "false"},
+                                                               data=long_rows_file(out)),
+            "long_sft_trl_tuned": lambda: trl_long_trainer(out, bf16=False),
+            "long_sft_trl_bf16": lambda: trl_long_trainer(out, bf16=True),
+            "long_sft_trl_bf16_padding_free": lambda: trl_long_trainer(out, bf16=True, padding_free=True),
         }[name]()
         timer = step_timer()
         trainer.add_callback(timer)
@@ -429,6 +481,27 @@ def trl_grpo_trainer(out: str, tuned: bool = True, vllm: bool = False):
                            train_dataset=Dataset.from_list(rows),
                            processing_class=AutoTokenizer.from_pretrained(source),
                            peft_config=LoraConfig(task_type="CAUSAL_LM", target_modules="all-linear", **LORA))
+
+
+def bench_long() -> dict:
+    """SFT on long rows: unitune's default (padding-free on these rows) and padded, against plain TRL tuned for CPU:
+    fp32, and where this CPU has native bf16, bf16 autocast padded and padding-free."""
+    from unitune.models.precision import native_bf16
+
+    trl = ("long_sft_trl_tuned", *(("long_sft_trl_bf16", "long_sft_trl_bf16_padding_free") if native_bf16() else ()))
+    return {name: in_child(name) for name in ("long_sft_unitune", "long_sft_unitune_padded", *trl)}
+
+
+def long_results(long: dict) -> dict:
+    """The long-row keys: unitune over TRL's fastest padded contender (the comparison the demo rows make), over TRL's
+    fastest with padding-free turned on too, and what padding-free gave unitune."""
+    rate = {name: run["tokens_per_s"] for name, run in long.items()}
+    padded = max((name for name in rate if "_trl_" in name and "padding_free" not in name), key=rate.get)
+    best = max((name for name in rate if "_trl_" in name), key=rate.get)
+    return {"long_sft_vs_trl_padded": rate["long_sft_unitune"] / rate[padded], "long_sft_trl_padded": padded,
+            "long_sft_vs_trl_best": rate["long_sft_unitune"] / rate[best], "long_sft_trl_best": best,
+            "long_sft_padding_free_gain": rate["long_sft_unitune"] / rate["long_sft_unitune_padded"],
+            "long_tokens_per_s": rate}
 
 
 def trl_best(runs: dict) -> tuple[str, str]:
@@ -672,12 +745,16 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="--build_model: a tiny Qwen2 (a CPU smoke test)")
     parser.add_argument("--grpo", action="store_true", help="only the GRPO contenders (prints, writes nothing)")
     parser.add_argument("--eval_gen", action="store_true", help="only the evaluator's generation (prints)")
+    parser.add_argument("--long", action="store_true", help="only SFT on long rows (prints, writes nothing)")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_child(args.child)))
         return
     if args.eval_gen:
         print(json.dumps(bench_eval_generation()))
+        return
+    if args.long:
+        print(json.dumps(long_results(bench_long())))
         return
     if args.grpo:
         grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
@@ -708,6 +785,7 @@ def main() -> None:
                                               "sft_trl_default", "dpo_unitune", "dpo_trl_tuned")}
     ev, gen = bench_eval(), bench_eval_generation()
     grpo = {name: in_child(name) for name in ("grpo_unitune", "grpo_trl_tuned")}
+    long = bench_long()
     sft = runs["sft_unitune"]
     mfu = sft["tokens_per_s"] * flops_per_token(sft["tokens_per_step"]) / (peak * 1e9)
     same = [abs(a - b) / b for a, b in zip(sft["losses"], runs["sft_trl_tuned"]["losses"])]
@@ -735,13 +813,14 @@ def main() -> None:
         "grpo_trl_gen_tokens_per_s": grpo["grpo_trl_tuned"]["tokens_per_s"],
         "grpo_s_per_step": grpo["grpo_unitune"]["s_per_step"],
         "grpo_split": {k: grpo_split(v["split"]) for k, v in grpo.items()},
+        **long_results(long),
         "sft_loss_max_rel_diff_vs_trl_tuned": max(same),
         "gemm_peak_gflops": peak,
         "gemm_peak_gflops_bf16": peak_bf16,
         "cpu": cpu,
         "decode_packing": decode_packing,  # packed_linear's per-machine probe: GRPO sampling, evaluator generation
-        "tokens_per_s": {k: v["tokens_per_s"] for k, v in runs.items()},
-        "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in runs.items()},
+        "tokens_per_s": {k: v["tokens_per_s"] for k, v in {**runs, **long}.items()},
+        "peak_rss_mb": {k: v["peak_rss_mb"] for k, v in {**runs, **long}.items()},
     }
     results = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in results.items()}
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
