@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # prints a JSON line last; also writes bench/results.json
     .venv/bin/python bench/run.py --gpu      # GPU mode: QLoRA on a Qwen2-0.5B-sized model -> results_gpu.json
     .venv/bin/python bench/run.py --build_model DIR [--tiny]   # only build that model (scripts/gpu_check.sh)
+    .venv/bin/python bench/run.py --long     # only SFT on long-tailed rows (padding-free against padded, and TRL)
 
 GPU mode times unitune, plain TRL's defaults and TRL's defaults with Liger's kernels (SFT and DPO) one at a time,
 then measures the peak GPU memory of ORPO, KTO and GRPO (unitune against TRL's defaults) in concurrent processes
@@ -11,7 +12,9 @@ installed vLLM fits TRL and torch. scripts/gpu_check.sh runs it after building t
 
 Each training contender runs in its own process (clean memory, its own peak RSS) on the embedded
 model and the bundled data, with the same rows, LoRA config, effective batch and max length. Steps
-after the warm-up are timed one by one and the median is reported. Tokens are real (non-pad) tokens.
+after the warm-up are timed one by one and the median is reported. Tokens are real (non-pad) tokens. The long-row
+contenders train SFT on data_scale.py's generated conversations instead (their rate: tokens over time of the timed
+steps).
 """
 
 from __future__ import annotations
