@@ -113,11 +113,6 @@ def first_step_callback(marks: dict):
     return FirstStep()
 
 
-def timed_model_loads(marks: dict, module, name: str) -> None:
-    """Wrap ``module.name`` (a model loader) to add its time to ``marks['model_s']``."""
-    timed_calls(marks, "model_s", module, name)
-
-
 def settings(extra: list[str]) -> dict:
     """``key=value`` words (values as JSON where they parse) as config fields: e.g. ``num_proc=1``."""
     found = {}
@@ -151,7 +146,7 @@ def unitune_child(method: str, path: str, out: str, extra: list[str]) -> dict:
     from unitune.train import run as train_run
 
     marks: dict = {}
-    timed_model_loads(marks, train_run, "load_model")
+    timed_calls(marks, "model_s", train_run, "load_model")
     timed_calls(marks, "data_s", train_run, "training_rows")
     from unitune.train.methods import dpo, sft  # what their trainers still do to the rows: cut them to max_length
 

@@ -28,6 +28,7 @@ from jinja2 import TemplateError
 
 from .errors import UserError, warn
 from .masks import FIX, check_spans, common_prefix, span_mask, token_spans
+from .messages import clean_message
 from .tokens import token_ids
 
 RENDERS_KEPT = 64  # a row's renders (prefixes of a few turns, both sides of a pair), not a split's
@@ -48,40 +49,6 @@ def fold_system(messages: list[dict]) -> list[dict]:
     if rest and rest[0]["role"] == "user":
         return [{"role": "user", "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
     return [{"role": "user", "content": system}, *rest]
-
-
-def clean_message(message: dict) -> dict:
-    """A message with every key a template may read (tool calls, a tool's name) but the None values Arrow gives the
-    keys other rows' messages have; a tool call's JSON-string arguments parsed, as templates expect a mapping."""
-    cleaned = {k: v for k, v in message.items() if v is not None}
-    cleaned["content"] = message.get("content") or ""
-    calls = cleaned.pop("tool_calls", None)
-    if isinstance(calls, str):  # kept as a JSON string (as Arrow keeps differing shapes)
-        try:
-            calls = json.loads(calls)
-        except ValueError:
-            raise UserError(f"a message's tool_calls is not JSON ({calls[:60]!r}); give a list of calls") from None
-    if calls:  # an empty list is no call (some templates branch on the key alone)
-        cleaned["tool_calls"] = [_parsed_call(call) for call in calls]
-    return cleaned
-
-
-def _parsed_call(call: dict) -> dict:
-    call = without_nones(call)  # Arrow's struct: other calls' argument names, as None
-    function = dict(call.get("function") or {})
-    if isinstance(function.get("arguments"), str):
-        try:
-            function["arguments"] = json.loads(function["arguments"])
-        except ValueError:
-            pass  # the template shows it as it is
-    return {**call, "function": function} if function else call
-
-
-def without_nones(value):
-    """A JSON value without the None entries Arrow adds to structs (other rows' keys)."""
-    if isinstance(value, dict):
-        return {k: without_nones(v) for k, v in value.items() if v is not None}
-    return [without_nones(v) for v in value] if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)

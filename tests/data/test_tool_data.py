@@ -101,7 +101,7 @@ def test_the_tools_render_as_given_and_the_render_cache_keys_on_them(tokenizer):
 
 
 def test_tool_calls_as_json_text_and_empty_call_lists_and_arrow_filled_tools():
-    from unitune.templates import clean_message
+    from unitune.messages import clean_message
 
     call = {"type": "function", "function": {"name": "calculator", "arguments": "{\"expression\": \"1 + 1\"}"}}
     assert clean_message({"role": "assistant", "content": None, "tool_calls": json.dumps([call])})["tool_calls"] == [

@@ -28,6 +28,14 @@ def test_processes(monkeypatch):
     assert workers.processes(None, 100_000) == 1
 
 
+def test_num_proc_must_be_positive(capsys):
+    from unitune.cli import main
+
+    assert main(["train", "--method", "sft", "--num_proc", "0", "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["unitune: error: --num_proc must be greater than 0, got 0; pass a positive value"]
+
+
 def test_pairs_in_two_processes_are_the_rows_of_one(tokenizer, capsys):
     rows = PAIRS * 3 + [{"prompt": [{"role": "user", "content": "Same?"}],
                          "chosen": [{"role": "assistant", "content": "Yes."}],

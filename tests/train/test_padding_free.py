@@ -79,8 +79,13 @@ def test_a_padding_free_run_trains_and_counts_as_a_padded_one(tiny_args, tmp_pat
     assert free[1] == pytest.approx(padded[1], rel=1e-3)  # after an Adam step at lr 1e-2, rounding apart
 
 
-def test_padding_free_flag_is_checked():
+def test_padding_free_flag_is_checked(capsys):
     from unitune.errors import UserError
+
+    assert main(["train", "--method", "sft", "--padding_free", "maybe", "--dry_run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "unitune: error: argument --padding_free: invalid choice: 'maybe' (choose from 'auto', 'true', 'false'); see "
+        "`unitune train --help`"]
 
     with pytest.raises(UserError, match="--padding_free must be auto, true or false"):
         TrainConfig(method="sft", padding_free="maybe")

@@ -78,7 +78,7 @@ def tokenizer_identity(tokenizer) -> str:
 
 
 def code_identity() -> str:
-    """The code that prepares rows: a hash of unitune's data, template, mask and tokenising sources, and the versions
+    """The code that prepares rows: a hash of unitune's data, template, message, mask and tokenising sources, and the versions
     of the libraries that convert them (TRL's training templates, datasets, transformers), so that a change to any of
     them prepares again rather than serve rows an older code made (FORMAT alone would need a bump nobody remembers)."""
     from importlib.metadata import version
@@ -86,7 +86,7 @@ def code_identity() -> str:
     here = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted([*(here / "data").glob("*.py"), here / "templates.py", here / "masks.py",
-                        here / "tokens.py"]):
+                        here / "messages.py", here / "tokens.py"]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     for package in ("datasets", "transformers", "trl", "tokenizers"):
         digest.update(f"{package}={version(package)}".encode())

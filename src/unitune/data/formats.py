@@ -11,7 +11,7 @@ import json
 from datasets import Dataset
 
 from ..errors import UserError
-from ..templates import clean_message, without_nones
+from ..messages import clean_message, without_nones
 
 # format name -> (columns it needs, what it is). Order matters: the first match wins in `detect_format`.
 FORMATS: dict[str, tuple[tuple[str, ...], str]] = {

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..data.load import resolve_dataset
+from ..errors import UserError
 from ..fast.generation import generate_ids
 from ..models.load import load_tokenizer
 from ..templates import chat_format
-from ..data.load import resolve_dataset
-from ..errors import UserError
-from ..tools import (BUILTIN_TOOLS, check_template, describe, environment_tools, load_environment,
-                     load_tools)
+from ..tools import BUILTIN_TOOLS, check_template, describe, environment_tools, load_environment, load_tools
 
 
 def run_call(tools: dict[str, Callable], call: dict) -> str:
